@@ -1,0 +1,51 @@
+# Crane — the verbs people type. `make test` is what CI runs (.ci/run calls it).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: test deps fmt-check clippy unit test-cluster bench bench-engine crds \
+        cluster-up cluster-down env build
+
+## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
+test: deps fmt-check clippy unit test-cluster
+
+## deps: install what the tests need when missing (Redis from Debian, the Go-built control plane)
+deps:
+	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@e2e/cluster/build.sh >/dev/null
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+build:
+	$(CARGO) build --workspace --locked
+
+unit: build
+	$(CARGO) test --workspace --locked
+
+## test-cluster: the control-plane tests (brings a local cluster up and down by itself)
+test-cluster: build
+	e2e/cluster/test.sh
+
+## bench: every benchmark, printing figures
+bench: bench-engine
+
+## bench-engine: the Redis engine's throughput and latency; ends with one JSON line
+bench-engine: deps
+	$(CARGO) run --release --locked -p crane-executor --example bench_engine
+
+## cluster-up / cluster-down: the bare local control plane (etcd, kube-apiserver,
+## kube-controller-manager, process kubelet) and a Redis, in the background
+cluster-up: build
+	e2e/cluster/up.sh
+
+cluster-down:
+	e2e/cluster/down.sh
+
+## env: `eval "$(make -s env)"` points kubectl, helm and REDIS_URL at the local cluster
+env:
+	@e2e/cluster/env.sh
