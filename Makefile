@@ -31,6 +31,10 @@ unit: build
 test-cluster: build
 	e2e/cluster/test.sh
 
+## crds: regenerate the CRD YAML from the API types (crds/, config/crd/bases/, charts/crane/crds/)
+crds:
+	$(CARGO) run --locked -q -p crane-operator --bin crdgen
+
 ## bench: every benchmark, printing figures
 bench: bench-engine
 
