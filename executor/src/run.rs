@@ -29,7 +29,11 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         // The seed's defaults: three attempts, 200 ms doubling, capped at 10 s.
-        Self { max_attempts: 3, initial_backoff_ms: 200, max_backoff_ms: 10_000 }
+        Self {
+            max_attempts: 3,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
     }
 }
 
@@ -37,7 +41,9 @@ impl RetryPolicy {
     /// Backoff before attempt `next_attempt` (2 = first retry), without jitter.
     pub fn backoff_ms(&self, next_attempt: u32) -> u64 {
         let exp = next_attempt.saturating_sub(2).min(32);
-        self.initial_backoff_ms.saturating_mul(1u64 << exp).min(self.max_backoff_ms)
+        self.initial_backoff_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_backoff_ms)
     }
 }
 
@@ -62,7 +68,11 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { retry: RetryPolicy::default(), step_timeout_ms: 30_000, failure_policy: FailurePolicy::FailFast }
+        Self {
+            retry: RetryPolicy::default(),
+            step_timeout_ms: 30_000,
+            failure_policy: FailurePolicy::FailFast,
+        }
     }
 }
 

@@ -1,0 +1,219 @@
+//! Pool-side operations: the hint stream and its consumer group, the delayed set, queue depth
+//! for the autoscaler, and circuit-breaker state. Everything here touches one pool's slot.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionManager;
+use redis::{Cmd, Script};
+use serde::{Deserialize, Serialize};
+
+use super::scripts::{SCRIPTS, eval, evalsha};
+use super::{BreakerConfig, EngineError, PoolName, ms};
+
+/// The consumer group every worker of a pool reads through.
+pub const GROUP: &str = "workers";
+
+/// Queue depth of one pool, read in one round trip.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDepth {
+    /// Hints no worker has taken yet.
+    pub queued: u64,
+    /// Hints taken by a worker and not yet acknowledged (running, or about to).
+    pub running: u64,
+    /// Retries waiting for their backoff and steps waiting for an open breaker.
+    pub delayed: u64,
+}
+
+impl QueueDepth {
+    /// What the autoscaler divides by `targetQueueDepth`: waiting + running.
+    pub fn total(&self) -> u64 {
+        self.queued + self.running
+    }
+}
+
+static DEPTH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local len = redis.call('XLEN', KEYS[1])
+local pending = 0
+if len > 0 then
+  local ok, r = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1])
+  if ok then pending = r[1] end
+end
+return {len, pending, redis.call('ZCARD', KEYS[2])}
+",
+    )
+});
+
+/// Waiting + running + delayed steps of a pool: one script call, O(1) on the server, cheap
+/// enough for an autoscaler to call every second per pool.
+pub async fn queue_depth(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+) -> Result<QueueDepth, EngineError> {
+    let r = eval(
+        conn,
+        &DEPTH,
+        &[pool.queue(), pool.delayed()],
+        &[GROUP.to_owned()],
+        "reading queue depth",
+    )
+    .await?;
+    let num = |i: usize| r.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let (len, pending, delayed) = (num(0), num(1), num(2));
+    Ok(QueueDepth {
+        queued: len.saturating_sub(pending),
+        running: pending.min(len),
+        delayed,
+    })
+}
+
+/// A breaker's phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BreakerPhase {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerPhase {
+    fn parse(s: &str) -> Self {
+        match s {
+            "open" => Self::Open,
+            "half_open" => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+
+    /// Stable label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// The shared breaker of one tool in one pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerState {
+    pub tool: String,
+    pub phase: BreakerPhase,
+    /// Consecutive retryable failures while closed.
+    pub failures: u32,
+    /// Successful probes while half-open.
+    pub successes: u32,
+    /// While open: how long until it half-opens.
+    pub remaining_open_ms: u64,
+}
+
+/// Every breaker of a pool that has ever seen a failure (tools never seen are closed).
+pub async fn breaker_states(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+    cfg: &BreakerConfig,
+) -> Result<Vec<BreakerState>, EngineError> {
+    let r = eval(
+        conn,
+        &SCRIPTS.breakers,
+        &[pool.breakers()],
+        &[ms(cfg.cooldown).to_string()],
+        "reading breakers",
+    )
+    .await?;
+    Ok(r.chunks_exact(5)
+        .map(|c| BreakerState {
+            tool: c[0].clone(),
+            phase: BreakerPhase::parse(&c[1]),
+            failures: c[2].parse().unwrap_or(0),
+            successes: c[3].parse().unwrap_or(0),
+            remaining_open_ms: c[4]
+                .parse::<i64>()
+                .map(|v| v.max(0).unsigned_abs())
+                .unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Creates the pool's stream and consumer group if missing (idempotent; needed again after
+/// Redis lost its data).
+pub async fn ensure_group(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+) -> Result<(), EngineError> {
+    let res: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(pool.queue())
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(EngineError::redis("creating the consumer group")(e)),
+    }
+}
+
+/// What the pool-slot half of a state change does (see `lua/pool_after.lua`).
+#[derive(Clone, Debug, Default)]
+pub struct PoolAfter<'a> {
+    /// Stream entry to acknowledge and delete.
+    pub ack: Option<&'a str>,
+    pub run: &'a str,
+    /// Steps to add to the queue.
+    pub ready: &'a [String],
+    /// A step to park in the delayed set until this time (ms since the epoch).
+    pub delay: Option<(&'a str, u64)>,
+    /// The tool whose breaker to update, and whether the attempt succeeded; `None` outcome
+    /// only reads the breaker.
+    pub breaker: Option<(&'a str, Option<bool>)>,
+    pub run_done: bool,
+}
+
+/// The pool-slot script call for `after`, to run alone or in a pipeline.
+pub fn pool_after_cmd(pool: &PoolName, cfg: &BreakerConfig, after: &PoolAfter<'_>) -> Cmd {
+    let (tool, outcome) = match after.breaker {
+        Some((t, Some(true))) => (t, "ok"),
+        Some((t, Some(false))) => (t, "fail"),
+        Some((t, None)) => (t, ""),
+        None => ("", ""),
+    };
+    let (delay_step, delay_due) = after.delay.unwrap_or(("", 0));
+    let mut args = vec![
+        after.ack.unwrap_or("").to_owned(),
+        after.run.to_owned(),
+        delay_due.to_string(),
+        delay_step.to_owned(),
+        tool.to_owned(),
+        outcome.to_owned(),
+        cfg.failure_threshold.to_string(),
+        ms(cfg.cooldown).to_string(),
+        cfg.success_threshold.to_string(),
+        if after.run_done { "1" } else { "0" }.to_owned(),
+    ];
+    args.extend(after.ready.iter().cloned());
+    evalsha(&SCRIPTS.pool_after, &pool.script_keys(), &args)
+}
+
+/// Moves due delayed hints into the stream; returns how many moved.
+pub async fn promote_due(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+    limit: u32,
+) -> Result<u64, EngineError> {
+    let r = eval(
+        conn,
+        &SCRIPTS.promote,
+        &[pool.queue(), pool.delayed()],
+        &[limit.to_string()],
+        "promoting retries",
+    )
+    .await?;
+    Ok(r.first().and_then(|s| s.parse().ok()).unwrap_or(0))
+}

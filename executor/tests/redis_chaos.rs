@@ -1,0 +1,575 @@
+//! Chaos against real processes: `crane-executor work` workers killed with SIGKILL mid-step,
+//! drained with SIGTERM, and Redis itself killed and restarted from its AOF mid-run. Plus the
+//! `submit` and `status` commands end to end.
+
+mod redis_common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crane_executor::engine::api::{init_run, run_report};
+use crane_executor::engine::{RunKeys, wait_for_run};
+use crane_executor::plan::Plan;
+use crane_executor::run::{RunOptions, RunPhase, StepPhase};
+use crane_executor::tools::TodoStore;
+use crane_executor::tools::todo::RedisTodoStore;
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_crane-executor");
+/// Guard against a hung test; no assertion depends on it.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A worker process, killed when dropped.
+struct WorkerProc {
+    child: Child,
+}
+
+impl WorkerProc {
+    fn spawn(url: &str, extra: &[&str], log: &Path) -> Self {
+        let log = std::fs::File::create(log).unwrap_or_else(|e| panic!("log file: {e}"));
+        let child = Command::new(BIN)
+            .args([
+                "work",
+                "--redis",
+                url,
+                "--pool",
+                redis_common::POOL,
+                "--concurrency",
+                "4",
+                "--idle-timeout",
+                "0",
+            ])
+            .args([
+                "--lease-ms",
+                "1000",
+                "--sweep-interval-ms",
+                "200",
+                "--sweep-threshold-ms",
+                "1000",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
+        Self { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .map(|s| s.success());
+        assert_eq!(ok.ok(), Some(true), "kill -TERM failed");
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "worker {} did not exit",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn plan(steps: Value) -> Plan {
+    serde_json::from_value(json!({ "steps": steps })).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        step_timeout_ms: 5_000,
+        ..RunOptions::default()
+    }
+}
+
+/// Raw per-step fields of a run.
+async fn step_fields(conn: &mut ConnectionManager, run: &str) -> HashMap<String, String> {
+    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    redis::cmd("HGETALL")
+        .arg(keys.steps())
+        .query_async(conn)
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits until some step of `run` is Running on the worker with this pid; returns its id.
+async fn running_on(conn: &mut ConnectionManager, run: &str, pid: u32) -> String {
+    let start = Instant::now();
+    let tag = format!("-{pid}-");
+    loop {
+        let f = step_fields(conn, run).await;
+        for (k, v) in &f {
+            if let Some(id) = k.strip_suffix(":owner")
+                && v.contains(&tag)
+                && f.get(&format!("{id}:phase")).map(String::as_str) == Some("Running")
+            {
+                return id.to_owned();
+            }
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "no step of {run} ever ran on worker {pid}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How many times each step was recorded Succeeded in the run's event stream.
+async fn successes(conn: &mut ConnectionManager, run: &str) -> HashMap<String, usize> {
+    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(keys.events())
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    let mut n = HashMap::new();
+    for (_, f) in entries {
+        if f.get("type").map(String::as_str) == Some("step")
+            && f.get("phase").map(String::as_str) == Some("Succeeded")
+        {
+            *n.entry(f.get("step").cloned().unwrap_or_default())
+                .or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+async fn events_of(conn: &mut ConnectionManager, run: &str, kind: &str) -> usize {
+    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(keys.events())
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    entries
+        .iter()
+        .filter(|(_, f)| f.get("type").map(String::as_str) == Some(kind))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_workers_lose_no_step_and_add_no_todo_twice() {
+    let mut e = redis_common::engine(false).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let victim = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("a.log"));
+    let _other = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
+    let run = "sigkill";
+    let mut steps: Vec<Value> = (1..=6)
+        .map(|i| json!({"id": i, "tool": "wait", "input": {"ms": 1500}}))
+        .collect();
+    steps.extend((7..=12).map(|i| json!({"id": i, "tool": "todo_store.add", "input": {"title": format!("{run}-{i}")}, "dependsOn": [i - 6]})));
+    steps.push(json!({"id": 13, "tool": "todo_store.list", "input": {}, "dependsOn": (7..=12).collect::<Vec<_>>()}));
+    init_run(
+        &mut e.conn,
+        run,
+        "chaos",
+        &e.pool,
+        &plan(json!(steps)),
+        &options(),
+        &redis_common::fast_config(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let killed_step = running_on(&mut e.conn, run, victim.pid()).await;
+    drop(victim); // SIGKILL, mid-step
+    let _spare = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("c.log"));
+
+    let r = wait_for_run(&e.client, &mut e.conn, run, Some(PATIENCE))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
+    assert!(r.steps.iter().all(|s| s.phase == StepPhase::Succeeded));
+    let killed = r
+        .steps
+        .iter()
+        .find(|s| s.id.to_string() == killed_step)
+        .map(|s| s.attempts);
+    assert_eq!(killed, Some(2), "the lost attempt counts: {r:#?}");
+    let done = successes(&mut e.conn, run).await;
+    assert_eq!(done.len(), 13, "{done:?}");
+    assert!(
+        done.values().all(|n| *n == 1),
+        "a step completed twice: {done:?}"
+    );
+    let todos = RedisTodoStore::new(e.conn.clone())
+        .list("chaos")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for i in 7..=12 {
+        let title = format!("{run}-{i}");
+        assert_eq!(
+            todos.iter().filter(|t| t.title == title).count(),
+            1,
+            "{title}: {todos:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_in_flight_step_finish_and_exits_zero() {
+    let mut e = redis_common::engine(false).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut w = WorkerProc::spawn(
+        &e.server.url(),
+        &["--grace-seconds", "60"],
+        &dir.path().join("a.log"),
+    );
+    let p = plan(
+        json!([{"id": 1, "tool": "wait", "input": {"ms": 1000}}, {"id": 2, "tool": "wait", "input": {"ms": 1}, "dependsOn": [1]}]),
+    );
+    init_run(
+        &mut e.conn,
+        "drain",
+        "chaos",
+        &e.pool,
+        &p,
+        &options(),
+        &redis_common::fast_config(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(running_on(&mut e.conn, "drain", w.pid()).await, "1");
+    w.sigterm();
+    assert_eq!(w.wait_exit().code(), Some(0));
+    let r = run_report(&mut e.conn, "drain")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The in-flight step finished; the draining worker started nothing new.
+    assert_eq!(
+        (r.steps[0].phase, r.steps[0].attempts),
+        (StepPhase::Succeeded, 1),
+        "{r:#?}"
+    );
+    assert_eq!(
+        (r.steps[1].phase, r.steps[1].attempts),
+        (StepPhase::Ready, 0),
+        "{r:#?}"
+    );
+    let _next = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
+    let r = wait_for_run(&e.client, &mut e.conn, "drain", Some(PATIENCE))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
+    let mut e = redis_common::engine(false).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut w = WorkerProc::spawn(
+        &e.server.url(),
+        &["--grace-seconds", "0"],
+        &dir.path().join("a.log"),
+    );
+    let p = plan(json!([{"id": 1, "tool": "wait", "input": {"ms": 3000}}]));
+    init_run(
+        &mut e.conn,
+        "release",
+        "chaos",
+        &e.pool,
+        &p,
+        &options(),
+        &redis_common::fast_config(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    running_on(&mut e.conn, "release", w.pid()).await;
+    w.sigterm();
+    assert_eq!(w.wait_exit().code(), Some(0));
+    let r = run_report(&mut e.conn, "release")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (r.steps[0].phase, r.steps[0].attempts),
+        (StepPhase::Ready, 0),
+        "released, attempt not counted: {r:#?}"
+    );
+    assert_eq!(events_of(&mut e.conn, "release", "release").await, 1);
+    let next = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
+    let r = wait_for_run(&e.client, &mut e.conn, "release", Some(PATIENCE))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (r.phase, r.steps[0].attempts),
+        (RunPhase::Succeeded, 1),
+        "{r:#?}"
+    );
+    drop(next);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_from_aof_mid_run_the_run_still_finishes() {
+    let mut e = redis_common::engine(true).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let _a = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("a.log"));
+    let _b = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
+    // 10 layers of 3 parallel 300 ms waits, each layer after the previous one.
+    let mut steps = Vec::new();
+    for layer in 0..10u32 {
+        for k in 1..=3u32 {
+            let id = layer * 3 + k;
+            let deps: Vec<u32> = if layer == 0 {
+                vec![]
+            } else {
+                ((layer - 1) * 3 + 1..=layer * 3).collect()
+            };
+            steps.push(json!({"id": id, "tool": "wait", "input": {"ms": 300}, "dependsOn": deps}));
+        }
+    }
+    init_run(
+        &mut e.conn,
+        "aof",
+        "chaos",
+        &e.pool,
+        &plan(json!(steps)),
+        &options(),
+        &redis_common::fast_config(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Let `appendfsync everysec` persist the run's creation, then crash Redis mid-run.
+    let start = Instant::now();
+    loop {
+        let r = run_report(&mut e.conn, "aof")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let done = r
+            .steps
+            .iter()
+            .filter(|s| s.phase == StepPhase::Succeeded)
+            .count();
+        if done >= 9 && start.elapsed() > Duration::from_millis(1500) {
+            assert_eq!(r.phase, RunPhase::Running, "the crash must come mid-run");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.server
+        .restart()
+        .unwrap_or_else(|err| panic!("restart: {err}"));
+    let r = wait_for_run(&e.client, &mut e.conn, "aof", Some(PATIENCE))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
+    assert!(
+        r.steps
+            .iter()
+            .all(|s| s.phase == StepPhase::Succeeded && s.output == Some(json!({"waitedMs": 300})))
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_status_drive_the_engine_without_a_cluster() {
+    let e = redis_common::engine(false).await;
+    let url = e.server.url();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let plan_path = dir.path().join("plan.json");
+    let plan = json!({"steps": [
+        {"id": 1, "tool": "calculator", "input": {"expression": "6*7"}},
+        {"id": 2, "tool": "calculator", "input": {"expression": "{step_1_output} + 1"}, "dependsOn": [1]}
+    ]});
+    std::fs::write(&plan_path, plan.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let plan_arg = plan_path.to_string_lossy().into_owned();
+
+    let (code, out, err) = cli(&[
+        "submit",
+        "--redis",
+        &url,
+        "--pool",
+        redis_common::POOL,
+        "--plan",
+        &plan_arg,
+        "--run-id",
+        "cli-1",
+    ]);
+    assert_eq!((code, out.trim()), (0, "cli-1"), "{err}");
+    // The same id again is refused.
+    let (code, _, err) = cli(&[
+        "submit",
+        "--redis",
+        &url,
+        "--pool",
+        redis_common::POOL,
+        "--plan",
+        &plan_arg,
+        "--run-id",
+        "cli-1",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already exists"), "{err}");
+    // Not finished yet: no worker runs.
+    let (code, out, _) = cli(&["status", "--redis", &url, "--run-id", "cli-1"]);
+    assert_eq!(code, 3, "{out}");
+
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let _w = WorkerProc::spawn(
+        &url,
+        &["--metrics-addr", &metrics_addr],
+        &dir.path().join("w.log"),
+    );
+    let start = Instant::now();
+    let report: Value = loop {
+        let (code, out, err) = cli(&["status", "--redis", &url, "--run-id", "cli-1"]);
+        if code == 0 {
+            break serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("status printed no JSON ({e}): {out}"));
+        }
+        assert!(
+            code == 3 && start.elapsed() < PATIENCE,
+            "status exit {code}: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["phase"], "Succeeded");
+    assert_eq!(report["result"].as_f64(), Some(43.0));
+    assert_eq!(report["steps"][0]["output"].as_f64(), Some(42.0));
+    // The worker's /metrics counted both steps, labelled by tool and outcome.
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains("application/openmetrics-text"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"crane_worker_steps_total{tool="calculator",outcome="succeeded"} 2"#),
+        "{metrics}"
+    );
+    assert!(http_get(&metrics_addr, "/healthz").ends_with("ok"));
+
+    // A generated run id is printed.
+    let (code, out, err) = cli(&[
+        "submit",
+        "--redis",
+        &url,
+        "--pool",
+        redis_common::POOL,
+        "--plan",
+        &plan_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().starts_with("run-"), "{out}");
+
+    // Hostile and broken input: exit 2 with a message that says what was wrong.
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "submit",
+                "--redis",
+                &url,
+                "--pool",
+                "scenarios/default",
+                "--plan",
+                &plan_arg,
+                "--run-id",
+                "a{b}",
+            ],
+            "run id",
+        ),
+        (
+            vec![
+                "submit", "--redis", &url, "--pool", "Bad/Pool", "--plan", &plan_arg,
+            ],
+            "invalid pool",
+        ),
+        (
+            vec![
+                "submit",
+                "--redis",
+                &url,
+                "--pool",
+                "a/b",
+                "--plan",
+                "/nonexistent/plan.json",
+            ],
+            "cannot read plan file",
+        ),
+        (
+            vec!["status", "--redis", &url, "--run-id", "never-submitted"],
+            "not found",
+        ),
+        (vec!["status", "--redis", &url, "--run-id", "x}y"], "run id"),
+        (
+            vec!["status", "--redis", "not a url", "--run-id", "x"],
+            "redis",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let bad_plan = dir.path().join("bad.json");
+    std::fs::write(
+        &bad_plan,
+        r#"{"steps": [{"id": 1, "tool": "nope", "input": {}}]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = cli(&[
+        "submit",
+        "--redis",
+        &url,
+        "--pool",
+        "a/b",
+        "--plan",
+        &bad_plan.to_string_lossy(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
