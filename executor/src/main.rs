@@ -221,7 +221,14 @@ async fn plan_cmd(args: PlanArgs) -> CmdResult {
 
 /// The prompt from environment variable `var` (how planner Jobs receive it).
 fn prompt_from_env(var: &str) -> Result<String, (u8, String)> {
-    match std::env::var(var) {
+    prompt_from_var(var, std::env::var(var))
+}
+
+fn prompt_from_var(
+    var: &str,
+    value: Result<String, std::env::VarError>,
+) -> Result<String, (u8, String)> {
+    match value {
         Ok(p) if p.len() > MAX_PROMPT_ENV_BYTES => Err((
             INVALID_INPUT,
             format!("the prompt in ${var} is larger than {MAX_PROMPT_ENV_BYTES} bytes"),
@@ -381,4 +388,33 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), (u8, String)> {
         serde_json::to_string_pretty(value).map_err(|e| (1, format!("cannot print JSON: {e}")))?;
     println!("{text}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::env::VarError;
+
+    #[test]
+    fn prompts_from_env_reject_missing_non_utf8_and_huge_values() {
+        assert_eq!(
+            prompt_from_var("CRANE_PROMPT", Ok("$(id) `x` {y}".into())),
+            Ok("$(id) `x` {y}".to_owned())
+        );
+        let (code, msg) = prompt_from_var("CRANE_PROMPT", Err(VarError::NotPresent)).unwrap_err();
+        assert_eq!(code, INVALID_INPUT);
+        assert!(
+            msg.contains("CRANE_PROMPT") && msg.contains("not set"),
+            "{msg}"
+        );
+        let (_, msg) = prompt_from_var(
+            "P",
+            Err(VarError::NotUnicode(std::ffi::OsString::from("x"))),
+        )
+        .unwrap_err();
+        assert!(msg.contains("not UTF-8"), "{msg}");
+        let (_, msg) = prompt_from_var("P", Ok("a".repeat(MAX_PROMPT_ENV_BYTES + 1))).unwrap_err();
+        assert!(msg.contains("larger than"), "{msg}");
+        assert!(prompt_from_var("P", Ok("a".repeat(MAX_PROMPT_ENV_BYTES))).is_ok());
+    }
 }

@@ -1,0 +1,75 @@
+# Shared helpers of the operator's end-to-end tests; source it, do not run it.
+#
+#   operator_start LOGFILE [crane-operator flags...]   starts target/debug/crane-operator as a
+#       PROCESS with a kubeconfig holding a token of ServiceAccount crane-system/crane-operator
+#       (config/rbac applied first, CRDs from crds/), never as admin; sets OPERATOR_PID and
+#       OPERATOR_KUBECONFIG and returns once the controllers started (or 1 with the log).
+#   operator_stop                                      SIGTERM, then SIGKILL after 15 s.
+#
+# Needs KUBECONFIG (admin) and REDIS_URL, e.g. from `eval "$(make -s env)"`.
+
+_crane_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OPERATOR_PID=""
+OPERATOR_KUBECONFIG=""
+
+# operator_kubeconfig FILE: writes a kubeconfig for the operator's ServiceAccount.
+operator_kubeconfig() {
+  local file=$1 server ca token
+  kubectl apply --server-side --force-conflicts -f "$_crane_root/crds/" >/dev/null || return 1
+  kubectl wait --for=condition=Established --timeout=60s \
+    crd/agentruns.crane.dev crd/workerpools.crane.dev >/dev/null || return 1
+  kubectl get namespace crane-system >/dev/null 2>&1 || kubectl create namespace crane-system >/dev/null || return 1
+  kubectl apply --server-side --force-conflicts -k "$_crane_root/config/rbac" >/dev/null || return 1
+  server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+  ca=$(kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+  token=$(kubectl create token crane-operator -n crane-system --duration=2h) || return 1
+  umask 077
+  cat >"$file" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: crane
+  cluster: {server: "$server", certificate-authority-data: "$ca"}
+users:
+- name: crane-operator
+  user: {token: "$token"}
+contexts:
+- name: crane-operator
+  context: {cluster: crane, user: crane-operator}
+current-context: crane-operator
+KUBECONFIG
+}
+
+operator_start() {
+  local log=$1; shift
+  local bin=${CRANE_BIN_DIR:-$_crane_root/target/debug}
+  OPERATOR_KUBECONFIG=$(mktemp "${TMPDIR:-/tmp}/crane-operator-kubeconfig.XXXXXX")
+  operator_kubeconfig "$OPERATOR_KUBECONFIG" || { echo "operator_start: cannot prepare RBAC/kubeconfig" >&2; return 1; }
+  KUBECONFIG=$OPERATOR_KUBECONFIG RUST_LOG=${OPERATOR_RUST_LOG:-info,crane_operator=debug} \
+    "$bin/crane-operator" "$@" >"$log" 2>&1 &
+  OPERATOR_PID=$!
+  local deadline=$((SECONDS + 60))
+  until grep -q '"starting controllers"' "$log" 2>/dev/null; do
+    if ! kill -0 "$OPERATOR_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+      echo "operator_start: the operator did not start; its log:" >&2
+      tail -n 30 "$log" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+operator_stop() {
+  [ -n "$OPERATOR_PID" ] || return 0
+  if kill -0 "$OPERATOR_PID" 2>/dev/null; then
+    kill -TERM "$OPERATOR_PID" 2>/dev/null
+    local deadline=$((SECONDS + 15))
+    while kill -0 "$OPERATOR_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    kill -0 "$OPERATOR_PID" 2>/dev/null && kill -KILL "$OPERATOR_PID" 2>/dev/null
+  fi
+  wait "$OPERATOR_PID" 2>/dev/null
+  OPERATOR_PID=""
+  [ -n "$OPERATOR_KUBECONFIG" ] && rm -f "$OPERATOR_KUBECONFIG"
+  OPERATOR_KUBECONFIG=""
+  return 0
+}

@@ -1,0 +1,629 @@
+//! Pure builders of the AgentRun controller: the planner Job, the run options, the status
+//! after each event (planning, started, invalid plan, engine report, deadline…) and the
+//! standard-form conditions. No client here; everything is unit tested with fixtures.
+
+use std::collections::BTreeMap;
+
+use crane_executor::run::{RunOptions, RunReport, StepPhase};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use kube::Resource;
+
+use crate::api::{
+    AgentRun, AgentRunPhase, AgentRunStatus, ApiError, CONDITION_COMPLETE, CONDITION_FAILED,
+    CONDITION_PLANNED, MAX_ERROR_BYTES, MAX_RESULT_BYTES, REASON_INVALID_PLAN, StepStatus,
+    truncate_json, truncate_text,
+};
+use crate::context::Config;
+
+/// Condition reasons the controller sets (besides [`REASON_INVALID_PLAN`]).
+pub const REASON_PLANNER_FAILED: &str = "PlannerFailed";
+pub const REASON_PLANNING: &str = "Planning";
+pub const REASON_PLANNED: &str = "Planned";
+pub const REASON_POOL_NOT_FOUND: &str = "WorkerPoolNotFound";
+pub const REASON_DEADLINE: &str = "DeadlineExceeded";
+pub const REASON_CANCELLED: &str = "Cancelled";
+pub const REASON_STEP_FAILED: &str = "StepFailed";
+pub const REASON_SUCCEEDED: &str = "Succeeded";
+pub const REASON_RUNNING: &str = "Running";
+
+/// Env var carrying the prompt into the planner pod (never the command line: prompts may be
+/// long or sensitive, and command lines show up in `ps` and pod specs' args listings).
+pub const PROMPT_ENV: &str = "CRANE_PROMPT";
+/// UID and GID planner pods run as (the distroless "nonroot" user).
+pub const RUN_AS_USER: i64 = 65532;
+/// Upper bound of the planner Job's own deadline, in seconds.
+pub const MAX_PLANNER_SECONDS: u32 = 900;
+
+/// Labels every object the operator creates for a run carries.
+pub const LABEL_RUN_UID: &str = "crane.dev/run-uid";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+
+/// Why a builder could not produce its object.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("AgentRun has no {0} (not read from the apiserver?)")]
+    MissingMetadata(&'static str),
+}
+
+/// The run id in the engine: the AgentRun's UID, so a name can be reused after deletion.
+pub fn run_id(run: &AgentRun) -> Result<&str, BuildError> {
+    run.metadata
+        .uid
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("metadata.uid"))
+}
+
+/// The engine options of a run, from its spec.
+pub fn run_options(run: &AgentRun) -> RunOptions {
+    RunOptions {
+        retry: run.spec.retry,
+        step_timeout_ms: u64::from(run.spec.step_timeout_seconds).saturating_mul(1000),
+        failure_policy: run.spec.failure_policy,
+    }
+}
+
+/// 32-bit FNV-1a, for short stable name suffixes.
+fn fnv32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// `<run>-planner`, shortened with a hash when the run's name is long: Job names become a
+/// label value (`job-name`), so they must stay within 63 characters.
+pub fn planner_job_name(run_name: &str) -> String {
+    const SUFFIX: &str = "-planner";
+    if run_name.len() + SUFFIX.len() <= 63 {
+        return format!("{run_name}{SUFFIX}");
+    }
+    let hash = format!("{:08x}", fnv32(run_name));
+    // 63 = prefix + "-" + 8 + SUFFIX; names are ASCII (DNS subdomain), so any cut is a
+    // character boundary; a cut must not end in '-' or '.'.
+    let keep = 63 - SUFFIX.len() - 9;
+    let prefix = run_name[..keep].trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}{SUFFIX}")
+}
+
+fn controller_owner(run: &AgentRun) -> Result<OwnerReference, BuildError> {
+    run.controller_owner_ref(&())
+        .ok_or(BuildError::MissingMetadata("metadata.name or metadata.uid"))
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &crate::context::SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                // A missing key makes the pod fail to start; optional lets the planner say
+                // clearly that the LLM is not configured instead.
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Pod Security "restricted" for a container.
+pub fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The planner Job of a run without spec.plan: `crane-executor plan` with the prompt in
+/// [`PROMPT_ENV`], storing its outcome in Redis under the run's id.
+pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
+    let name = run
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("metadata.name"))?;
+    let uid = run_id(run)?;
+    let mode = match run.spec.planner.mode {
+        crane_executor::planner::PlannerMode::Auto => "auto",
+        crane_executor::planner::PlannerMode::Rules => "rules",
+        crane_executor::planner::PlannerMode::Llm => "llm",
+    };
+    let mut envs = vec![env(PROMPT_ENV, run.spec.prompt.clone().unwrap_or_default())];
+    if let Some(url) = &config.llm_base_url {
+        envs.push(env(crane_executor::planner::ENV_BASE_URL, url.clone()));
+    }
+    if let Some(model) = &config.llm_model {
+        envs.push(env(crane_executor::planner::ENV_MODEL, model.clone()));
+    }
+    if let Some(secret) = &config.llm_api_key_secret {
+        envs.push(secret_env(crane_executor::planner::ENV_API_KEY, secret));
+    }
+    if let Some(secret) = &config.redis_password_secret {
+        envs.push(secret_env("CRANE_REDIS_PASSWORD", secret));
+    }
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "crane".to_owned()),
+        (LABEL_COMPONENT.to_owned(), "planner".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            crate::FIELD_MANAGER.to_owned(),
+        ),
+        (LABEL_RUN_UID.to_owned(), uid.to_owned()),
+    ]);
+    let quantity = |s: &str| Quantity(s.to_owned());
+    let container = Container {
+        name: "planner".to_owned(),
+        image: Some(config.executor_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(
+            [
+                "crane-executor",
+                "plan",
+                "--planner",
+                mode,
+                "--prompt-env",
+                PROMPT_ENV,
+                "--redis",
+                &config.redis_url,
+                "--run-id",
+                uid,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        env: Some(envs),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), quantity("50m")),
+                ("memory".to_owned(), quantity("64Mi")),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_owned(), quantity("500m")),
+                ("memory".to_owned(), quantity("256Mi")),
+            ])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        ..Container::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(planner_job_name(name)),
+            namespace: run.metadata.namespace.clone(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![controller_owner(run)?]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(i64::from(
+                run.spec.active_deadline_seconds.min(MAX_PLANNER_SECONDS),
+            )),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_owned()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Whether a Job has failed for good (backoffLimit reached, or its deadline passed).
+pub fn job_failed(job: &Job) -> Option<String> {
+    let status = job.status.as_ref()?;
+    let failed_condition = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| (c.type_ == "Failed" || c.type_ == "FailureTarget") && c.status == "True");
+    match failed_condition {
+        Some(c) => Some(format!(
+            "{}{}",
+            c.reason.as_deref().unwrap_or("Failed"),
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )),
+        None if status.failed.unwrap_or(0) > 0 && status.active.unwrap_or(0) == 0 => {
+            Some("the planner pod failed".to_owned())
+        }
+        None => None,
+    }
+}
+
+/// Sets condition `type_` in standard form; `lastTransitionTime` moves only when the status
+/// value changes (a new reason or message alone keeps it).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let message = truncate_text(message, 1024);
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.clone();
+            }
+            c.status = status;
+            c.reason = reason.to_owned();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        }),
+    }
+}
+
+/// The condition `type_`, if set.
+pub fn condition<'a>(status: &'a AgentRunStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Common start of every status the controller writes: the current one with the generation
+/// it now describes.
+fn base(run: &AgentRun) -> AgentRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    status.observed_generation = run.metadata.generation;
+    status
+}
+
+/// Pending because the run's WorkerPool does not exist (yet).
+pub fn pool_missing(run: &AgentRun, now: &Time) -> AgentRunStatus {
+    let mut s = base(run);
+    s.phase = Some(AgentRunPhase::Pending);
+    let ns = run.metadata.namespace.as_deref().unwrap_or("");
+    set_condition(
+        &mut s.conditions,
+        CONDITION_PLANNED,
+        false,
+        REASON_POOL_NOT_FOUND,
+        &format!(
+            "WorkerPool {:?} not found in namespace {ns:?}; the run starts when it exists",
+            run.spec.worker_pool
+        ),
+        run.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Planning: the planner Job was created.
+pub fn planning(run: &AgentRun, job_name: &str, now: &Time) -> AgentRunStatus {
+    let mut s = base(run);
+    s.phase = Some(AgentRunPhase::Planning);
+    s.started_at.get_or_insert_with(|| now.clone());
+    set_condition(
+        &mut s.conditions,
+        CONDITION_PLANNED,
+        false,
+        REASON_PLANNING,
+        &format!("planner Job {job_name} is planning the prompt"),
+        run.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Running: the plan passed validation and the run was initialised in the engine.
+pub fn started(
+    run: &AgentRun,
+    plan: Option<crane_executor::plan::Plan>,
+    source: crane_executor::planner::PlanSource,
+    now: &Time,
+) -> AgentRunStatus {
+    let mut s = base(run);
+    s.phase = Some(AgentRunPhase::Running);
+    let steps = plan
+        .as_ref()
+        .or(run.spec.plan.as_ref())
+        .map_or(0, |p| p.steps.len());
+    s.plan = plan;
+    s.plan_source = Some(source);
+    s.progress = Some(format!("0/{steps}"));
+    s.started_at.get_or_insert_with(|| now.clone());
+    set_condition(
+        &mut s.conditions,
+        CONDITION_PLANNED,
+        true,
+        REASON_PLANNED,
+        &format!("{steps} step(s), planned by {}", source_name(source)),
+        run.metadata.generation,
+        now,
+    );
+    s
+}
+
+fn source_name(source: crane_executor::planner::PlanSource) -> &'static str {
+    match source {
+        crane_executor::planner::PlanSource::Spec => "spec",
+        crane_executor::planner::PlanSource::Rules => "rules",
+        crane_executor::planner::PlanSource::Llm => "llm",
+    }
+}
+
+/// Failed before any step ran (invalid plan, planner failure, bad pool name): `reason` on
+/// both the Failed and the Planned condition, `message` in status.error.
+pub fn failed_early(run: &AgentRun, reason: &str, message: &str, now: &Time) -> AgentRunStatus {
+    let mut s = base(run);
+    s.phase = Some(AgentRunPhase::Failed);
+    s.error = Some(truncate_text(message, MAX_ERROR_BYTES * 4));
+    s.started_at.get_or_insert_with(|| now.clone());
+    s.finished_at.get_or_insert_with(|| now.clone());
+    set_condition(
+        &mut s.conditions,
+        CONDITION_PLANNED,
+        false,
+        reason,
+        message,
+        run.metadata.generation,
+        now,
+    );
+    set_condition(
+        &mut s.conditions,
+        CONDITION_FAILED,
+        true,
+        reason,
+        message,
+        run.metadata.generation,
+        now,
+    );
+    set_condition(
+        &mut s.conditions,
+        CONDITION_COMPLETE,
+        false,
+        reason,
+        "the run did not succeed",
+        run.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Cancelled before any step ran (while Pending or Planning).
+pub fn cancelled_early(run: &AgentRun, now: &Time) -> AgentRunStatus {
+    let mut s = base(run);
+    s.phase = Some(AgentRunPhase::Cancelled);
+    s.error = Some("run cancelled before any step started (spec.cancel)".to_owned());
+    s.finished_at.get_or_insert_with(|| now.clone());
+    let generation = run.metadata.generation;
+    set_condition(
+        &mut s.conditions,
+        CONDITION_FAILED,
+        true,
+        REASON_CANCELLED,
+        "spec.cancel is true",
+        generation,
+        now,
+    );
+    set_condition(
+        &mut s.conditions,
+        CONDITION_COMPLETE,
+        false,
+        REASON_CANCELLED,
+        "the run was cancelled",
+        generation,
+        now,
+    );
+    s
+}
+
+/// `"done/total"`: steps that reached Succeeded, Failed or Skipped.
+pub fn progress(report: &RunReport) -> String {
+    let done = report
+        .steps
+        .iter()
+        .filter(|s| s.phase.is_terminal())
+        .count();
+    format!("{done}/{}", report.steps.len())
+}
+
+/// The status mirroring an engine report. `deadline_exceeded` turns a run the operator
+/// cancelled for its deadline into Failed/DeadlineExceeded.
+pub fn from_report(
+    run: &AgentRun,
+    report: &RunReport,
+    deadline_exceeded: bool,
+    now: &Time,
+) -> Result<AgentRunStatus, ApiError> {
+    let mut s = base(run);
+    s.steps = report
+        .steps
+        .iter()
+        .map(StepStatus::from_report)
+        .collect::<Result<_, _>>()?;
+    s.progress = Some(progress(report));
+    let generation = run.metadata.generation;
+    let mut phase = AgentRunPhase::from(report.phase);
+    if deadline_exceeded && !matches!(phase, AgentRunPhase::Succeeded | AgentRunPhase::Failed) {
+        phase = AgentRunPhase::Failed;
+    }
+    let was_terminal = s.phase.is_some_and(AgentRunPhase::is_terminal);
+    s.phase = Some(phase);
+    s.result = None;
+    s.error = None;
+    match phase {
+        AgentRunPhase::Succeeded => {
+            s.result = report
+                .result
+                .as_ref()
+                .map(|r| truncate_json(r, MAX_RESULT_BYTES));
+            let done = report
+                .steps
+                .iter()
+                .filter(|st| st.phase == StepPhase::Succeeded)
+                .count();
+            set_condition(
+                &mut s.conditions,
+                CONDITION_COMPLETE,
+                true,
+                REASON_SUCCEEDED,
+                &format!("{done} step(s) succeeded"),
+                generation,
+                now,
+            );
+            set_condition(
+                &mut s.conditions,
+                CONDITION_FAILED,
+                false,
+                REASON_SUCCEEDED,
+                "no step failed",
+                generation,
+                now,
+            );
+        }
+        AgentRunPhase::Failed => {
+            let (reason, message) =
+                if deadline_exceeded && report.phase != crane_executor::run::RunPhase::Failed {
+                    (
+                        REASON_DEADLINE,
+                        format!(
+                            "the run exceeded activeDeadlineSeconds ({} s); {} steps finished",
+                            run.spec.active_deadline_seconds,
+                            progress(report)
+                        ),
+                    )
+                } else {
+                    (
+                        REASON_STEP_FAILED,
+                        report
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| "run failed".to_owned()),
+                    )
+                };
+            s.error = Some(truncate_text(&message, MAX_ERROR_BYTES * 4));
+            set_condition(
+                &mut s.conditions,
+                CONDITION_FAILED,
+                true,
+                reason,
+                &message,
+                generation,
+                now,
+            );
+            set_condition(
+                &mut s.conditions,
+                CONDITION_COMPLETE,
+                false,
+                reason,
+                "the run did not succeed",
+                generation,
+                now,
+            );
+        }
+        AgentRunPhase::Cancelled => {
+            let message = report
+                .error
+                .clone()
+                .unwrap_or_else(|| "run cancelled".to_owned());
+            s.error = Some(truncate_text(&message, MAX_ERROR_BYTES * 4));
+            set_condition(
+                &mut s.conditions,
+                CONDITION_FAILED,
+                true,
+                REASON_CANCELLED,
+                &message,
+                generation,
+                now,
+            );
+            set_condition(
+                &mut s.conditions,
+                CONDITION_COMPLETE,
+                false,
+                REASON_CANCELLED,
+                "the run was cancelled",
+                generation,
+                now,
+            );
+        }
+        AgentRunPhase::Pending | AgentRunPhase::Planning | AgentRunPhase::Running => {}
+    }
+    if phase.is_terminal() && !was_terminal {
+        // The last step's finish is the run's; fall back to now.
+        let last = s
+            .steps
+            .iter()
+            .filter_map(|st| st.finished_at.clone())
+            .max_by_key(|t| t.0);
+        s.finished_at = Some(last.unwrap_or_else(|| now.clone()));
+    }
+    Ok(s)
+}
+
+/// The message of an invalid plan, as shown in status.error and the Failed condition.
+pub fn invalid_plan_message(detail: &str) -> String {
+    format!("invalid plan: {}", detail.trim())
+}
+
+/// Reason of the Failed condition, for Events.
+pub fn failed_reason(status: &AgentRunStatus) -> Option<&str> {
+    condition(status, CONDITION_FAILED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.reason.as_str())
+}
+
+/// Whether [`REASON_INVALID_PLAN`] is why the run failed.
+pub fn is_invalid_plan(status: &AgentRunStatus) -> bool {
+    failed_reason(status) == Some(REASON_INVALID_PLAN)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The operator's configuration (flags and environment) and the shared state every
+//! controller reconciles with: the Kubernetes client, one Redis connection, metrics and the
+//! event reporter. Built once in [`crate::run`] and shared as `Arc<Context>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kube::runtime::events::{Recorder, Reporter};
+use redis::aio::ConnectionManager;
+
+use crate::metrics::Metrics;
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "crane-operator";
+
+/// A key of a Secret in the object's namespace, written `NAME/KEY` on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// Why a `NAME/KEY` Secret reference was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("secret reference {given:?}: {why} (expected NAME/KEY, e.g. llm-credentials/api-key)")]
+pub struct SecretKeyRefError {
+    given: String,
+    why: &'static str,
+}
+
+impl FromStr for SecretKeyRef {
+    type Err = SecretKeyRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why| SecretKeyRefError {
+            given: s.chars().take(100).collect(),
+            why,
+        };
+        let (name, key) = s.split_once('/').ok_or_else(|| bad("no '/'"))?;
+        let dns_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        if !dns_ok(name) {
+            return Err(bad("the Secret name is not a DNS-1123 subdomain"));
+        }
+        // Secret data keys: [-._a-zA-Z0-9]+, at most 253.
+        if key.is_empty()
+            || key.len() > 253
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(bad("the key is not 1-253 characters of A-Z a-z 0-9 - . _"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// Everything the operator is told at start (flags, each with an environment variable).
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Redis the engine uses, e.g. redis://redis.crane-system:6379. Passed to planner and
+    /// worker pods too.
+    #[arg(long, env = "CRANE_REDIS_URL")]
+    pub redis_url: String,
+
+    /// File holding the Redis password for the operator itself (e.g. a mounted Secret).
+    #[arg(long, env = "CRANE_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Secret NAME/KEY (in each run's namespace) with the Redis password for planner and
+    /// worker pods; they get it as env CRANE_REDIS_PASSWORD.
+    #[arg(long, env = "CRANE_REDIS_PASSWORD_SECRET")]
+    pub redis_password_secret: Option<SecretKeyRef>,
+
+    /// Image of planner and worker pods (runs `crane-executor`).
+    #[arg(
+        long,
+        env = "CRANE_EXECUTOR_IMAGE",
+        default_value = "crane-executor:dev"
+    )]
+    pub executor_image: String,
+
+    /// imagePullPolicy of planner and worker pods.
+    #[arg(long, env = "CRANE_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    pub image_pull_policy: String,
+
+    /// Namespace to watch; repeat for several. None: all namespaces.
+    #[arg(long = "namespace", env = "CRANE_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Objects of one kind reconciled at once.
+    #[arg(long, env = "CRANE_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "CRANE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// OpenAI-compatible base URL for planner Jobs (mode llm or auto).
+    #[arg(long, env = "CRANE_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+
+    /// LLM model name for planner Jobs.
+    #[arg(long, env = "CRANE_LLM_MODEL")]
+    pub llm_model: Option<String>,
+
+    /// Secret NAME/KEY (in each run's namespace) with the LLM API key for planner Jobs.
+    #[arg(long, env = "CRANE_LLM_API_KEY_SECRET")]
+    pub llm_api_key_secret: Option<SecretKeyRef>,
+}
+
+impl Config {
+    /// A configuration with defaults, for tests and embedding.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        Self {
+            redis_url: redis_url.into(),
+            redis_password_file: None,
+            redis_password_secret: None,
+            executor_image: "crane-executor:dev".to_owned(),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            namespaces: Vec::new(),
+            concurrency: 8,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            llm_base_url: None,
+            llm_model: None,
+            llm_api_key_secret: None,
+        }
+    }
+}
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub client: kube::Client,
+    /// Reconnecting connection for ordinary (non-blocking) commands.
+    pub redis: ConnectionManager,
+    /// For dedicated connections (blocking stream reads).
+    pub redis_client: redis::Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes Events as `crane-operator`.
+    pub recorder: Recorder,
+    ready: AtomicBool,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        redis_client: redis::Client,
+        redis: ConnectionManager,
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            redis,
+            redis_client,
+            config,
+            metrics,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// `/readyz` answers 200 once the controllers run.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// A clone of the shared Redis connection (cheap: it multiplexes).
+    pub fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_refs_parse_and_reject_hostile_values() {
+        assert_eq!(
+            "llm/api-key".parse::<SecretKeyRef>(),
+            Ok(SecretKeyRef {
+                name: "llm".into(),
+                key: "api-key".into()
+            })
+        );
+        for bad in [
+            "",
+            "noslash",
+            "/key",
+            "name/",
+            "Name/key",
+            "na me/key",
+            "name/k/y",
+            "name/ke y",
+            "-name/key",
+            "name/\u{0}",
+        ] {
+            let err = bad.parse::<SecretKeyRef>().expect_err(bad);
+            assert!(err.to_string().contains("NAME/KEY"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Crane's operator library: the `crane.dev/v1alpha1` API types, the CRD generator, and the
+//! operator process — the AgentRun and WorkerPool controllers plus the HTTP endpoints
+//! (`/metrics`, `/healthz`, `/readyz`) — started by [`run`].
+#![forbid(unsafe_code)]
+
+pub mod agentrun;
+pub mod api;
+pub mod context;
+pub mod crdgen;
+pub mod metrics;
+pub mod workerpool;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::runtime::wait::{await_condition, conditions};
+
+pub use api::{
+    AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, BreakerState, BreakerStatus,
+    PlannerSpec, StepStatus, WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
+};
+pub use context::{Config, Context, FIELD_MANAGER, SecretKeyRef};
+pub use metrics::Metrics;
+
+/// A future that resolves when the operator is asked to stop; cloneable so every task gets
+/// one.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A trigger and its first receiver.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Resolves once shutdown was requested (or the trigger was dropped).
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// JSON logs on stderr, filtered by `RUST_LOG` (default info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Waits until both CRDs are established, so the controllers' watches do not fail.
+async fn wait_for_crds(client: kube::Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    for name in ["agentruns.crane.dev", "workerpools.crane.dev"] {
+        tracing::info!(crd = name, "waiting for CRD to be established");
+        tokio::time::timeout(
+            Duration::from_secs(300),
+            await_condition(crds.clone(), name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not established after 300 s; apply crds/ first"))?
+        .with_context(|| format!("watching CRD {name}"))?;
+    }
+    Ok(())
+}
+
+/// Builds the shared context: Kubernetes client from the environment (in-cluster or
+/// KUBECONFIG) and a Redis connection.
+pub async fn context(config: Config) -> anyhow::Result<Arc<Context>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("creating the Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let password = match &config.redis_password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the redis password file {}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let redis_client = crane_executor::engine::api::client(&config.redis_url, password.as_deref())
+        .context("--redis-url")?;
+    let redis = crane_executor::engine::connect(&redis_client)
+        .await
+        .context("connecting to redis")?;
+    Ok(Arc::new(Context::new(
+        client,
+        redis_client,
+        redis,
+        config,
+        Arc::new(Metrics::new()),
+    )))
+}
+
+/// The operator process: logs, HTTP endpoints, CRD wait, both controllers; returns after
+/// SIGTERM once the controllers have drained.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    init_logging();
+    let addr = config.metrics_addr;
+    let ctx = context(config).await?;
+    let (stop, shutdown) = Shutdown::new();
+    let server = tokio::spawn(serve_http(addr, ctx.clone(), shutdown.clone()));
+    tokio::spawn({
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            let _ = stop.send(true);
+        }
+    });
+    tokio::select! {
+        r = wait_for_crds(ctx.client.clone()) => r?,
+        () = shutdown.wait() => return Ok(()),
+    }
+    // Leader election (issue 7) goes here: acquire the Lease before starting the
+    // controllers and trigger `shutdown` when it is lost.
+    ctx.set_ready(true);
+    tracing::info!("starting controllers");
+    let (ar, wp) = tokio::join!(
+        agentrun::run(ctx.clone(), shutdown.clone()),
+        workerpool::run(ctx.clone(), shutdown.wait()),
+    );
+    ctx.set_ready(false);
+    server.abort();
+    ar.context("agentrun controller")?;
+    wp.context("workerpool controller")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let metrics = ctx.metrics.clone();
+    let ready = ctx.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.is_ready() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}"))?;
+    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.wait())
+        .await
+        .context("http server")
+}
