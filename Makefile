@@ -27,9 +27,9 @@ build:
 unit: build
 	$(CARGO) test --workspace --locked
 
-## test-cluster: the control-plane tests (brings a local cluster up and down by itself)
+## test-cluster: every suite that needs the local control plane (brings a cluster up and down)
 test-cluster: build
-	e2e/cluster/test.sh
+	e2e/run.sh
 
 ## crds: regenerate the CRD YAML from the API types (crds/, config/crd/bases/, charts/crane/crds/)
 crds:
