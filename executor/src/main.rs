@@ -125,7 +125,15 @@ const INVALID_INPUT: u8 = 2;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // A worker is a long-lived service whose step logs people read; the one-shot commands
+    // print their result on stdout and should keep stderr quiet.
+    let default_level = if matches!(cli.command, Command::Work(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -1,0 +1,481 @@
+//! Pure builders of the WorkerPool controller: the autoscaling arithmetic, the worker Job
+//! spec and the pool's status. No client, no clock, no randomness: callers pass the
+//! observations, the time and the name suffix, so every rule here is unit-tested.
+
+use std::collections::BTreeMap;
+
+use crane_executor::engine::queue::BreakerPhase;
+use crane_executor::engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretKeySelector, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::{Resource, ResourceExt};
+
+use crate::api::{BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolStatus};
+use crate::context::{Config, SecretKeyRef};
+
+/// Label every worker Job and pod carries: `app.kubernetes.io/name=crane-worker`.
+pub const LABEL_APP: &str = "app.kubernetes.io/name";
+/// Value of [`LABEL_APP`] on workers.
+pub const APP_WORKER: &str = "crane-worker";
+/// Label naming the pool a worker serves (the WorkerPool's name).
+pub const LABEL_POOL: &str = "crane.dev/pool";
+/// Env var through which a worker gets the Redis password (read by `crane-executor work`).
+pub const ENV_REDIS_PASSWORD: &str = "CRANE_REDIS_PASSWORD";
+/// Env vars the operator owns on worker pods; a pool's template may not set them, since
+/// they would override how the worker reaches Redis.
+pub const RESERVED_ENV: [&str; 3] = [ENV_REDIS_PASSWORD, "CRANE_REDIS_PASSWORD_FILE", "REDIS_URL"];
+/// Finished worker Jobs (and their pods) are removed this long after they end; long enough
+/// to read a crashed worker's pod, short enough that idle cycles do not pile up.
+pub const FINISHED_JOB_TTL_SECONDS: i32 = 300;
+/// UID and GID worker processes run as (the distroless `nonroot` user).
+pub const WORKER_UID: i64 = 65532;
+/// Job names must fit a label value (the Job controller labels pods with it): 63 bytes.
+const MAX_JOB_NAME: usize = 63;
+/// Longest breaker list kept in status; tools are a bounded set, this guards the object
+/// size against a Redis hash filled by something else.
+pub const MAX_BREAKERS_IN_STATUS: usize = 100;
+/// Longest condition message, in bytes.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Why a WorkerPool cannot be served as written; shown in its Ready condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The engine's pool key needs DNS labels (no dots), stricter than object names.
+    #[error("the pool {pool:?} cannot be served: {why}")]
+    PoolName { pool: String, why: String },
+    /// The template sets an env var the operator owns.
+    #[error(
+        "spec.template.env[{index}].name {name:?} is reserved by the operator (it sets how workers reach Redis); remove it"
+    )]
+    ReservedEnv { index: usize, name: String },
+    /// The object has no namespace (WorkerPool is namespaced; only a broken client sends this).
+    #[error("the WorkerPool has no metadata.namespace")]
+    NoNamespace,
+}
+
+/// What worker pods get from the operator's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSettings {
+    pub image: String,
+    pub image_pull_policy: String,
+    pub redis_url: String,
+    /// Secret (in the pool's namespace) holding the Redis password.
+    pub redis_password_secret: Option<SecretKeyRef>,
+}
+
+impl WorkerSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            image: config.executor_image.clone(),
+            image_pull_policy: config.image_pull_policy.clone(),
+            redis_url: config.redis_url.clone(),
+            redis_password_secret: config.redis_password_secret.clone(),
+        }
+    }
+}
+
+/// Checks what the CRD schema cannot: the engine's pool name and the reserved env vars.
+/// Returns the engine's name of the pool (`<namespace>/<name>`).
+pub fn validate(pool: &WorkerPool) -> Result<PoolName, SpecError> {
+    let ns = pool.namespace().ok_or(SpecError::NoNamespace)?;
+    let full = format!("{ns}/{}", pool.name_any());
+    let name = PoolName::parse(&full).map_err(|e| SpecError::PoolName {
+        pool: full.chars().take(200).collect(),
+        why: e.to_string(),
+    })?;
+    let env = pool
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.env.as_deref())
+        .unwrap_or_default();
+    if let Some((index, var)) = env
+        .iter()
+        .enumerate()
+        .find(|(_, v)| RESERVED_ENV.contains(&v.name.as_str()))
+    {
+        return Err(SpecError::ReservedEnv {
+            index,
+            name: var.name.clone(),
+        });
+    }
+    Ok(name)
+}
+
+/// Workers the pool should have: clamp(ceil((queued + running) / targetQueueDepth),
+/// minWorkers, maxWorkers). Delayed steps (retry backoff, open breaker) are promoted by
+/// workers, so while any exist at least one worker is kept (within maxWorkers).
+/// Total for any input: a target of 0 counts as 1 and min > max yields max.
+pub fn desired_workers(depth: &QueueDepth, min: u32, max: u32, target: u32) -> u32 {
+    let load = depth.total();
+    let by_load = load.div_ceil(u64::from(target.max(1)));
+    let floor = if depth.delayed > 0 { min.max(1) } else { min };
+    let wanted = by_load.max(u64::from(floor));
+    // min > max is rejected at admission; here the upper bound wins so the pool never
+    // grows past what its owner allowed.
+    u32::try_from(wanted.min(u64::from(max))).unwrap_or(max)
+}
+
+/// Whether a worker Job still holds (or will hold) a running worker: created, not finished
+/// and not being deleted. Starting Jobs count, so the controller never over-creates.
+pub fn is_active(job: &Job) -> bool {
+    if job.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let finished = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.status == "True"
+                    && matches!(
+                        c.type_.as_str(),
+                        "Complete" | "Failed" | "SuccessCriteriaMet" | "FailureTarget"
+                    )
+            })
+        });
+    !finished
+}
+
+/// Whether `job` is a worker of `pool` (controller owner reference with the pool's uid).
+pub fn is_worker_of(job: &Job, pool: &WorkerPool) -> bool {
+    let Some(uid) = pool.meta().uid.as_deref() else {
+        return false;
+    };
+    job.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "WorkerPool")
+}
+
+/// `<pool>-worker-<suffix>`, the pool part shortened so the name stays a valid label value.
+pub fn job_name(pool: &str, suffix: &str) -> String {
+    let tail = format!("-worker-{suffix}");
+    let room = MAX_JOB_NAME.saturating_sub(tail.len());
+    let head: String = pool.chars().take(room).collect();
+    // A cut may end on '-', which would leave "--" (still valid, but ugly and confusing).
+    format!("{}{tail}", head.trim_end_matches('-'))
+}
+
+/// The labels of a pool's workers (Job and pod).
+pub fn worker_labels(pool_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_APP.to_owned(), APP_WORKER.to_owned()),
+        (LABEL_POOL.to_owned(), pool_name.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "crane-operator".to_owned(),
+        ),
+        ("app.kubernetes.io/part-of".to_owned(), "crane".to_owned()),
+    ])
+}
+
+/// Label selector matching the workers of the pool named `pool_name`.
+pub fn worker_selector(pool_name: &str) -> String {
+    format!("{LABEL_APP}={APP_WORKER},{LABEL_POOL}={pool_name}")
+}
+
+/// One worker Job of `pool` (validated with [`validate`]), named with `suffix`.
+pub fn worker_job(
+    pool: &WorkerPool,
+    engine_pool: &PoolName,
+    settings: &WorkerSettings,
+    suffix: &str,
+) -> Job {
+    let name = pool.name_any();
+    let labels = worker_labels(&name);
+    let spec = &pool.spec;
+    let template = spec.template.clone().unwrap_or_default();
+
+    let mut env = Vec::new();
+    if let Some(secret) = &settings.redis_password_secret {
+        env.push(EnvVar {
+            name: ENV_REDIS_PASSWORD.to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    env.extend(template.env.unwrap_or_default());
+
+    let container = Container {
+        name: "worker".to_owned(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        command: Some(vec![
+            "crane-executor".to_owned(),
+            "work".to_owned(),
+            "--redis".to_owned(),
+            settings.redis_url.clone(),
+            "--pool".to_owned(),
+            engine_pool.to_string(),
+            "--concurrency".to_owned(),
+            spec.concurrency.max(1).to_string(),
+            "--idle-timeout".to_owned(),
+            // 0 would mean "never exit", and scale-in relies on workers exiting.
+            spec.idle_timeout_seconds.max(1).to_string(),
+        ]),
+        env: (!env.is_empty()).then_some(env),
+        resources: template.resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(WORKER_UID),
+            run_as_group: Some(WORKER_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&name, suffix)),
+            namespace: pool.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            // A worker that crashed is replaced by the autoscaler, not retried in place:
+            // its steps come back through the lease, whoever takes them.
+            backoff_limit: Some(0),
+            completions: Some(1),
+            parallelism: Some(1),
+            ttl_seconds_after_finished: Some(FINISHED_JOB_TTL_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_owned()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(WORKER_UID),
+                        run_as_group: Some(WORKER_UID),
+                        seccomp_profile: Some(runtime_default()),
+                        ..PodSecurityContext::default()
+                    }),
+                    node_selector: template.node_selector,
+                    tolerations: template.tolerations,
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    }
+}
+
+/// The engine's breakers as status entries, sorted by tool, at most
+/// [`MAX_BREAKERS_IN_STATUS`].
+pub fn breakers(states: &[EngineBreaker]) -> Vec<BreakerStatus> {
+    let mut out: Vec<BreakerStatus> = states
+        .iter()
+        .map(|b| BreakerStatus {
+            tool: b.tool.chars().take(128).collect(),
+            state: match b.phase {
+                BreakerPhase::Closed => BreakerState::Closed,
+                BreakerPhase::Open => BreakerState::Open,
+                BreakerPhase::HalfOpen => BreakerState::HalfOpen,
+            },
+            failures: b.failures,
+        })
+        .collect();
+    out.sort_by(|a, b| a.tool.cmp(&b.tool));
+    out.dedup_by(|a, b| a.tool == b.tool);
+    out.truncate(MAX_BREAKERS_IN_STATUS);
+    out
+}
+
+/// What one reconcile found out, from which the status is built.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// Redis answered; `created` worker Jobs were added this time.
+    Scaled {
+        depth: QueueDepth,
+        breakers: Vec<BreakerStatus>,
+        active: u32,
+        desired: u32,
+        created: u32,
+    },
+    /// Queue depth could not be read; the numbers in status stay as they were.
+    RedisUnavailable { active: u32, message: String },
+    /// The pool's spec cannot be served; nothing is created until it changes.
+    Invalid { message: String },
+    /// Creating worker Jobs failed.
+    JobCreateFailed {
+        depth: QueueDepth,
+        active: u32,
+        desired: u32,
+        message: String,
+    },
+}
+
+/// Reasons of the Ready condition.
+pub mod reason {
+    pub const WORKERS_ACTIVE: &str = "WorkersActive";
+    pub const IDLE: &str = "Idle";
+    pub const NO_WORKERS_ALLOWED: &str = "NoWorkersAllowed";
+    pub const REDIS_UNAVAILABLE: &str = "RedisUnavailable";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const JOB_CREATE_FAILED: &str = "JobCreateFailed";
+}
+
+/// The new status of `pool` after `obs`, at `now`. Numbers the observation does not cover
+/// keep their old values; `lastTransitionTime` moves only when the condition's status does.
+/// `last_scale` is the controller's own memory of its last scale-up: the cached pool may
+/// predate that status write, and applying a status without the field would erase it.
+pub fn status(
+    pool: &WorkerPool,
+    obs: &Observation,
+    now: &Time,
+    last_scale: Option<&Time>,
+) -> WorkerPoolStatus {
+    let old = pool.status.clone().unwrap_or_default();
+    let mut new = WorkerPoolStatus {
+        observed_generation: pool.meta().generation,
+        last_scale_time: latest(old.last_scale_time.as_ref(), last_scale).cloned(),
+        ..old.clone()
+    };
+    let (ready, why, message) = match obs {
+        Observation::Scaled {
+            depth,
+            breakers,
+            active,
+            desired,
+            created,
+        } => {
+            new.queue_depth = depth.queued;
+            new.running = depth.running;
+            new.active_workers = *active;
+            new.desired_workers = *desired;
+            new.breakers = breakers.clone();
+            if *created > 0 {
+                new.last_scale_time = Some(now.clone());
+            }
+            let load = depth.total() + depth.delayed;
+            if *active > 0 {
+                (
+                    true,
+                    reason::WORKERS_ACTIVE,
+                    // Queue numbers stay out of the message: they have their own fields,
+                    // and a message moving every second would mean a status write each time.
+                    format!("{active} worker(s) active, {desired} desired"),
+                )
+            } else if load > 0 {
+                (
+                    false,
+                    reason::NO_WORKERS_ALLOWED,
+                    format!(
+                        "{load} step(s) wait but spec.maxWorkers is {}; raise it so workers can start",
+                        pool.spec.max_workers
+                    ),
+                )
+            } else {
+                (
+                    true,
+                    reason::IDLE,
+                    "no steps queued; workers start when steps arrive".to_owned(),
+                )
+            }
+        }
+        Observation::RedisUnavailable { active, message } => {
+            new.active_workers = *active;
+            (
+                false,
+                reason::REDIS_UNAVAILABLE,
+                format!("cannot read the queue depth: {message}"),
+            )
+        }
+        Observation::Invalid { message } => (false, reason::INVALID_SPEC, message.clone()),
+        Observation::JobCreateFailed {
+            depth,
+            active,
+            desired,
+            message,
+        } => {
+            new.queue_depth = depth.queued;
+            new.running = depth.running;
+            new.active_workers = *active;
+            new.desired_workers = *desired;
+            (
+                false,
+                reason::JOB_CREATE_FAILED,
+                format!("cannot create worker Jobs: {message}"),
+            )
+        }
+    };
+    new.conditions = set_condition(
+        &old.conditions,
+        Condition {
+            type_: CONDITION_READY.to_owned(),
+            status: if ready { "True" } else { "False" }.to_owned(),
+            reason: why.to_owned(),
+            message: crate::api::truncate_text(&message, MAX_MESSAGE_BYTES),
+            observed_generation: pool.meta().generation,
+            last_transition_time: now.clone(),
+        },
+    );
+    new
+}
+
+fn latest<'a>(a: Option<&'a Time>, b: Option<&'a Time>) -> Option<&'a Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `conditions` with `cond` replacing the one of its type; the old `lastTransitionTime` is
+/// kept when the status did not change.
+pub fn set_condition(conditions: &[Condition], mut cond: Condition) -> Vec<Condition> {
+    let mut out: Vec<Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ != cond.type_)
+        .cloned()
+        .collect();
+    if let Some(prev) = conditions.iter().find(|c| c.type_ == cond.type_)
+        && prev.status == cond.status
+    {
+        cond.last_transition_time = prev.last_transition_time.clone();
+    }
+    out.push(cond);
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+/// Ready reason of a status, if any (for logs and the requeue decision).
+pub fn ready_reason(status: &WorkerPoolStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY)
+        .map(|c| c.reason.as_str())
+}

@@ -1,0 +1,568 @@
+//! The WorkerPool controller: keeps clamp(ceil((queued + running) / targetQueueDepth),
+//! minWorkers, maxWorkers) worker Jobs per pool, never deleting one (workers exit on idle,
+//! which is how a pool scales in), and mirrors queue depth, workers and circuit breakers into
+//! the pool's status.
+//!
+//! Reconcile is read → validate → build → apply → status: read the pool's worker Jobs (a
+//! fresh list, so Jobs created a moment ago count and nothing is over-created) and its queue
+//! depth (one Redis script call), validate what the schema cannot, build the missing Jobs
+//! and the status with the pure functions of [`build`], apply them with server-side apply,
+//! then requeue after [`POLL_INTERVAL`].
+//!
+//! Choices the design leaves open:
+//! - Triggers: the pool, its worker Jobs (`.owns`), and the AgentRuns naming it (an AgentRun
+//!   change is when its pool's queue changes), plus a poll every [`POLL_INTERVAL`], busy or
+//!   idle, so steps queued without an AgentRun (`crane-executor submit`) start a worker
+//!   within about a second: queue depth is one cheap Redis call.
+//! - Delayed steps (retry backoff, open breaker) are not load, but only workers promote them,
+//!   so a pool with any keeps at least one worker (within maxWorkers).
+//! - Finished worker Jobs are removed by `ttlSecondsAfterFinished`
+//!   ([`build::FINISHED_JOB_TTL_SECONDS`]); a failed worker is not retried in place
+//!   (`backoffLimit: 0`): the next reconcile replaces it if the load still asks for it.
+//! - A pool named with a dot (a valid object name) cannot be keyed by the engine and is
+//!   reported `Ready=False, reason InvalidSpec`; so is a template setting the env vars through
+//!   which workers reach Redis ([`build::RESERVED_ENV`]).
+//! - API verbs used: workerpools get/list/watch, workerpools/status patch, jobs list/watch/
+//!   create/patch (server-side apply), agentruns list/watch, events (events.k8s.io)
+//!   create/patch; workerpools/finalizers update for `blockOwnerDeletion` on the Jobs.
+
+pub mod build;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crane_executor::engine::{self, BreakerConfig, EngineError, PoolName, QueueDepth};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+
+use self::build::{Observation, SpecError, WorkerSettings};
+use crate::api::{AgentRun, WorkerPool, WorkerPoolStatus};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::metrics::Controller as MetricsController;
+
+/// How often every pool's queue depth is read: the autoscaler's reaction time to steps that
+/// arrive without an AgentRun event. One cheap Redis script call per pool.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// First and largest per-object backoff after a transient error.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Everything that can fail in one reconcile; one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The stored object could not be read as a WorkerPool (shown in its status).
+    #[error("the WorkerPool {namespace}/{name} is malformed: {message}")]
+    Malformed {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    /// The spec cannot be served (shown in its status).
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    #[error("listing the worker Jobs: {0}")]
+    ListJobs(#[source] kube::Error),
+    #[error("reading the queue of pool {pool}: {source}")]
+    Redis {
+        pool: String,
+        #[source]
+        source: EngineError,
+    },
+    /// The apiserver refused the Job as invalid: retrying the same spec cannot help.
+    #[error("the apiserver rejected worker Job {job}: {source}")]
+    JobRejected {
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("creating worker Job {job}: {source}")]
+    CreateJob {
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing the status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+impl Error {
+    /// Stable, bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Malformed { .. } => "malformed",
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::ListJobs(_) => "list_jobs",
+            Self::Redis { .. } => "redis",
+            Self::JobRejected { .. } => "job_rejected",
+            Self::CreateJob { .. } => "create_job",
+            Self::Status(_) => "status",
+        }
+    }
+
+    /// Errors that only a change to the object can cure: wait for it instead of retrying.
+    fn awaits_change(&self) -> bool {
+        matches!(
+            self,
+            Self::Malformed { .. } | Self::InvalidSpec(_) | Self::JobRejected { .. }
+        )
+    }
+}
+
+/// The controller's state: the shared context, per-object error counts for backoff, and
+/// each pool's last scale-up (by uid) so a stale cached pool cannot erase it from status.
+struct State {
+    ctx: Arc<Context>,
+    settings: WorkerSettings,
+    failures: Mutex<HashMap<(String, String), u32>>,
+    scaled_at: Mutex<HashMap<String, Time>>,
+}
+
+impl State {
+    fn last_scale(&self, pool: &WorkerPool) -> Option<Time> {
+        let uid = pool.meta().uid.as_deref()?;
+        let map = self.scaled_at.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(uid).cloned()
+    }
+
+    fn set_last_scale(&self, pool: &WorkerPool, at: Option<Time>) {
+        let Some(uid) = pool.meta().uid.clone() else {
+            return;
+        };
+        let mut map = self.scaled_at.lock().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(t) => map.insert(uid, t),
+            None => map.remove(&uid),
+        };
+    }
+
+    fn record(&self, key: (String, String), failed: bool) -> u32 {
+        // A poisoned lock only means another reconcile panicked; the counts stay usable.
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failed {
+            let n = map.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            map.remove(&key);
+            0
+        }
+    }
+}
+
+/// Runs the controller (one watch per configured namespace, or cluster-wide) until
+/// `shutdown` resolves and in-flight reconciles have finished.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let state = Arc::new(State {
+        settings: WorkerSettings::from_config(&ctx.config),
+        ctx: ctx.clone(),
+        failures: Mutex::new(HashMap::new()),
+        scaled_at: Mutex::new(HashMap::new()),
+    });
+    let shutdown = shutdown.shared();
+    let scopes: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = scopes.into_iter().map(|ns| {
+        let (pools, jobs, runs) = match &ns {
+            Some(ns) => (
+                Api::<DeserializeGuard<WorkerPool>>::namespaced(ctx.client.clone(), ns),
+                Api::<Job>::namespaced(ctx.client.clone(), ns),
+                Api::<DeserializeGuard<AgentRun>>::namespaced(ctx.client.clone(), ns),
+            ),
+            None => (
+                Api::<DeserializeGuard<WorkerPool>>::all(ctx.client.clone()),
+                Api::<Job>::all(ctx.client.clone()),
+                Api::<DeserializeGuard<AgentRun>>::all(ctx.client.clone()),
+            ),
+        };
+        let config =
+            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency.max(1));
+        Controller::new(pools, watcher::Config::default().any_semantic())
+            .owns(
+                jobs,
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    build::LABEL_APP,
+                    build::APP_WORKER
+                )),
+            )
+            // An AgentRun changing (created, started, progressing) is the moment its pool's
+            // queue changes: reconcile the pool at once instead of at the next idle poll.
+            .watches(runs, watcher::Config::default().any_semantic(), pool_of_run)
+            .with_config(config)
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, state.clone())
+            .for_each(|res| async move {
+                match res {
+                    Ok((obj, action)) => tracing::debug!(object = %obj, ?action, "reconciled"),
+                    // Already logged by error_policy, with the retry decision.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(err, obj)) => {
+                        tracing::debug!(object = %obj, error = %err, "reconcile failed");
+                    }
+                    Err(err) => tracing::warn!(error = %err, "workerpool controller"),
+                }
+            })
+    });
+    tracing::info!("workerpool controller started");
+    futures::future::join_all(controllers).await;
+    tracing::info!("workerpool controller stopped");
+    Ok(())
+}
+
+/// The WorkerPool an AgentRun runs on (same namespace, `spec.workerPool`).
+fn pool_of_run(run: DeserializeGuard<AgentRun>) -> Option<ObjectRef<DeserializeGuard<WorkerPool>>> {
+    let run = run.0.ok()?;
+    let ns = run.namespace()?;
+    Some(ObjectRef::new(&run.spec.worker_pool).within(&ns))
+}
+
+#[tracing::instrument(skip_all, fields(namespace, pool))]
+async fn reconcile(
+    guard: Arc<DeserializeGuard<WorkerPool>>,
+    state: Arc<State>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let key = (guard.namespace().unwrap_or_default(), guard.name_any());
+    tracing::Span::current()
+        .record("namespace", key.0.as_str())
+        .record("pool", key.1.as_str());
+    let result = reconcile_pool(&guard, &state).await;
+    state.ctx.metrics.reconciled(
+        MetricsController::workerpool,
+        result.as_ref().map_or_else(Error::metric_label, |_| "ok"),
+        started.elapsed(),
+    );
+    if result.is_ok() {
+        state.record(key, false);
+    }
+    result
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<WorkerPool>>,
+    err: &Error,
+    state: Arc<State>,
+) -> Action {
+    if err.awaits_change() {
+        tracing::warn!(error = %err, "waiting for the WorkerPool to change");
+        return Action::await_change();
+    }
+    let n = state.record(
+        (guard.namespace().unwrap_or_default(), guard.name_any()),
+        true,
+    );
+    let delay = backoff(n);
+    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Exponential backoff for the `n`th consecutive failure (n ≥ 1), with up to 25 % jitter so
+/// pools failing together (Redis down) do not retry in lockstep.
+fn backoff(n: u32) -> Duration {
+    let base = BACKOFF_MIN
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 4);
+    base + Duration::from_millis(jitter)
+}
+
+async fn reconcile_pool(
+    guard: &DeserializeGuard<WorkerPool>,
+    state: &State,
+) -> Result<Action, Error> {
+    let ctx = &state.ctx;
+    // read
+    let pool = match &guard.0 {
+        Ok(pool) => pool,
+        Err(invalid) => {
+            let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let message = format!(
+                "the object does not match the WorkerPool schema: {}",
+                invalid.error
+            );
+            patch_malformed(ctx, &namespace, &name, &message).await?;
+            return Err(Error::Malformed {
+                namespace,
+                name,
+                message,
+            });
+        }
+    };
+    if pool.meta().deletion_timestamp.is_some() {
+        state.set_last_scale(pool, None);
+        // Worker Jobs go with the pool through their owner references.
+        return Ok(Action::await_change());
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut last_scale = state.last_scale(pool);
+
+    // validate
+    let engine_pool = match build::validate(pool) {
+        Ok(p) => p,
+        Err(err) => {
+            let obs = Observation::Invalid {
+                message: err.to_string(),
+            };
+            write_status(
+                ctx,
+                pool,
+                &build::status(pool, &obs, &now, last_scale.as_ref()),
+            )
+            .await?;
+            return Err(err.into());
+        }
+    };
+    let ns = engine_pool.namespace().to_owned();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs = jobs_api
+        .list(&ListParams::default().labels(&build::worker_selector(&pool.name_any())))
+        .await
+        .map_err(Error::ListJobs)?;
+    let active = jobs
+        .items
+        .iter()
+        .filter(|j| build::is_worker_of(j, pool) && build::is_active(j))
+        .count();
+    let active = u32::try_from(active).unwrap_or(u32::MAX);
+
+    let mut redis = ctx.redis();
+    let observed = async {
+        let depth = engine::queue_depth(&mut redis, &engine_pool).await?;
+        let breakers =
+            engine::breaker_states(&mut redis, &engine_pool, &BreakerConfig::default()).await?;
+        Ok::<_, EngineError>((depth, breakers))
+    }
+    .await;
+    let (depth, breakers) = match observed {
+        Ok(v) => v,
+        Err(source) => {
+            let obs = Observation::RedisUnavailable {
+                active,
+                message: source.to_string(),
+            };
+            write_status(
+                ctx,
+                pool,
+                &build::status(pool, &obs, &now, last_scale.as_ref()),
+            )
+            .await?;
+            return Err(Error::Redis {
+                pool: engine_pool.to_string(),
+                source,
+            });
+        }
+    };
+
+    // build
+    let spec = &pool.spec;
+    let desired = build::desired_workers(
+        &depth,
+        spec.min_workers,
+        spec.max_workers,
+        spec.target_queue_depth,
+    );
+    let missing = desired.saturating_sub(active);
+
+    // apply
+    let mut created = 0;
+    for _ in 0..missing {
+        match create_worker(ctx, &jobs_api, pool, &engine_pool, &state.settings).await {
+            Ok(()) => {
+                created += 1;
+                if created == 1 {
+                    state.set_last_scale(pool, Some(now.clone()));
+                    last_scale = Some(now.clone());
+                }
+            }
+            Err(err) => {
+                let obs = Observation::JobCreateFailed {
+                    depth,
+                    active: active.saturating_add(created),
+                    desired,
+                    message: err.to_string(),
+                };
+                write_status(
+                    ctx,
+                    pool,
+                    &build::status(pool, &obs, &now, last_scale.as_ref()),
+                )
+                .await?;
+                return Err(err);
+            }
+        }
+    }
+    if created > 0 {
+        tracing::info!(
+            created,
+            active,
+            desired,
+            queued = depth.queued,
+            running = depth.running,
+            "scaled up"
+        );
+        publish_scaled(ctx, pool, created, active, desired, &depth).await;
+    }
+
+    // status
+    let obs = Observation::Scaled {
+        depth,
+        breakers: build::breakers(&breakers),
+        active: active.saturating_add(created),
+        desired,
+        created,
+    };
+    write_status(
+        ctx,
+        pool,
+        &build::status(pool, &obs, &now, last_scale.as_ref()),
+    )
+    .await?;
+
+    Ok(Action::requeue(POLL_INTERVAL))
+}
+
+async fn create_worker(
+    ctx: &Context,
+    api: &Api<Job>,
+    pool: &WorkerPool,
+    engine_pool: &PoolName,
+    settings: &WorkerSettings,
+) -> Result<(), Error> {
+    let job = build::worker_job(pool, engine_pool, settings, &random_suffix());
+    let name = job.name_any();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let res = api.patch(&name, &params, &Patch::Apply(&job)).await;
+    ctx.metrics
+        .api_write(MetricsController::workerpool, "apply");
+    match res {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+            Err(Error::JobRejected {
+                job: name,
+                source: kube::Error::Api(status),
+            })
+        }
+        Err(source) => Err(Error::CreateJob { job: name, source }),
+    }
+}
+
+/// Five characters of [a-z0-9]: 36^5 ≈ 60 million names per pool, so two live workers
+/// sharing one is negligible (and would only make one apply a no-op).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// Writes `status` with server-side apply when it differs from what the object holds.
+async fn write_status(
+    ctx: &Context,
+    pool: &WorkerPool,
+    status: &WorkerPoolStatus,
+) -> Result<(), Error> {
+    if pool.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<WorkerPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": WorkerPool::api_version(&()),
+        "kind": WorkerPool::kind(&()),
+        "status": status,
+    });
+    let res = api
+        .patch_status(
+            &pool.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    ctx.metrics
+        .api_write(MetricsController::workerpool, "apply_status");
+    res.map(|_| ()).map_err(Error::Status)
+}
+
+/// Marks a pool that cannot be deserialized as not Ready, naming the problem.
+async fn patch_malformed(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    message: &str,
+) -> Result<(), Error> {
+    if namespace.is_empty() || name.is_empty() {
+        return Ok(());
+    }
+    let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), namespace);
+    let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: crate::api::CONDITION_READY.to_owned(),
+        status: "False".to_owned(),
+        reason: build::reason::INVALID_SPEC.to_owned(),
+        message: crate::api::truncate_text(message, 1024),
+        observed_generation: None,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    let patch = json!({
+        "apiVersion": WorkerPool::api_version(&()),
+        "kind": WorkerPool::kind(&()),
+        "status": { "conditions": [condition] },
+    });
+    let res = api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    ctx.metrics
+        .api_write(MetricsController::workerpool, "apply_status");
+    res.map(|_| ()).map_err(Error::Status)
+}
+
+/// A `ScaledUp` Event on the pool; best effort (an Event lost is not worth a retry).
+async fn publish_scaled(
+    ctx: &Context,
+    pool: &WorkerPool,
+    created: u32,
+    active: u32,
+    desired: u32,
+    depth: &QueueDepth,
+) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "ScaledUp".to_owned(),
+        note: Some(format!(
+            "created {created} worker Job(s): {active} were active, {desired} desired for {} queued and {} running step(s)",
+            depth.queued, depth.running
+        )),
+        action: "CreateWorkers".to_owned(),
+        secondary: None,
+    };
+    let res = ctx.recorder.publish(&event, &pool.object_ref(&())).await;
+    ctx.metrics
+        .api_write(MetricsController::workerpool, "event");
+    if let Err(err) = res {
+        tracing::warn!(error = %err, "could not publish the ScaledUp event");
+    }
+}
