@@ -5,14 +5,18 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: test deps fmt-check clippy unit test-cluster bench bench-engine crds \
-        cluster-up cluster-down env build
+        cluster-up cluster-down env build up down demo
 
 ## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
 test: deps fmt-check clippy unit test-cluster
 
-## deps: install what the tests need when missing (Redis from Debian, the Go-built control plane)
+## deps: install what the tests need when missing: Redis and Lua (the Argo CD health test)
+## from Debian, PyYAML (the chart hardening check), the Go-built control plane and helm
 deps:
-	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@missing=""; command -v redis-server >/dev/null || missing+=" redis-server"; \
+	 command -v lua5.4 >/dev/null || missing+=" lua5.4"; \
+	 if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 	@e2e/cluster/build.sh >/dev/null
 
 fmt-check:
@@ -49,6 +53,19 @@ cluster-up: build
 
 cluster-down:
 	e2e/cluster/down.sh
+
+## up: the local control plane plus Crane installed with the Helm chart (CRDs, operator,
+## default WorkerPool), in the background; returns when the operator is ready
+up: deps build
+	e2e/up.sh
+
+## down: helm uninstall and cluster-down; nothing is left running
+down:
+	e2e/down.sh
+
+## demo: make up, apply config/samples/, follow the runs to the end, print their results
+demo: deps build
+	e2e/demo.sh
 
 ## env: `eval "$(make -s env)"` points kubectl, helm and REDIS_URL at the local cluster
 env:

@@ -1,0 +1,104 @@
+{{/* Names, labels and the settings several templates share. */}}
+
+{{- define "crane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "crane.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "crane.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "crane.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "crane.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "crane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "crane.operatorSelector" -}}
+app.kubernetes.io/name: {{ include "crane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "crane.redisSelector" -}}
+app.kubernetes.io/name: {{ include "crane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end }}
+
+{{- define "crane.serviceAccountName" -}}
+{{- default (include "crane.fullname" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{- define "crane.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "crane.executorImage" -}}
+{{- default (include "crane.image" .) .Values.executor.image }}
+{{- end }}
+
+{{- define "crane.redisFullname" -}}
+{{- printf "%s-redis" (include "crane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Redis URL the operator, planners and workers use. */}}
+{{- define "crane.redisUrl" -}}
+{{- if .Values.redis.bundled }}
+{{- printf "redis://%s.%s.svc:6379" (include "crane.redisFullname" .) .Release.Namespace }}
+{{- else }}
+{{- required "redis.external.url is required when redis.bundled is false" .Values.redis.external.url }}
+{{- end }}
+{{- end }}
+
+{{/* Secret name and key holding the Redis password; empty name: no password. */}}
+{{- define "crane.redisSecretName" -}}
+{{- if .Values.redis.bundled }}
+{{- default (include "crane.redisFullname" .) .Values.redis.existingSecret }}
+{{- else }}
+{{- .Values.redis.external.passwordSecret.name }}
+{{- end }}
+{{- end }}
+
+{{- define "crane.redisSecretKey" -}}
+{{- if .Values.redis.bundled }}password{{ else }}{{ .Values.redis.external.passwordSecret.key }}{{ end }}
+{{- end }}
+
+{{/* Secret name holding the LLM API key; empty: none. */}}
+{{- define "crane.llmSecretName" -}}
+{{- if .Values.llm.existingSecret }}
+{{- .Values.llm.existingSecret }}
+{{- else if .Values.llm.apiKey }}
+{{- printf "%s-llm" (include "crane.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "crane.llmSecretKey" -}}
+{{- if .Values.llm.existingSecret }}{{ .Values.llm.existingSecretKey }}{{ else }}apiKey{{ end }}
+{{- end }}
+
+{{/* The release namespace plus runNamespaces, without duplicates. */}}
+{{- define "crane.runNamespaces" -}}
+{{- $all := list .Release.Namespace }}
+{{- range .Values.runNamespaces }}{{ $all = append $all . }}{{ end }}
+{{- $all | uniq | toJson }}
+{{- end }}
+
+{{/* Pod Security "restricted" for a container. */}}
+{{- define "crane.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
