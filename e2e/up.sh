@@ -12,6 +12,7 @@
 # CRANE_CLUSTER_DIR (see e2e/cluster/lib.sh) another local cluster's state directory.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/e2e/cluster/lib.sh"  # free_port
 ns=${CRANE_NAMESPACE:-crane-system}
 release=crane
 t0=$SECONDS
@@ -28,10 +29,7 @@ state=${CRANE_CLUSTER_DIR:-$root/.crane/cluster}
 port_file=$state/crane-metrics-port
 port=$(cat "$port_file" 2>/dev/null || true)
 if ! [[ $port =~ ^[0-9]+$ ]] || { ss -Htln "sport = :$port" | grep -q . && [ "$(curl -fsS "http://127.0.0.1:$port/readyz" 2>/dev/null)" != ok ]; }; then
-  for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 30000))
-    ss -Htan "sport = :$port" | grep -q . || break
-  done
+  port=$(free_port)
   echo "$port" >"$port_file"
 fi
 

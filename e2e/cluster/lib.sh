@@ -32,6 +32,22 @@ group_running() {
   return 1
 }
 
+# free_port [TAKEN...]: a loopback port nobody listens on and not in TAKEN. Picked below the
+# kernel's ephemeral range (outgoing connections take ports from it), so nothing can grab it
+# between this check and the bind.
+free_port() {
+  local p lo=20000 hi
+  hi=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$hi" -gt $((lo + 1000)) ] 2>/dev/null || { lo=10000; hi=20000; }
+  for _ in $(seq 1 200); do
+    p=$((lo + RANDOM % (hi - lo)))
+    case " $* " in *" $p "*) continue ;; esac
+    ss -Htan "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return 0; }
+  done
+  echo "no free loopback port found" >&2
+  return 1
+}
+
 # load_ports: read the ports the running cluster was started on.
 load_ports() {
   [ -f "$state/ports.env" ] || return 1

@@ -43,26 +43,10 @@ rm -rf "$state"
 mkdir -p "$state"/{pki,pids,logs,pods,etcd}
 chmod 700 "$state"
 
-# free_port: a loopback port nobody listens on (checked against the kernel's socket table).
-used_ports=" "
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 30000))
-    case $used_ports in *" $p "*) continue ;; esac
-    if ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then
-      used_ports+="$p "
-      echo "$p"
-      return 0
-    fi
-  done
-  echo "cluster-up: no free port found" >&2
-  return 1
-}
-ETCD_PORT=$(free_port); used_ports+="$ETCD_PORT "
-ETCD_PEER_PORT=$(free_port); used_ports+="$ETCD_PEER_PORT "
-API_PORT=$(free_port); used_ports+="$API_PORT "
-REDIS_PORT=$(free_port); used_ports+="$REDIS_PORT "
+ETCD_PORT=$(free_port)
+ETCD_PEER_PORT=$(free_port "$ETCD_PORT")
+API_PORT=$(free_port "$ETCD_PORT" "$ETCD_PEER_PORT")
+REDIS_PORT=$(free_port "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT")
 cat >"$state/ports.env" <<PORTS
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT

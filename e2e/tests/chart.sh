@@ -40,6 +40,8 @@ local_values() {
 image: {repository: crane, tag: dev}
 redis: {bundled: false, external: {url: "$REDIS_URL"}}
 operator:
+  # Process pods share the host network: a second replica would find the port taken.
+  replicas: 1
   watchNamespaces: [$ns]
   metricsPort: $1
   logLevel: "info,crane_operator=debug"
@@ -117,7 +119,8 @@ t_helm_schema_rejects_hostile_values() {
     elif grep -qF -- "$want" <<<"$out"; then pass "values $set rejected"
     else fail "values $set rejected without naming $want" "$out"; fi
   done <<'CASES'
-operator.replicas=2|/operator/replicas
+operator.replicas=6|/operator/replicas
+operator.leaderElection.leaseDurationSeconds=1|/operator/leaderElection/leaseDurationSeconds
 operator.replicas=-1|/operator/replicas
 workerPool.name=Bad_Name|/workerPool/name
 runNamespaces[0]=../etc|/runNamespaces/0
@@ -235,15 +238,9 @@ t_argocd_health() {
   else fail "argocd-cm-patch.yaml is stale" "$out"; fi
 }
 
-# free_port: a loopback port nobody listens on (pods of the process kubelet share the host).
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 30000))
-    ss -Htan "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return 0; }
-  done
-  return 1
-}
+# free_port: the control plane's (e2e/cluster/lib.sh), sourced in a subshell so the rest of
+# lib.sh does not touch this script's variables.
+free_port() { (. "$root/e2e/cluster/lib.sh" && free_port "$@"); }
 
 # wait_phase NAME SECONDS: prints the AgentRun's phase once terminal (or the last one seen).
 wait_phase() {
