@@ -45,7 +45,10 @@ operator_start() {
   local bin=${CRANE_BIN_DIR:-$_crane_root/target/debug}
   OPERATOR_KUBECONFIG=$(mktemp "${TMPDIR:-/tmp}/crane-operator-kubeconfig.XXXXXX")
   operator_kubeconfig "$OPERATOR_KUBECONFIG" || { echo "operator_start: cannot prepare RBAC/kubeconfig" >&2; return 1; }
+  # A Lease of its own unless the caller names one: operators of suites run side by side
+  # on one cluster must not stand by for each other (e2e/tests/ha.sh shares one on purpose).
   KUBECONFIG=$OPERATOR_KUBECONFIG RUST_LOG=${OPERATOR_RUST_LOG:-info,crane_operator=debug} \
+    CRANE_LEADER_ELECTION_ID=${CRANE_LEADER_ELECTION_ID:-crane-e2e-$$-$RANDOM} \
     "$bin/crane-operator" "$@" >"$log" 2>&1 &
   OPERATOR_PID=$!
   local deadline=$((SECONDS + 60))

@@ -119,6 +119,24 @@ pub struct Config {
     /// Secret NAME/KEY (in each run's namespace) with the LLM API key for planner Jobs.
     #[arg(long, env = "CRANE_LLM_API_KEY_SECRET")]
     pub llm_api_key_secret: Option<SecretKeyRef>,
+
+    /// Run the controllers only while holding the Lease, so several replicas can run
+    /// (`--leader-elect=false`: run them at once, for a single replica).
+    #[arg(long, env = "CRANE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Namespace of the Lease: the operator's own (the Downward API sets POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "crane-system")]
+    pub leader_election_namespace: String,
+
+    /// Name of the Lease; replicas sharing it elect one leader.
+    #[arg(long, env = "CRANE_LEADER_ELECTION_ID", default_value = crate::leader::DEFAULT_LEASE_NAME)]
+    pub leader_election_id: String,
+
+    /// Seconds a leader's Lease stays valid without renewal: the failover time after a
+    /// leader dies. The leader renews every third of it.
+    #[arg(long, env = "CRANE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
 }
 
 impl Config {
@@ -136,6 +154,10 @@ impl Config {
             llm_base_url: None,
             llm_model: None,
             llm_api_key_secret: None,
+            leader_elect: true,
+            leader_election_namespace: "crane-system".to_owned(),
+            leader_election_id: crate::leader::DEFAULT_LEASE_NAME.to_owned(),
+            lease_duration_seconds: 15,
         }
     }
 }
@@ -177,7 +199,9 @@ impl Context {
         }
     }
 
-    /// `/readyz` answers 200 once the controllers run.
+    /// `/readyz` answers 200 once the CRDs are established and the process either leads
+    /// (controllers running) or stands by for the Lease: a standby replica is ready, so
+    /// rolling updates and the PodDisruptionBudget count it (`is_leader` tells them apart).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }

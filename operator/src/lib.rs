@@ -7,6 +7,7 @@ pub mod agentrun;
 pub mod api;
 pub mod context;
 pub mod crdgen;
+pub mod leader;
 pub mod metrics;
 pub mod workerpool;
 
@@ -121,10 +122,21 @@ pub async fn context(config: Config) -> anyhow::Result<Arc<Context>> {
     )))
 }
 
-/// The operator process: logs, HTTP endpoints, CRD wait, both controllers; returns after
-/// SIGTERM once the controllers have drained.
+/// The operator process: logs, HTTP endpoints, CRD wait, then both controllers — while
+/// holding the leader Lease unless `--leader-elect=false`; returns after SIGTERM once the
+/// controllers have drained (and the Lease was released).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging();
+    let election = if config.leader_elect {
+        Some(leader::LeaderConfig::new(
+            &config.leader_election_namespace,
+            &config.leader_election_id,
+            &leader::default_identity(),
+            config.lease_duration_seconds,
+        )?)
+    } else {
+        None
+    };
     let addr = config.metrics_addr;
     let ctx = context(config).await?;
     let (stop, shutdown) = Shutdown::new();
@@ -140,20 +152,101 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = wait_for_crds(ctx.client.clone()) => r?,
         () = shutdown.wait() => return Ok(()),
     }
-    // Leader election (issue 7) goes here: acquire the Lease before starting the
-    // controllers and trigger `shutdown` when it is lost.
     ctx.set_ready(true);
+    let result = match election {
+        Some(cfg) => run_elected(ctx.clone(), cfg, shutdown).await,
+        None => {
+            ctx.metrics.is_leader.set(1);
+            run_controllers(ctx.clone(), shutdown).await
+        }
+    };
+    ctx.metrics.is_leader.set(0);
+    ctx.set_ready(false);
+    server.abort();
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Both controllers until `shutdown`.
+async fn run_controllers(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!("starting controllers");
     let (ar, wp) = tokio::join!(
         agentrun::run(ctx.clone(), shutdown.clone()),
         workerpool::run(ctx.clone(), shutdown.wait()),
     );
-    ctx.set_ready(false);
-    server.abort();
     ar.context("agentrun controller")?;
     wp.context("workerpool controller")?;
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// Stands by for the Lease, runs the controllers while holding it, stops them at once when
+/// it is lost and stands by again — so a replica cut off from the API (the leader included)
+/// rides the outage out and resumes when the API is back. Only when the controllers do not
+/// stop within the margin before another replica may take over does the process exit
+/// (Kubernetes restarts it), so two leaders never write at once.
+async fn run_elected(
+    ctx: Arc<Context>,
+    cfg: leader::LeaderConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let margin = cfg.stop_margin();
+    let mut elector = leader::Elector::new(ctx.client.clone(), cfg);
+    loop {
+        ctx.metrics.is_leader.set(0);
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown.wait() => return Ok(()),
+        }
+        ctx.metrics.is_leader.set(1);
+        let (stop_controllers, controllers_shutdown) = Shutdown::new();
+        let mut controllers = tokio::spawn(run_controllers(ctx.clone(), controllers_shutdown));
+        tokio::select! {
+            lost = elector.hold() => {
+                tracing::warn!(reason = %lost, "lost leadership; stopping the controllers");
+                ctx.metrics.is_leader.set(0);
+                let _ = stop_controllers.send(true);
+                match tokio::time::timeout(margin, &mut controllers).await {
+                    Ok(Ok(Ok(()))) => tracing::info!("controllers stopped; standing by"),
+                    Ok(Ok(Err(e))) => tracing::warn!(error = format!("{e:#}"), "controllers stopped with an error; standing by"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "controller task failed; standing by"),
+                    Err(_) => {
+                        controllers.abort();
+                        anyhow::bail!(
+                            "lost leadership ({lost}) and the controllers did not stop within {} s; \
+                             exiting so that only the new leader writes",
+                            margin.as_secs()
+                        );
+                    }
+                }
+            }
+            () = shutdown.wait() => {
+                let _ = stop_controllers.send(true);
+                let result = controllers.await;
+                ctx.metrics.is_leader.set(0);
+                release(&mut elector).await;
+                return result.context("controller task")?;
+            }
+            result = &mut controllers => {
+                // The controllers ended on their own (an error): hand the Lease over.
+                ctx.metrics.is_leader.set(0);
+                release(&mut elector).await;
+                return result.context("controller task")?;
+            }
+        }
+    }
+}
+
+/// Releases the Lease on the way out so a standby replica takes over at once.
+async fn release(elector: &mut leader::Elector) {
+    let limit = elector.config().renew_period;
+    match tokio::time::timeout(limit, elector.release()).await {
+        Ok(Ok(())) => tracing::info!("released the leader lease"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "releasing the leader lease failed; it expires by itself")
+        }
+        Err(_) => tracing::warn!("releasing the leader lease timed out; it expires by itself"),
+    }
 }
 
 async fn serve_http(

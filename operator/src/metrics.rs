@@ -58,6 +58,8 @@ pub struct Metrics {
     pub status_writes_coalesced: Counter,
     /// Progress notifications read from the engine's global stream.
     pub notifications: Counter,
+    /// 1 while this replica holds the leader Lease (or runs without leader election).
+    pub is_leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -114,6 +116,12 @@ impl Metrics {
             "Progress notifications read from the engine",
             notifications.clone(),
         );
+        let is_leader = Gauge::default();
+        registry.register(
+            "is_leader",
+            "1 while this replica holds the leader Lease and runs the controllers",
+            is_leader.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -123,6 +131,7 @@ impl Metrics {
             api_writes,
             status_writes_coalesced,
             notifications,
+            is_leader,
         }
     }
 
