@@ -157,65 +157,71 @@ fn check_namespace(ns: &str) -> Result<(), EngineError> {
         })
 }
 
-/// Stores a validated plan as run `run_id` and queues its first steps on `pool`.
-#[allow(clippy::too_many_arguments)]
-pub async fn init_run(
-    conn: &mut ConnectionManager,
-    run_id: &str,
+/// The script arguments every run-creating script starts with (see init.lua).
+fn run_args(
     namespace: &str,
     pool: &PoolName,
     plan: &Plan,
     options: &RunOptions,
     config: &EngineConfig,
-) -> Result<InitOutcome, EngineError> {
-    let keys = RunKeys::new(run_id)?;
-    check_namespace(namespace)?;
-    check_structure(plan)?;
-    let json = |what: &str, r: serde_json::Result<String>| {
-        r.map_err(|e| EngineError::InvalidPlan(format!("cannot serialise {what}: {e}")))
-    };
+) -> Result<Vec<String>, EngineError> {
     let policy = match options.failure_policy {
         FailurePolicy::FailFast => "FailFast",
         FailurePolicy::ContinueIndependent => "ContinueIndependent",
     };
-    let mut args = vec![
+    Ok(vec![
         namespace.to_owned(),
         pool.to_string(),
-        json("the plan", serde_json::to_string(plan))?,
-        json("the options", serde_json::to_string(options))?,
+        to_json("the plan", plan)?,
+        to_json("the options", options)?,
         ms(config.ttl).max(1).to_string(),
         options.retry.max_attempts.max(1).to_string(),
         policy.to_owned(),
         options.step_timeout_ms.max(1).to_string(),
         plan.steps.len().to_string(),
-    ];
-    for step in &plan.steps {
-        let mut children: Vec<String> = plan
-            .steps
-            .iter()
-            .filter(|s| s.depends_on.contains(&step.id))
-            .map(|s| s.id.to_string())
-            .collect();
-        children.dedup();
-        let ndeps: HashSet<StepId> = step.depends_on.iter().copied().collect();
-        let mut refs: Vec<StepId> = crate::vars::references(&step.input)
-            .into_iter()
-            .map(|r| r.step)
-            .collect();
-        refs.sort_unstable();
-        refs.dedup();
-        args.push(step.id.to_string());
-        args.push(step.tool.clone());
-        args.push(json("a step", serde_json::to_string(step))?);
-        args.push(children.join(","));
-        args.push(ndeps.len().to_string());
-        args.push(
-            refs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-    }
+    ])
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String, EngineError> {
+    serde_json::to_string(v)
+        .map_err(|e| EngineError::InvalidPlan(format!("cannot serialise {what}: {e}")))
+}
+
+/// One step's DAG links as the scripts store them: its children (comma-separated), its
+/// unique dependencies and the steps its input variables read (comma-separated).
+fn step_links(plan: &Plan, step: &crate::plan::Step) -> (String, HashSet<StepId>, String) {
+    let mut children: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.depends_on.contains(&step.id))
+        .map(|s| s.id.to_string())
+        .collect();
+    children.dedup();
+    let deps: HashSet<StepId> = step.depends_on.iter().copied().collect();
+    let mut refs: Vec<StepId> = crate::vars::references(&step.input)
+        .into_iter()
+        .map(|r| r.step)
+        .collect();
+    refs.sort_unstable();
+    refs.dedup();
+    let refs = refs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    (children.join(","), deps, refs)
+}
+
+/// Runs a run-creating script (init or restore) and queues the steps it made ready.
+async fn create_run(
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+    pool: &PoolName,
+    script: &redis::Script,
+    args: &[String],
+    config: &EngineConfig,
+) -> Result<InitOutcome, EngineError> {
+    let run_id = keys.run_id();
     // Registered with the sweeper first, so a crash after the run-slot write still gets its
     // first steps queued.
     redis::cmd("SADD")
@@ -226,9 +232,9 @@ pub async fn init_run(
         .map_err(EngineError::redis("registering the run"))?;
     let r = eval(
         conn,
-        &SCRIPTS.init,
+        script,
         &keys.script_keys(),
-        &args,
+        args,
         "initialising the run",
     )
     .await?;
@@ -247,6 +253,164 @@ pub async fn init_run(
     );
     eval_pipeline(conn, vec![cmd], "queueing the first steps").await?;
     Ok(InitOutcome::Created)
+}
+
+/// Stores a validated plan as run `run_id` and queues its first steps on `pool`.
+#[allow(clippy::too_many_arguments)]
+pub async fn init_run(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    namespace: &str,
+    pool: &PoolName,
+    plan: &Plan,
+    options: &RunOptions,
+    config: &EngineConfig,
+) -> Result<InitOutcome, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    check_namespace(namespace)?;
+    check_structure(plan)?;
+    let mut args = run_args(namespace, pool, plan, options, config)?;
+    for step in &plan.steps {
+        let (children, deps, refs) = step_links(plan, step);
+        args.push(step.id.to_string());
+        args.push(step.tool.clone());
+        args.push(to_json("a step", step)?);
+        args.push(children);
+        args.push(deps.len().to_string());
+        args.push(refs);
+    }
+    create_run(conn, &keys, pool, &SCRIPTS.init, &args, config).await
+}
+
+/// A step that already succeeded before Redis lost the run, as the AgentRun status kept it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoredStep {
+    /// The step's complete output (never a truncated stub: later steps read it).
+    pub output: Json,
+    /// Attempts it took, shown again in the report.
+    pub attempts: u32,
+    /// When it started and finished, in ms since the Unix epoch, if known.
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+/// Re-creates run `run_id` after Redis lost it (restart without persistence): the steps in
+/// `completed` start Succeeded with their outputs, every other step waits only for its
+/// dependencies that are not in `completed`, and the steps with none left are queued on
+/// `pool`. Like [`init_run`], returns [`InitOutcome::AlreadyExists`] (and changes nothing)
+/// when the run is in Redis after all. A `completed` id that is not in the plan is an error.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_run(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    namespace: &str,
+    pool: &PoolName,
+    plan: &Plan,
+    options: &RunOptions,
+    completed: &BTreeMap<StepId, RestoredStep>,
+    config: &EngineConfig,
+) -> Result<InitOutcome, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    check_namespace(namespace)?;
+    check_structure(plan)?;
+    if let Some(id) = completed
+        .keys()
+        .find(|id| !plan.steps.iter().any(|s| s.id == **id))
+    {
+        return Err(EngineError::InvalidPlan(format!(
+            "step {id} is given as completed but is not in the plan"
+        )));
+    }
+    let mut args = run_args(namespace, pool, plan, options, config)?;
+    let opt = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
+    for step in &plan.steps {
+        let (children, deps, refs) = step_links(plan, step);
+        let left = deps.iter().filter(|d| !completed.contains_key(d)).count();
+        args.push(step.id.to_string());
+        args.push(step.tool.clone());
+        args.push(to_json("a step", step)?);
+        args.push(children);
+        args.push(left.to_string());
+        args.push(refs);
+        match completed.get(&step.id) {
+            Some(done) => {
+                args.push("1".to_owned());
+                args.push(done.attempts.max(1).to_string());
+                args.push(to_json("a restored output", &done.output)?);
+                args.push(opt(done.started_ms));
+                args.push(opt(done.finished_ms));
+            }
+            None => args.extend(["0", "0", "", "", ""].map(String::from)),
+        }
+    }
+    create_run(conn, &keys, pool, &SCRIPTS.restore, &args, config).await
+}
+
+/// What [`retry_run`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The run was Failed and is Running again; `steps` steps start over.
+    Retried { steps: usize },
+    /// The run was neither Failed nor Cancelled (e.g. already retried, or it succeeded);
+    /// nothing changed.
+    NotFailed(RunPhase),
+}
+
+/// Retry from failure: a Failed run (or a Cancelled one: the operator cancels a run that
+/// exceeded its deadline) goes back to Running; its Failed and Skipped steps start
+/// over with a fresh attempt budget, Succeeded steps keep their outputs and attempts. Steps
+/// whose dependencies all succeeded are queued on the run's pool at once.
+pub async fn retry_run(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    config: &EngineConfig,
+) -> Result<RetryOutcome, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    let r = eval(
+        conn,
+        &SCRIPTS.retry,
+        &keys.script_keys(),
+        &[],
+        "retrying the run",
+    )
+    .await?;
+    let protocol = |detail: String| EngineError::Protocol {
+        what: "retrying the run",
+        detail,
+    };
+    match r.first().map(String::as_str) {
+        Some("missing") | None => Err(EngineError::RunNotFound(run_id.to_owned())),
+        Some("not-failed") => {
+            let p = r.get(1).map(String::as_str).unwrap_or("");
+            parse_run_phase(p)
+                .map(RetryOutcome::NotFailed)
+                .ok_or_else(|| protocol(format!("phase {p:?}")))
+        }
+        Some("retried") => {
+            let pool = r.get(1).map(String::as_str).unwrap_or("");
+            let pool = PoolName::parse(pool).map_err(|e| EngineError::Corrupt {
+                what: format!("run {run_id}"),
+                detail: format!("pool: {e}"),
+            })?;
+            let reset: usize = r
+                .get(2)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| protocol(format!("step count {:?}", r.get(2))))?;
+            let steps: Vec<String> = r.iter().skip(3).cloned().collect();
+            let cmd = pool_after_cmd(
+                &pool,
+                &config.breaker,
+                &PoolAfter {
+                    run: run_id,
+                    ready: &steps,
+                    ..PoolAfter::default()
+                },
+            );
+            eval_pipeline(conn, vec![cmd], "queueing the retried steps").await?;
+            Ok(RetryOutcome::Retried { steps: reset })
+        }
+        Some(other) => Err(protocol(format!("reply {other:?}"))),
+    }
 }
 
 fn parse_phase(s: &str) -> Option<StepPhase> {

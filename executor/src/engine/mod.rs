@@ -60,7 +60,10 @@ pub mod worker;
 
 use std::time::Duration;
 
-pub use api::{RedisExecutor, cancel_run, connect, delete_run, init_run, run_report, wait_for_run};
+pub use api::{
+    RedisExecutor, RestoredStep, RetryOutcome, cancel_run, connect, delete_run, init_run,
+    restore_run, retry_run, run_report, wait_for_run,
+};
 pub use keys::{PoolName, RunKeys, validate_run_id};
 pub use queue::{BreakerState, QueueDepth, breaker_states, queue_depth};
 pub use worker::{Worker, WorkerConfig};

@@ -20,7 +20,7 @@ fn run_code(body: &str) -> String {
 }
 
 /// Source of every script, for `SCRIPT LOAD` after a Redis restart emptied the cache.
-static CODES: LazyLock<[String; 9]> = LazyLock::new(|| {
+static CODES: LazyLock<[String; 11]> = LazyLock::new(|| {
     [
         run_code(include_str!("lua/init.lua")),
         run_code(include_str!("lua/start.lua")),
@@ -28,6 +28,8 @@ static CODES: LazyLock<[String; 9]> = LazyLock::new(|| {
         run_code(include_str!("lua/release.lua")),
         run_code(include_str!("lua/cancel.lua")),
         run_code(include_str!("lua/sweep.lua")),
+        run_code(include_str!("lua/restore.lua")),
+        run_code(include_str!("lua/retry.lua")),
         include_str!("lua/pool_after.lua").to_owned(),
         include_str!("lua/promote.lua").to_owned(),
         include_str!("lua/breakers.lua").to_owned(),
@@ -42,6 +44,8 @@ pub struct Scripts {
     pub release: Script,
     pub cancel: Script,
     pub sweep: Script,
+    pub restore: Script,
+    pub retry: Script,
     pub pool_after: Script,
     pub promote: Script,
     pub breakers: Script,
@@ -55,6 +59,8 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release: run_script(include_str!("lua/release.lua")),
     cancel: run_script(include_str!("lua/cancel.lua")),
     sweep: run_script(include_str!("lua/sweep.lua")),
+    restore: run_script(include_str!("lua/restore.lua")),
+    retry: run_script(include_str!("lua/retry.lua")),
     pool_after: Script::new(include_str!("lua/pool_after.lua")),
     promote: Script::new(include_str!("lua/promote.lua")),
     breakers: Script::new(include_str!("lua/breakers.lua")),

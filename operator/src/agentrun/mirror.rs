@@ -111,6 +111,14 @@ impl RunIndex {
     pub fn get(&self, uid: &str) -> Option<ObjectRef<AgentRun>> {
         self.0.lock().ok().and_then(|m| m.get(uid).cloned())
     }
+
+    /// Every indexed run.
+    pub fn all(&self) -> Vec<ObjectRef<AgentRun>> {
+        self.0
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// `(stream entry id, run id)` pairs of an XREAD reply (RESP2 arrays or RESP3 maps).
@@ -183,6 +191,7 @@ pub async fn follow(
     let mut last = "$".to_owned();
     let mut conn = None;
     let mut backoff = Duration::from_millis(100);
+    let mut lost_redis = false;
     let send = |obj: ObjectRef<AgentRun>| {
         for t in &triggers {
             let _ = t.unbounded_send(obj.clone());
@@ -208,6 +217,7 @@ pub async fn follow(
             {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
+                    lost_redis = true;
                     tracing::warn!(error = %e, "cannot connect to redis to follow progress; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -235,6 +245,15 @@ pub async fn follow(
         match reply {
             Ok(v) => {
                 backoff = Duration::from_millis(100);
+                if std::mem::take(&mut lost_redis) {
+                    // Redis may have restarted empty: every run is looked at now, so a lost
+                    // run is rebuilt from its status at once, not at the next resync.
+                    let runs = index.all();
+                    tracing::info!(runs = runs.len(), "redis is back; re-checking every run");
+                    for obj in runs {
+                        send(obj);
+                    }
+                }
                 let now = Instant::now();
                 for (id, uid) in parse_notifications(&v) {
                     last = id;
@@ -252,6 +271,7 @@ pub async fn follow(
                 }
             }
             Err(e) => {
+                lost_redis = true;
                 tracing::warn!(error = %e, "following engine progress failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}

@@ -14,11 +14,16 @@
 //!   reason `PlannerFailed`. The prompt reaches the pod in env `CRANE_PROMPT` only.
 //! - activeDeadlineSeconds counts from status.startedAt (planner Job creation, or the start
 //!   of the run for spec.plan); waiting for a missing pool does not count.
-//! - If Redis lost a running run, it is initialised again from the plan in status/spec
-//!   (completed steps run again); issue 7 refines this from the mirrored step outputs.
+//! - If Redis lost a running run, it is rebuilt from its status: completed steps keep their
+//!   mirrored outputs and do not run again, except a step whose mirrored output was
+//!   truncated, which runs again ([`recovery`]).
+//! - Retry from failure: annotate a Failed run with `crane.dev/retry=<new token>` (e.g. a
+//!   timestamp); its failed and skipped steps run again, completed ones keep their outputs,
+//!   the token handled last is kept in status.retryToken ([`recovery`]).
 
 pub mod build;
 pub mod mirror;
+pub mod recovery;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -389,6 +394,13 @@ async fn apply(run: &AgentRun, ctrl: &Ctrl) -> Result<Action, Error> {
     let phase = old.phase.unwrap_or_default();
     let now = now();
 
+    if phase == AgentRunPhase::Failed
+        && let Some(token) = recovery::retry_requested(run)
+    {
+        let (status, action) = recovery::retry(run, ctrl, &uid, &token, &now).await?;
+        write_status(run, ctrl, &old, status).await?;
+        return Ok(action);
+    }
     if phase.is_terminal() {
         return finished(run, ctrl, &old).await;
     }
@@ -631,31 +643,8 @@ async fn running(
     }
     let report: RunReport = match crane_executor::engine::run_report(&mut redis, uid).await {
         Ok(r) => r,
-        Err(EngineError::RunNotFound(_)) => {
-            // Redis lost the run (restart without persistence): start it again from the
-            // plan we hold; steps already mirrored as done will run again.
-            warn!("the run is missing from redis; initialising it again");
-            let plan = old.plan.clone().or_else(|| run.spec.plan.clone());
-            let source = old.plan_source.unwrap_or(PlanSource::Spec);
-            return match plan {
-                Some(plan) => {
-                    start(
-                        run,
-                        ctrl,
-                        uid,
-                        &run.namespace().unwrap_or_default(),
-                        plan,
-                        source,
-                        now,
-                    )
-                    .await
-                }
-                None => Ok((
-                    build::failed_early(run, REASON_PLANNER_FAILED, "the run's plan was lost", now),
-                    Action::await_change(),
-                )),
-            };
-        }
+        // Redis lost the run (restart without persistence): rebuild it from the status.
+        Err(EngineError::RunNotFound(_)) => return recovery::rebuild(run, ctrl, uid, now).await,
         Err(e) => return Err(engine_err("reading the run report")(e)),
     };
     let status = build::from_report(run, &report, deadline, now)?;

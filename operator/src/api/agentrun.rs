@@ -252,6 +252,12 @@ pub struct AgentRunStatus {
     /// When the run reached Succeeded, Failed or Cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+
+    /// The last value of the `crane.dev/retry` annotation the operator acted on (retry from
+    /// failure); a run is retried again only when the annotation changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub retry_token: Option<String>,
 }
 
 /// One step of the run, as the engine last reported it.
