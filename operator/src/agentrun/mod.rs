@@ -38,12 +38,12 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info, warn};
 
@@ -161,6 +161,10 @@ pub struct Ctrl {
     pub ctx: Arc<Context>,
     pub index: Arc<RunIndex>,
     backoff: Backoff,
+    /// Per run uid: the resourceVersion a status write was based on and a hash of what was
+    /// written, so a reconcile on a cached object that has not seen that write yet does not
+    /// write the same status again.
+    written: Mutex<HashMap<String, (String, u64)>>,
     /// The controllers' caches, for the runs-by-phase gauge.
     stores: Mutex<Vec<Store<DeserializeGuard<AgentRun>>>>,
     toolbox: Toolbox,
@@ -179,6 +183,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
         ctx: ctx.clone(),
         index: index.clone(),
         backoff: Backoff::default(),
+        written: Mutex::new(HashMap::new()),
         stores: Mutex::new(Vec::new()),
         toolbox: Toolbox::in_memory(),
         engine: EngineConfig::default(),
@@ -213,8 +218,8 @@ async fn controller(
     let (runs, jobs, pools) = match &namespace {
         Some(ns) => (
             Api::<DeserializeGuard<AgentRun>>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
-            Api::<DeserializeGuard<WorkerPool>>::namespaced(client, ns),
+            Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<WorkerPool>>::namespaced(client, ns),
         ),
         None => (
             Api::all(client.clone()),
@@ -222,15 +227,25 @@ async fn controller(
             Api::all(client),
         ),
     };
-    let controller = Controller::new(runs, watcher::Config::default().any_semantic()).owns(
+    // The cache holds every AgentRun: without managedFields and the last-applied annotation,
+    // which the controller never reads and which are a large part of a finished run.
+    let (store, writer) = reflector::store();
+    let runs = watcher(runs, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip_for_cache)
+        .reflect(writer)
+        .applied_objects();
+    // Planner Jobs only trigger their run: their metadata (owner reference) is enough.
+    let controller = Controller::for_stream(runs, store.clone()).owns(
         jobs,
         watcher::Config::default().labels(&format!("{}=planner", build::LABEL_COMPONENT)),
     );
-    let store = controller.store();
     if let Ok(mut stores) = ctrl.stores.lock() {
         stores.push(store.clone());
     }
-    // A pool appearing starts the runs waiting for it.
+    // A pool appearing (read as metadata only) starts the runs waiting for it (those whose Pending status says so: a
+    // run without status is being started by its own events, and a second trigger on a
+    // cached copy that lags behind would repeat its writes).
     let controller = controller.watches(pools, watcher::Config::default(), move |pool| {
         let ns = pool.namespace();
         let name = pool.name_any();
@@ -241,10 +256,7 @@ async fn controller(
                 r.0.as_ref().is_ok_and(|r| {
                     r.namespace() == ns
                         && r.spec.worker_pool == name
-                        && r.status
-                            .as_ref()
-                            .and_then(|s| s.phase)
-                            .is_none_or(|p| p == AgentRunPhase::Pending)
+                        && r.status.as_ref().and_then(|s| s.phase) == Some(AgentRunPhase::Pending)
                 })
             })
             .map(|r| ObjectRef::from_obj(&*r))
@@ -268,6 +280,18 @@ async fn controller(
         })
         .await;
 }
+
+/// Drops what the controller never reads from an AgentRun before it enters the cache.
+pub fn strip_for_cache(run: &mut DeserializeGuard<AgentRun>) {
+    let meta = run.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// kubectl's client-side-apply annotation: a copy of the whole object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// AgentRuns per phase (a run without status counts as Pending).
 pub fn count_phases<'a>(
@@ -380,6 +404,9 @@ async fn cleanup(run: &AgentRun, ctrl: &Ctrl) -> Result<Action, Error> {
             .await
             .map_err(engine_err("deleting the planner result"))?;
         ctrl.index.remove(uid);
+        if let Ok(mut w) = ctrl.written.lock() {
+            w.remove(uid);
+        }
         info!("removed the run's redis keys");
     }
     Ok(Action::await_change())
@@ -520,10 +547,20 @@ async fn start(
         Err(e) => return Err(engine_err("initialising the run")(e)),
     }
     let status_plan = (source != PlanSource::Spec).then_some(plan);
-    Ok((
-        build::started(run, status_plan, source, now),
-        Action::requeue(RESYNC),
-    ))
+    let started = build::started(run, status_plan, source, now);
+    // A short run may already be over (or this is a repeat on a stale cached object): then
+    // the terminal status is the first status write, not Running followed by it.
+    let report = match crane_executor::engine::run_report(&mut redis, uid).await {
+        Ok(r) => r,
+        Err(e) => return Err(engine_err("reading the run report")(e)),
+    };
+    if report.phase.is_terminal() {
+        let mut ran = run.clone();
+        ran.status = Some(started);
+        let status = build::from_report(&ran, &report, false, now)?;
+        return Ok((status, Action::await_change()));
+    }
+    Ok((started, Action::requeue(RESYNC)))
 }
 
 /// Planning: read the planner's result back, or notice the Job failed without one.
@@ -694,6 +731,16 @@ async fn write_status(
     if &status == old {
         return Ok(());
     }
+    let uid = run.metadata.uid.clone().unwrap_or_default();
+    let base = run.metadata.resource_version.clone().unwrap_or_default();
+    let hash = status_hash(&status);
+    let already = ctrl
+        .written
+        .lock()
+        .is_ok_and(|w| w.get(&uid).is_some_and(|(rv, h)| *rv == base && *h == hash));
+    if already {
+        return Ok(());
+    }
     let ns = run.namespace().unwrap_or_default();
     let api: Api<AgentRun> = Api::namespaced(ctrl.ctx.client.clone(), &ns);
     let patch = serde_json::json!({
@@ -709,9 +756,22 @@ async fn write_status(
     .await
     .map_err(kube_err("writing the status"))?;
     ctrl.ctx.metrics.api_write(Ctl::agentrun, "apply_status");
+    if let Ok(mut w) = ctrl.written.lock() {
+        w.insert(uid, (base, hash));
+    }
     if status.phase != old.phase {
         let phase = status.phase.unwrap_or_default();
         let label = phase_label(phase);
+        // A run whose steps ran before its Running status was written still went through
+        // Running: its Event is published all the same.
+        if phase.is_terminal()
+            && !status.steps.is_empty()
+            && old
+                .phase
+                .is_none_or(|p| matches!(p, AgentRunPhase::Pending | AgentRunPhase::Planning))
+        {
+            publish(run, ctrl, AgentRunPhase::Running, &status).await;
+        }
         if phase.is_terminal() {
             ctrl.ctx
                 .metrics
@@ -723,6 +783,14 @@ async fn write_status(
         publish(run, ctrl, phase, &status).await;
     }
     Ok(())
+}
+
+/// A hash of a status as it is written (serialised), to recognise a repeated write.
+fn status_hash(status: &AgentRunStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(status).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 pub fn phase_label(phase: AgentRunPhase) -> &'static str {
@@ -814,6 +882,26 @@ mod tests {
         )));
         assert!(wrapped.is_permanent());
         assert_eq!(wrapped.metric_label(), "build");
+    }
+
+    #[test]
+    fn the_cache_copy_drops_managed_fields_and_last_applied_only() {
+        let mut guard: DeserializeGuard<AgentRun> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crane.dev/v1alpha1", "kind": "AgentRun",
+            "metadata": {
+                "name": "r",
+                "annotations": {LAST_APPLIED: "{}", "crane.dev/retry": "1"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {"prompt": "x"}
+        }))
+        .expect("fixture");
+        strip_for_cache(&mut guard);
+        assert!(guard.meta().managed_fields.is_none());
+        assert_eq!(
+            guard.annotations().keys().collect::<Vec<_>>(),
+            ["crane.dev/retry"]
+        );
     }
 
     #[test]
