@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: test deps fmt-check clippy unit test-cluster bench bench-engine crds \
-        cluster-up cluster-down env build up down demo
+        cluster-up cluster-down env build up down demo bench-operator
 
 ## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
 test: deps fmt-check clippy unit test-cluster
@@ -39,8 +39,14 @@ test-cluster: build
 crds:
 	$(CARGO) run --locked -q -p crane-operator --bin crdgen
 
-## bench: every benchmark, printing figures
-bench: bench-engine
+## bench: every benchmark (engine, then the operator on a private cluster), printing figures;
+## ends with one JSON line {"engine": ..., "operator": ...}
+bench: deps
+	e2e/bench/all.sh
+
+## bench-operator: the operator's benchmark alone (private cluster under /tmp, ~2.5 min)
+bench-operator: deps
+	e2e/bench/operator.sh
 
 ## bench-engine: the Redis engine's throughput and latency; ends with one JSON line
 bench-engine: deps
