@@ -11,7 +11,7 @@ use crane_executor::plan::Plan;
 use crane_executor::planner::{LlmConfig, PlannerError, PlannerMode, plan_prompt};
 use crane_executor::run::{FailurePolicy, RetryPolicy, RunOptions, RunPhase};
 use crane_executor::tools::{ToolContext, ToolError, Toolbox};
-use crane_executor::validate::{MAX_PLAN_BYTES, parse_plan, validate};
+use crane_executor::validate::{read_plan_file, validate};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -256,7 +256,7 @@ fn prompt_from_var(
 async fn run_cmd(args: RunArgs) -> CmdResult {
     let toolbox = Toolbox::in_memory();
     let plan = match &args.plan {
-        Some(path) => read_plan(path)?,
+        Some(path) => read_plan_file(path).map_err(|m| (INVALID_INPUT, m))?,
         None => {
             let prompt = prompt_text(args.prompt, args.prompt_file.as_deref())?;
             plan_for(&prompt, args.planner, &toolbox).await?
@@ -373,22 +373,6 @@ fn prompt_text(
             format!("prompt file {shown} is not UTF-8: {e}"),
         )
     })
-}
-
-fn read_plan(path: &std::path::Path) -> Result<Plan, (u8, String)> {
-    let shown = path.display();
-    let invalid = |m: String| (INVALID_INPUT, m);
-    let size = std::fs::metadata(path)
-        .map_err(|e| invalid(format!("cannot read plan file {shown}: {e}")))?
-        .len();
-    if size > MAX_PLAN_BYTES as u64 {
-        return Err(invalid(format!(
-            "plan file {shown} is {size} bytes; the limit is {MAX_PLAN_BYTES} bytes"
-        )));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| invalid(format!("cannot read plan file {shown}: {e}")))?;
-    parse_plan(&text).map_err(|e| invalid(format!("invalid plan in {shown}:\n{e}")))
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), (u8, String)> {

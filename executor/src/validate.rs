@@ -92,6 +92,23 @@ impl From<PlanError> for PlanErrors {
     }
 }
 
+/// Reads and parses a plan file, with a message naming the file on any problem. The size is
+/// checked before reading, so a huge file never fills memory.
+pub fn read_plan_file(path: &std::path::Path) -> Result<Plan, String> {
+    let shown = path.display();
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read plan file {shown}: {e}"))?
+        .len();
+    if size > MAX_PLAN_BYTES as u64 {
+        return Err(format!(
+            "plan file {shown} is {size} bytes; the limit is {MAX_PLAN_BYTES} bytes"
+        ));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read plan file {shown}: {e}"))?;
+    parse_plan(&text).map_err(|e| format!("invalid plan in {shown}:\n{e}"))
+}
+
 /// Parses a plan document (`{"steps": [...]}`), with line and column on malformed JSON or a
 /// field of the wrong type. Does not validate; call [`validate`] next.
 pub fn parse_plan(json: &str) -> Result<Plan, PlanErrors> {

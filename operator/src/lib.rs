@@ -9,6 +9,7 @@ pub mod context;
 pub mod crdgen;
 pub mod leader;
 pub mod metrics;
+pub mod security;
 pub mod workerpool;
 
 use std::future::Future;

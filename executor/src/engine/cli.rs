@@ -13,11 +13,10 @@ use super::api::{InitOutcome, client, connect, init_run, run_report};
 use super::metrics::{Metrics, serve};
 use super::worker::{Worker, WorkerConfig};
 use super::{BreakerConfig, EngineConfig, EngineError, PoolName};
-use crate::plan::Plan;
 use crate::run::{FailurePolicy, RetryPolicy, RunOptions, RunPhase};
 use crate::tools::Toolbox;
 use crate::tools::todo::RedisTodoStore;
-use crate::validate::{MAX_PLAN_BYTES, parse_plan, validate};
+use crate::validate::{read_plan_file, validate};
 
 const INVALID_INPUT: u8 = 2;
 
@@ -201,22 +200,6 @@ fn parse_policy(s: &str) -> Result<FailurePolicy, String> {
     }
 }
 
-fn read_plan(path: &std::path::Path) -> Result<Plan, (u8, String)> {
-    let shown = path.display();
-    let invalid = |m: String| (INVALID_INPUT, m);
-    let size = std::fs::metadata(path)
-        .map_err(|e| invalid(format!("cannot read plan file {shown}: {e}")))?
-        .len();
-    if size > MAX_PLAN_BYTES as u64 {
-        return Err(invalid(format!(
-            "plan file {shown} is {size} bytes; the limit is {MAX_PLAN_BYTES} bytes"
-        )));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| invalid(format!("cannot read plan file {shown}: {e}")))?;
-    parse_plan(&text).map_err(|e| invalid(format!("invalid plan in {shown}:\n{e}")))
-}
-
 /// A fresh run id: `run-` and 16 hex digits.
 pub fn new_run_id() -> String {
     use rand::Rng;
@@ -228,7 +211,7 @@ pub async fn submit(args: SubmitArgs) -> CmdResult {
     let pool = PoolName::parse(&args.pool).map_err(|e| (INVALID_INPUT, e.to_string()))?;
     let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
     super::validate_run_id(&run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
-    let plan = read_plan(&args.plan)?;
+    let plan = read_plan_file(&args.plan).map_err(|m| (INVALID_INPUT, m))?;
     validate(&plan, &Toolbox::in_memory())
         .map_err(|e| (INVALID_INPUT, format!("invalid plan:\n{e}")))?;
     let options = RunOptions {

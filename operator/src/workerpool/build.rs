@@ -8,14 +8,14 @@ use crane_executor::engine::queue::BreakerPhase;
 use crane_executor::engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretKeySelector, SecurityContext,
+    Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolStatus};
 use crate::context::{Config, SecretKeyRef};
+use crate::security::{restricted_container_security, restricted_pod_security};
 
 /// Label every worker Job and pod carries: `app.kubernetes.io/name=crane-worker`.
 pub const LABEL_APP: &str = "app.kubernetes.io/name";
@@ -31,8 +31,6 @@ pub const RESERVED_ENV: [&str; 3] = [ENV_REDIS_PASSWORD, "CRANE_REDIS_PASSWORD_F
 /// Finished worker Jobs (and their pods) are removed this long after they end; long enough
 /// to read a crashed worker's pod, short enough that idle cycles do not pile up.
 pub const FINISHED_JOB_TTL_SECONDS: i32 = 300;
-/// UID and GID worker processes run as (the distroless `nonroot` user).
-pub const WORKER_UID: i64 = 65532;
 /// Job names must fit a label value (the Job controller labels pods with it): 63 bytes.
 const MAX_JOB_NAME: usize = 63;
 /// Longest breaker list kept in status; tools are a bounded set, this guards the object
@@ -227,19 +225,7 @@ pub fn worker_job(
         ]),
         env: (!env.is_empty()).then_some(env),
         resources: template.resources,
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(WORKER_UID),
-            run_as_group: Some(WORKER_UID),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container_security()),
         ..Container::default()
     };
 
@@ -267,13 +253,7 @@ pub fn worker_job(
                     restart_policy: Some("Never".to_owned()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(WORKER_UID),
-                        run_as_group: Some(WORKER_UID),
-                        seccomp_profile: Some(runtime_default()),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod_security()),
                     node_selector: template.node_selector,
                     tolerations: template.tolerations,
                     containers: vec![container],
@@ -283,13 +263,6 @@ pub fn worker_job(
             ..JobSpec::default()
         }),
         status: None,
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".to_owned(),
-        localhost_profile: None,
     }
 }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use crane_executor::run::{RunOptions, RunReport, StepPhase};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
@@ -20,6 +20,7 @@ use crate::api::{
     truncate_json, truncate_text,
 };
 use crate::context::Config;
+use crate::security::{restricted_container_security, restricted_pod_security};
 
 /// Condition reasons the controller sets (besides [`REASON_INVALID_PLAN`]).
 pub const REASON_PLANNER_FAILED: &str = "PlannerFailed";
@@ -35,8 +36,6 @@ pub const REASON_RUNNING: &str = "Running";
 /// Env var carrying the prompt into the planner pod (never the command line: prompts may be
 /// long or sensitive, and command lines show up in `ps` and pod specs' args listings).
 pub const PROMPT_ENV: &str = "CRANE_PROMPT";
-/// UID and GID planner pods run as (the distroless "nonroot" user).
-pub const RUN_AS_USER: i64 = 65532;
 /// Upper bound of the planner Job's own deadline, in seconds.
 pub const MAX_PLANNER_SECONDS: u32 = 900;
 
@@ -117,26 +116,6 @@ fn secret_env(name: &str, secret: &crate::context::SecretKeyRef) -> EnvVar {
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
-    }
-}
-
-/// Pod Security "restricted" for a container.
-pub fn restricted_container_security() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        run_as_user: Some(RUN_AS_USER),
-        run_as_group: Some(RUN_AS_USER),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            add: None,
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".to_owned(),
-            localhost_profile: None,
-        }),
-        ..SecurityContext::default()
     }
 }
 
@@ -234,16 +213,7 @@ pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
                     restart_policy: Some("Never".to_owned()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS_USER),
-                        run_as_group: Some(RUN_AS_USER),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod_security()),
                     containers: vec![container],
                     ..PodSpec::default()
                 }),
