@@ -17,26 +17,9 @@ fi
 . "$root/e2e/tests/lib.sh"
 prefix=crane-e2e-ar-$$
 work=$(mktemp -d)
-passed=0 failed=0
 filter=${1:-t_}
 
-pass() { passed=$((passed + 1)); echo "ok   $1"; }
-fail() {
-  failed=$((failed + 1)); echo "FAIL $1"
-  if [ -n "${2:-}" ]; then sed 's/^/     /' <<<"$2"; fi
-  return 0
-}
-# check NAME WANT GOT
-check() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1 (got '$3', want '$2')" "${4:-}"; fi; }
 
-# wait_until SECONDS CMD...: polls CMD every 0.25 s; 0 when it succeeded in time.
-wait_until() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$deadline" ] && return 1
-    sleep 0.25
-  done
-}
 
 ar_field() { kubectl -n "$1" get agentrun "$2" -o jsonpath="$3" 2>/dev/null; }
 phase() { ar_field "$1" "$2" '{.status.phase}'; }

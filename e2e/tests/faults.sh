@@ -31,27 +31,10 @@ cluster_state=${CRANE_CLUSTER_DIR:-$root/.crane/cluster}
 bin=${CRANE_BIN_DIR:-$root/target/debug}
 prefix=crane-e2e-faults-$$
 work=$(mktemp -d)
-passed=0 failed=0
 figures=()
 
-pass() { passed=$((passed + 1)); echo "ok   $1"; }
-fail() {
-  failed=$((failed + 1)); echo "FAIL $1"
-  if [ -n "${2:-}" ]; then sed 's/^/     /' <<<"$2"; fi
-  return 0
-}
-# check NAME WANT GOT
-check() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1 (got '$3', want '$2')"; fi; }
 figure() { figures+=("$1"); echo "     figure: $1"; }
 
-# wait_until SECONDS CMD...: polls CMD every 0.25 s; 0 when it succeeded in time.
-wait_until() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$deadline" ] && return 1
-    sleep 0.25
-  done
-}
 now_ms() { date +%s%3N; }
 
 # ---- private Redis (AOF) ------------------------------------------------------------------

@@ -28,23 +28,8 @@ ns=crane-e2e-ha-$$
 lease=crane-e2e-ha-$$
 work=$(mktemp -d)
 bin=${CRANE_BIN_DIR:-$root/target/debug}
-passed=0 failed=0
 filter=${1:-t_}
 
-pass() { passed=$((passed + 1)); echo "ok   $1"; }
-fail() {
-  failed=$((failed + 1)); echo "FAIL $1"
-  if [ -n "${2:-}" ]; then sed 's/^/     /' <<<"$2"; fi
-  return 0
-}
-check() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1 (got '$3', want '$2')" "${4:-}"; fi; }
-wait_until() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$deadline" ] && return 1
-    sleep 0.25
-  done
-}
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
 

@@ -6,11 +6,34 @@
 #       OPERATOR_KUBECONFIG and returns once the controllers started (or 1 with the log).
 #   operator_stop                                      SIGTERM, then SIGKILL after 15 s.
 #
+#   pass / fail / check / wait_until                  test bookkeeping (see below).
+#
 # Needs KUBECONFIG (admin) and REDIS_URL, e.g. from `eval "$(make -s env)"`.
 
 _crane_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OPERATOR_PID=""
 OPERATOR_KUBECONFIG=""
+
+# Test bookkeeping shared by the suites: each counts into `passed` / `failed` and ends with
+# `echo "$passed passed, $failed failed"`.
+passed=0 failed=0
+pass() { passed=$((passed + 1)); echo "ok   $1"; }
+# fail NAME [DETAIL]: DETAIL (e.g. a log excerpt) is printed indented under the failure.
+fail() {
+  failed=$((failed + 1)); echo "FAIL $1"
+  if [ -n "${2:-}" ]; then sed 's/^/     /' <<<"$2"; fi
+  return 0
+}
+# check NAME WANT GOT [DETAIL]
+check() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1 (got '$3', want '$2')" "${4:-}"; fi; }
+# wait_until SECONDS CMD...: polls CMD every 0.25 s; 0 when it succeeded in time.
+wait_until() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -ge "$deadline" ] && return 1
+    sleep 0.25
+  done
+}
 
 # operator_kubeconfig FILE: writes a kubeconfig for the operator's ServiceAccount.
 operator_kubeconfig() {

@@ -23,25 +23,8 @@ bin=${CRANE_BIN_DIR:-$root/target/debug}
 executor=$bin/crane-executor
 prefix=crane-e2e-wp-$$
 work=$(mktemp -d)
-passed=0 failed=0
 
-pass() { passed=$((passed + 1)); echo "ok   $1"; }
-fail() {
-  failed=$((failed + 1)); echo "FAIL $1"
-  if [ -n "${2:-}" ]; then sed 's/^/     /' <<<"$2"; fi
-  return 0
-}
-# check NAME WANT GOT
-check() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1 (got '$3', want '$2')"; fi; }
 
-# wait_until SECONDS CMD...: polls CMD every 0.25 s; 0 when it succeeded in time.
-wait_until() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -ge "$deadline" ] && return 1
-    sleep 0.25
-  done
-}
 
 wp_field() { kubectl -n "$1" get workerpool "$2" -o jsonpath="$3" 2>/dev/null; }
 ready_reason() { wp_field "$1" "$2" '{.status.conditions[?(@.type=="Ready")].reason}'; }
