@@ -31,6 +31,26 @@ pub struct SecretKeyRefError {
     why: &'static str,
 }
 
+impl SecretKeyRef {
+    /// An env var a pod reads from this Secret key. `optional` lets a pod start without it
+    /// (it then reports the missing setting itself) instead of failing to start.
+    pub fn env_var(&self, name: &str, optional: bool) -> k8s_openapi::api::core::v1::EnvVar {
+        use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+        EnvVar {
+            name: name.to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: self.name.clone(),
+                    key: self.key.clone(),
+                    optional: Some(optional),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }
+    }
+}
+
 impl FromStr for SecretKeyRef {
     type Err = SecretKeyRefError;
 

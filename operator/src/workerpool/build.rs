@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use crane_executor::engine::queue::BreakerPhase;
 use crane_executor::engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, SecretKeySelector,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
@@ -191,18 +189,7 @@ pub fn worker_job(
 
     let mut env = Vec::new();
     if let Some(secret) = &settings.redis_password_secret {
-        env.push(EnvVar {
-            name: ENV_REDIS_PASSWORD.to_owned(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: secret.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
+        env.push(secret.env_var(ENV_REDIS_PASSWORD, false));
     }
     env.extend(template.env.unwrap_or_default());
 

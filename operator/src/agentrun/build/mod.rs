@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use crane_executor::run::{RunOptions, RunReport, StepPhase};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecretKeySelector,
+    Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
@@ -102,23 +101,6 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-fn secret_env(name: &str, secret: &crate::context::SecretKeyRef) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.name.clone(),
-                key: secret.key.clone(),
-                // A missing key makes the pod fail to start; optional lets the planner say
-                // clearly that the LLM is not configured instead.
-                optional: Some(true),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
 /// The planner Job of a run without spec.plan: `crane-executor plan` with the prompt in
 /// [`PROMPT_ENV`], storing its outcome in Redis under the run's id.
 pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
@@ -141,10 +123,12 @@ pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
         envs.push(env(crane_executor::planner::ENV_MODEL, model.clone()));
     }
     if let Some(secret) = &config.llm_api_key_secret {
-        envs.push(secret_env(crane_executor::planner::ENV_API_KEY, secret));
+        // Optional: a missing key lets the planner say clearly that the LLM is not
+        // configured instead of the pod failing to start.
+        envs.push(secret.env_var(crane_executor::planner::ENV_API_KEY, true));
     }
     if let Some(secret) = &config.redis_password_secret {
-        envs.push(secret_env("CRANE_REDIS_PASSWORD", secret));
+        envs.push(secret.env_var("CRANE_REDIS_PASSWORD", true));
     }
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "crane".to_owned()),
