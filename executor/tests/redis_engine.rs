@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crane_executor::engine::api::{InitOutcome, init_run, run_report};
 use crane_executor::engine::queue::{BreakerPhase, PoolAfter, pool_after_cmd};
-use crane_executor::engine::scripts::{SCRIPTS, eval, eval_pipeline};
+use crane_executor::engine::scripts::{SCRIPTS, eval_pipeline, eval_pipeline_rows, evalsha};
 use crane_executor::engine::{
     BreakerConfig, EngineConfig, EngineError, RunKeys, breaker_states, cancel_run, delete_run,
     queue_depth,
@@ -36,20 +36,22 @@ async fn start(
 ) -> Vec<String> {
     let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
     let args = [
+        mode.to_owned(),
         step.to_owned(),
         owner.to_owned(),
         entry.to_owned(),
-        mode.to_owned(),
     ];
-    eval(
-        conn,
-        &SCRIPTS.start,
-        &keys.script_keys(),
-        &args,
-        "test start",
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    one_row(conn, evalsha(&SCRIPTS.start, &keys.script_keys(), &args)).await
+}
+
+/// The single row a batch script returns for a batch of one.
+async fn one_row(conn: &mut ConnectionManager, cmd: redis::Cmd) -> Vec<String> {
+    let mut rows = eval_pipeline_rows(conn, vec![cmd], "test batch of one")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows.remove(0)
 }
 
 async fn complete(
@@ -70,15 +72,7 @@ async fn complete(
         "0".into(),
         "0".into(),
     ];
-    eval(
-        conn,
-        &SCRIPTS.complete,
-        &keys.script_keys(),
-        &args,
-        "test complete",
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    one_row(conn, evalsha(&SCRIPTS.complete, &keys.script_keys(), &args)).await
 }
 
 #[tokio::test]
@@ -147,6 +141,80 @@ async fn duplicate_and_late_completions_are_ignored() {
     assert_eq!(r.steps[0].output, Some(json!(1)));
     assert_eq!(r.steps[0].attempts, 1);
     assert_eq!(r.steps[1].phase, StepPhase::Ready);
+}
+
+/// Workers start and complete a whole batch of a run's steps in one script call; each item
+/// is judged on its own, in order, so a bad one never spoils its neighbours.
+#[tokio::test]
+async fn batched_starts_and_completions_judge_each_step_on_its_own() {
+    let mut e = redis_common::engine(false).await;
+    let p = plan(json!([
+        {"id": 1, "tool": "calculator", "input": {"expression": "1"}},
+        {"id": 2, "tool": "calculator", "input": {"expression": "2"}},
+        {"id": 3, "tool": "calculator", "input": {"expression": "3"}, "dependsOn": [1, 2]},
+    ]));
+    init_run(
+        &mut e.conn,
+        "batch",
+        "default",
+        &e.pool,
+        &p,
+        &RunOptions::default(),
+        &EngineConfig::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let keys = RunKeys::new("batch").unwrap_or_else(|e| panic!("{e}"));
+    let args: Vec<String> = [
+        "new", "1", "a", "1-1", // ready: starts
+        "3", "a", "1-2", // waits for 1 and 2: dropped
+        "1", "b", "1-3", // the same step again in the same batch: dropped
+        "2", "a", "1-4", // ready: starts
+        "9", "a", "1-5", // not in the plan: dropped
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows = eval_pipeline_rows(
+        &mut e.conn,
+        vec![evalsha(&SCRIPTS.start, &keys.script_keys(), &args)],
+        "test batch start",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .remove(0);
+    let status: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(status, ["ok", "drop", "drop", "ok", "drop"], "{rows:?}");
+    assert_eq!(rows[2][1], "step is Running");
+    assert_eq!(rows[4][1], "no such step");
+
+    let done =
+        |id: &str, owner: &str, out: &str| [id, owner, "1", "ok", out, "0", "0"].map(String::from);
+    let args: Vec<String> = [
+        done("1", "b", "10"),
+        done("1", "a", "1"),
+        done("2", "a", "2"),
+    ]
+    .concat();
+    let rows = eval_pipeline_rows(
+        &mut e.conn,
+        vec![evalsha(&SCRIPTS.complete, &keys.script_keys(), &args)],
+        "test batch complete",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .remove(0);
+    // Step 1 belongs to owner a: b's completion is stale (and a holds the entry), a's counts.
+    assert_eq!(rows[0], ["stale", "1"]);
+    assert_eq!(&rows[1][..2], ["accepted", "Running"]);
+    assert_eq!(rows[1].len(), 4, "step 3 still waits for step 2: {rows:?}");
+    // The last completion of the batch frees step 3.
+    assert_eq!(rows[2].get(4).map(String::as_str), Some("3|calculator"));
+    let r = run_report(&mut e.conn, "batch")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.steps[0].output, Some(json!(1)));
+    assert_eq!(r.steps[1].output, Some(json!(2)));
+    assert_eq!(r.steps[2].phase, StepPhase::Ready);
 }
 
 #[tokio::test]
@@ -385,15 +453,18 @@ fn breaker_cfg() -> BreakerConfig {
 
 async fn record(e: &mut redis_common::Engine, ok: bool) -> Vec<String> {
     let after = PoolAfter {
-        run: "r",
-        breaker: Some(("wait", Some(ok))),
+        run: "r".into(),
+        breaker: Some(("wait".into(), Some(ok))),
         ..PoolAfter::default()
     };
-    let cmd = pool_after_cmd(&e.pool, &breaker_cfg(), &after);
-    eval_pipeline(&mut e.conn, vec![cmd], "test breaker")
+    let cmd = pool_after_cmd(&e.pool, &breaker_cfg(), &[after]);
+    let reply = eval_pipeline(&mut e.conn, vec![cmd], "test breaker")
         .await
         .unwrap_or_else(|e| panic!("{e}"))
-        .remove(0)
+        .remove(0);
+    // One section naming one tool: {tool, state, remaining_open_ms}.
+    assert_eq!(reply.first().map(String::as_str), Some("wait"), "{reply:?}");
+    reply.into_iter().skip(1).collect()
 }
 
 async fn phase_of(e: &mut redis_common::Engine) -> BreakerPhase {

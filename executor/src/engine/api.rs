@@ -245,11 +245,11 @@ async fn create_run(
     let cmd = pool_after_cmd(
         pool,
         &config.breaker,
-        &PoolAfter {
-            run: run_id,
-            ready: &ready,
+        &[PoolAfter {
+            run: run_id.to_owned(),
+            ready,
             ..PoolAfter::default()
-        },
+        }],
     );
     eval_pipeline(conn, vec![cmd], "queueing the first steps").await?;
     Ok(InitOutcome::Created)
@@ -400,11 +400,11 @@ pub async fn retry_run(
             let cmd = pool_after_cmd(
                 &pool,
                 &config.breaker,
-                &PoolAfter {
-                    run: run_id,
-                    ready: &steps,
+                &[PoolAfter {
+                    run: run_id.to_owned(),
+                    ready: steps,
                     ..PoolAfter::default()
-                },
+                }],
             );
             eval_pipeline(conn, vec![cmd], "queueing the retried steps").await?;
             Ok(RetryOutcome::Retried { steps: reset })

@@ -162,43 +162,67 @@ pub async fn ensure_group(
 
 /// What the pool-slot half of a state change does (see `lua/pool_after.lua`).
 #[derive(Clone, Debug, Default)]
-pub struct PoolAfter<'a> {
+pub struct PoolAfter {
     /// Stream entry to acknowledge and delete.
-    pub ack: Option<&'a str>,
-    pub run: &'a str,
-    /// Steps to add to the queue.
-    pub ready: &'a [String],
-    /// A step to park in the delayed set until this time (ms since the epoch).
-    pub delay: Option<(&'a str, u64)>,
+    pub ack: Option<String>,
+    pub run: String,
+    /// Steps to add to the queue, as `step|tool`.
+    pub ready: Vec<String>,
+    /// A step (`step|tool`) to park in the delayed set until this time (ms since the epoch).
+    pub delay: Option<(String, u64)>,
     /// The tool whose breaker to update, and whether the attempt succeeded; `None` outcome
     /// only reads the breaker.
-    pub breaker: Option<(&'a str, Option<bool>)>,
+    pub breaker: Option<(String, Option<bool>)>,
     pub run_done: bool,
 }
 
-/// The pool-slot script call for `after`, to run alone or in a pipeline.
-pub fn pool_after_cmd(pool: &PoolName, cfg: &BreakerConfig, after: &PoolAfter<'_>) -> Cmd {
-    let (tool, outcome) = match after.breaker {
-        Some((t, Some(true))) => (t, "ok"),
-        Some((t, Some(false))) => (t, "fail"),
-        Some((t, None)) => (t, ""),
-        None => ("", ""),
-    };
-    let (delay_step, delay_due) = after.delay.unwrap_or(("", 0));
+/// One pool-slot script call for a batch of changes (see `lua/pool_after.lua`), to run alone or
+/// in a pipeline. Sections of different runs mix freely: they only share the pool's keys.
+pub fn pool_after_cmd(pool: &PoolName, cfg: &BreakerConfig, afters: &[PoolAfter]) -> Cmd {
     let mut args = vec![
-        after.ack.unwrap_or("").to_owned(),
-        after.run.to_owned(),
-        delay_due.to_string(),
-        delay_step.to_owned(),
-        tool.to_owned(),
-        outcome.to_owned(),
         cfg.failure_threshold.to_string(),
         ms(cfg.cooldown).to_string(),
         cfg.success_threshold.to_string(),
-        if after.run_done { "1" } else { "0" }.to_owned(),
     ];
-    args.extend(after.ready.iter().cloned());
+    for after in afters {
+        let (tool, outcome) = match &after.breaker {
+            Some((t, Some(true))) => (t.as_str(), "ok"),
+            Some((t, Some(false))) => (t.as_str(), "fail"),
+            Some((t, None)) => (t.as_str(), ""),
+            None => ("", ""),
+        };
+        let (delay_step, delay_due) = match &after.delay {
+            Some((s, due)) => (s.as_str(), *due),
+            None => ("", 0),
+        };
+        args.extend([
+            after.ack.clone().unwrap_or_default(),
+            after.run.clone(),
+            delay_due.to_string(),
+            delay_step.to_owned(),
+            tool.to_owned(),
+            outcome.to_owned(),
+            if after.run_done { "1" } else { "0" }.to_owned(),
+            after.ready.len().to_string(),
+        ]);
+        args.extend(after.ready.iter().cloned());
+    }
     evalsha(&SCRIPTS.pool_after, &pool.script_keys(), &args)
+}
+
+/// The breaker states a `pool_after` call reports: `(tool, phase, remaining_open_ms)` for each
+/// section that named a tool, in order.
+pub fn breaker_replies(reply: &[String]) -> Vec<(&str, BreakerPhase, u64)> {
+    reply
+        .chunks_exact(3)
+        .map(|c| {
+            (
+                c[0].as_str(),
+                BreakerPhase::parse(&c[1]),
+                c[2].parse().unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 /// Moves due delayed hints into the stream; returns how many moved.

@@ -119,25 +119,61 @@ pub async fn eval_pipeline(
     cmds: Vec<redis::Cmd>,
     what: &'static str,
 ) -> Result<Vec<Vec<String>>, EngineError> {
+    pipeline_values(conn, cmds, what)
+        .await?
+        .into_iter()
+        .map(|v| strings(v, what))
+        .collect()
+}
+
+/// Like [`eval_pipeline`], for batch scripts (`start`, `complete`) that reply with one row per
+/// item of the batch.
+pub async fn eval_pipeline_rows(
+    conn: &mut ConnectionManager,
+    cmds: Vec<redis::Cmd>,
+    what: &'static str,
+) -> Result<Vec<Vec<Vec<String>>>, EngineError> {
+    pipeline_values(conn, cmds, what)
+        .await?
+        .into_iter()
+        .map(|v| rows(v, what))
+        .collect()
+}
+
+async fn pipeline_values(
+    conn: &mut ConnectionManager,
+    cmds: Vec<redis::Cmd>,
+    what: &'static str,
+) -> Result<Vec<Value>, EngineError> {
     if cmds.is_empty() {
         return Ok(Vec::new());
     }
     let mut pipe = redis::pipe();
-    for c in &cmds {
-        pipe.add_command(c.clone());
+    for c in cmds {
+        pipe.add_command(c);
     }
-    let res: Result<Vec<Value>, _> = pipe.query_async(conn).await;
-    let values = match res {
-        Ok(v) => v,
+    match pipe.query_async(conn).await {
+        Ok(v) => Ok(v),
         Err(e) if e.code() == Some("NOSCRIPT") => {
             SCRIPTS.load(conn).await?;
             pipe.query_async(conn)
                 .await
-                .map_err(EngineError::redis(what))?
+                .map_err(EngineError::redis(what))
         }
-        Err(e) => return Err(EngineError::redis(what)(e)),
-    };
-    values.into_iter().map(|v| strings(v, what)).collect()
+        Err(e) => Err(EngineError::redis(what)(e)),
+    }
+}
+
+/// A batch script's reply: an array of rows, each an array of strings and integers.
+pub fn rows(v: Value, what: &'static str) -> Result<Vec<Vec<String>>, EngineError> {
+    match v {
+        Value::Array(items) => items.into_iter().map(|i| strings(i, what)).collect(),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(EngineError::Protocol {
+            what,
+            detail: format!("expected rows, got {other:?}"),
+        }),
+    }
 }
 
 /// Flattens a script reply (an array of strings and integers) into strings.

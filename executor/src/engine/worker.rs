@@ -13,17 +13,18 @@ use rand::Rng;
 use redis::Value;
 use redis::aio::ConnectionManager;
 use serde_json::Value as Json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::api::{connect, connect_with, run_cmd};
 use super::keys::{GLOBAL_EVENTS, PoolName, RunKeys};
 use super::metrics::{Metrics, StepLabels, ToolLabels};
 use super::queue::{
-    BreakerPhase, GROUP, PoolAfter, breaker_states, ensure_group, pool_after_cmd, promote_due,
+    BreakerPhase, GROUP, PoolAfter, breaker_replies, breaker_states, ensure_group, pool_after_cmd,
+    promote_due,
 };
-use super::scripts::{SCRIPTS, eval_pipeline};
-use super::{EngineConfig, EngineError, ms};
+use super::scripts::{SCRIPTS, eval_pipeline, eval_pipeline_rows};
+use super::{BreakerConfig, EngineConfig, EngineError, ms};
 use crate::plan::{Step, StepId};
 use crate::run::RunOptions;
 use crate::tools::{ToolContext, ToolError, Toolbox};
@@ -116,6 +117,8 @@ struct Inner {
     breakers: Mutex<HashMap<String, CachedBreaker>>,
     /// Flips to true when in-flight steps must be released.
     release_tx: watch::Sender<bool>,
+    /// Finished attempts go to the completer task, which records them in batches.
+    completions: mpsc::UnboundedSender<Completion>,
     completed: AtomicU64,
     released: AtomicU64,
     last_activity: Mutex<Instant>,
@@ -145,7 +148,16 @@ impl Worker {
         ensure_group(&mut conn, &config.pool).await?;
         SCRIPTS.load(&mut conn).await?;
         let (release_tx, _) = watch::channel(false);
+        // The completer ends when the worker is gone (every sender dropped).
+        let (completions, rx) = mpsc::unbounded_channel();
+        tokio::spawn(completer(
+            conn.clone(),
+            config.pool.clone(),
+            config.engine.breaker,
+            rx,
+        ));
         let inner = Inner {
+            completions,
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             config,
             conn,
@@ -330,7 +342,8 @@ fn owner_token(consumer: &str) -> String {
     format!("{consumer}/{:016x}", rand::rng().random::<u64>())
 }
 
-/// Starts a batch of hints with one pipelined round trip and spawns the accepted steps.
+/// Starts a batch of hints (one start call per run, all in one pipelined round trip) and
+/// spawns the accepted steps.
 async fn handle_hints(
     inner: &Arc<Inner>,
     hints: Vec<Hint>,
@@ -339,20 +352,16 @@ async fn handle_hints(
 ) {
     let cfg = &inner.config;
     let mut conn = inner.conn.clone();
-    let mut follow_ups = Vec::new();
-    let mut starting = Vec::new();
-    let mut start_cmds = Vec::new();
+    let mut parked = Vec::new();
+    // Per run, in order of first appearance: the hints and their owner tokens.
+    let mut runs: Vec<(RunKeys, Vec<(Hint, String)>)> = Vec::new();
     for hint in hints {
         let Ok(keys) = RunKeys::new(&hint.run) else {
             warn!(entry = %hint.entry, "dropping a malformed hint");
-            follow_ups.push(pool_after_cmd(
-                &cfg.pool,
-                &cfg.engine.breaker,
-                &PoolAfter {
-                    ack: Some(&hint.entry),
-                    ..PoolAfter::default()
-                },
-            ));
+            parked.push(PoolAfter {
+                ack: Some(hint.entry),
+                ..PoolAfter::default()
+            });
             continue;
         };
         if let Some(until) = breaker_blocks(inner, &hint.tool) {
@@ -360,91 +369,93 @@ async fn handle_hints(
             // half-opens.
             let due =
                 super::time::now_ms() + ms(until.saturating_duration_since(Instant::now())).max(1);
-            let delay = format!("{}|{}", hint.step, hint.tool);
-            follow_ups.push(pool_after_cmd(
-                &cfg.pool,
-                &cfg.engine.breaker,
-                &PoolAfter {
-                    ack: Some(&hint.entry),
-                    run: &hint.run,
-                    delay: Some((&delay, due)),
-                    ..PoolAfter::default()
-                },
-            ));
+            parked.push(PoolAfter {
+                delay: Some((format!("{}|{}", hint.step, hint.tool), due)),
+                ack: Some(hint.entry),
+                run: hint.run,
+                ..PoolAfter::default()
+            });
             continue;
         }
         let owner = owner_token(&cfg.consumer);
-        let m = if mode == Mode::New { "new" } else { "reclaim" };
-        start_cmds.push(run_cmd(
-            &SCRIPTS.start,
-            &keys,
-            &[
-                hint.step.clone(),
-                owner.clone(),
-                hint.entry.clone(),
-                m.to_owned(),
-            ],
-        ));
         lock(&inner.in_flight).insert(hint.entry.clone(), hint.run.clone());
-        starting.push((hint, owner));
+        match runs.iter_mut().find(|(k, _)| k.run_id() == hint.run) {
+            Some((_, batch)) => batch.push((hint, owner)),
+            None => runs.push((keys, vec![(hint, owner)])),
+        }
     }
-    if !follow_ups.is_empty()
-        && let Err(e) =
-            eval_pipeline(&mut conn, std::mem::take(&mut follow_ups), "parking hints").await
-    {
-        warn!(error = %e, "parking hints failed; they will be reclaimed");
+    if !parked.is_empty() {
+        let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &parked);
+        if let Err(e) = eval_pipeline(&mut conn, vec![cmd], "parking hints").await {
+            warn!(error = %e, "parking hints failed; they will be reclaimed");
+        }
     }
-    if starting.is_empty() {
+    if runs.is_empty() {
         return;
     }
-    let replies = match eval_pipeline(&mut conn, start_cmds, "starting steps").await {
+    let m = if mode == Mode::New { "new" } else { "reclaim" };
+    let cmds = runs
+        .iter()
+        .map(|(keys, batch)| {
+            let mut args = Vec::with_capacity(1 + 3 * batch.len());
+            args.push(m.to_owned());
+            for (hint, owner) in batch {
+                args.extend([hint.step.clone(), owner.clone(), hint.entry.clone()]);
+            }
+            run_cmd(&SCRIPTS.start, keys, &args)
+        })
+        .collect();
+    let replies = match eval_pipeline_rows(&mut conn, cmds, "starting steps").await {
         Ok(r) => r,
         Err(e) => {
             // Leases run out and the hints are reclaimed; nothing is lost.
             warn!(error = %e, "starting steps failed");
             let mut f = lock(&inner.in_flight);
-            for (h, _) in &starting {
-                f.remove(&h.entry);
+            for (_, batch) in &runs {
+                for (h, _) in batch {
+                    f.remove(&h.entry);
+                }
             }
             return;
         }
     };
-    let mut acks: Vec<(Hint, Vec<String>)> = Vec::new();
-    for ((hint, owner), reply) in starting.into_iter().zip(replies) {
-        match reply.first().map(String::as_str) {
-            Some("ok") => {
-                // Without a slot (a reclaim raced the reader) the started step runs anyway:
-                // holding it unstarted would only waste its lease.
-                let permit = inner.slots.clone().try_acquire_owned().ok();
-                spawn_step(inner, tasks, hint, owner, reply, permit);
-            }
-            Some("finished") => acks.push((hint, reply)),
-            _ => {
-                debug!(run = %hint.run, step = %hint.step, why = reply.get(1).map(String::as_str).unwrap_or(""), "dropping hint");
-                acks.push((hint, Vec::new()));
+    let mut acks = Vec::new();
+    for ((_, batch), rows) in runs.into_iter().zip(replies) {
+        let mut rows = rows.into_iter();
+        for (hint, owner) in batch {
+            // A missing row (a reply shorter than the batch) is treated like a drop.
+            let reply = rows.next().unwrap_or_default();
+            match reply.first().map(String::as_str) {
+                Some("ok") => {
+                    // Without a slot (a reclaim raced the reader) the started step runs
+                    // anyway: holding it unstarted would only waste its lease.
+                    let permit = inner.slots.clone().try_acquire_owned().ok();
+                    spawn_step(inner, tasks, hint, owner, reply, permit);
+                }
+                status => {
+                    lock(&inner.in_flight).remove(&hint.entry);
+                    let (ready, run_done) = if status == Some("finished") {
+                        completion_parts(&reply)
+                    } else {
+                        debug!(run = %hint.run, step = %hint.step, why = reply.get(1).map(String::as_str).unwrap_or(""), "dropping hint");
+                        (Vec::new(), false)
+                    };
+                    acks.push(PoolAfter {
+                        ack: Some(hint.entry),
+                        run: hint.run,
+                        ready,
+                        run_done,
+                        ..PoolAfter::default()
+                    });
+                }
             }
         }
     }
     if acks.is_empty() {
         return;
     }
-    let mut cmds = Vec::new();
-    for (hint, reply) in &acks {
-        lock(&inner.in_flight).remove(&hint.entry);
-        let (ready, run_done) = completion_parts(reply);
-        cmds.push(pool_after_cmd(
-            &cfg.pool,
-            &cfg.engine.breaker,
-            &PoolAfter {
-                ack: Some(&hint.entry),
-                run: &hint.run,
-                ready: &ready,
-                run_done,
-                ..PoolAfter::default()
-            },
-        ));
-    }
-    if let Err(e) = eval_pipeline(&mut conn, cmds, "acknowledging hints").await {
+    let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &acks);
+    if let Err(e) = eval_pipeline(&mut conn, vec![cmd], "acknowledging hints").await {
         warn!(error = %e, "acknowledging hints failed; they will be reclaimed and dropped");
     }
 }
@@ -529,7 +540,6 @@ fn parse_started(reply: &[String]) -> Result<Started, String> {
 }
 
 async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<String>) {
-    let cfg = &inner.config;
     let tool_label = if inner.toolbox.get(&hint.tool).is_some() {
         hint.tool.clone()
     } else {
@@ -577,13 +587,10 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
         ),
     };
     inner.metrics.in_flight.dec();
-    let keys = match RunKeys::new(&hint.run) {
-        Ok(k) => k,
-        Err(_) => return,
-    };
-    let mut conn = inner.conn.clone();
     let Some(result) = result else {
-        release(inner, &mut conn, &keys, hint, owner, attempt).await;
+        if let Ok(keys) = RunKeys::new(&hint.run) {
+            release(inner, &mut inner.conn.clone(), &keys, hint, owner, attempt).await;
+        }
         return;
     };
     inner
@@ -593,14 +600,9 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
             tool: tool_label.clone(),
         })
         .observe(began.elapsed().as_secs_f64());
-    let (outcome, payload, retryable, breaker) = match &result {
-        Ok(v) => ("ok", v.to_string(), false, Some(true)),
-        Err(e) => (
-            "err",
-            e.to_string(),
-            e.is_retryable(),
-            e.is_retryable().then_some(false),
-        ),
+    let (outcome, payload, retryable) = match &result {
+        Ok(v) => ("ok", v.to_string(), false),
+        Err(e) => ("err", e.to_string(), e.is_retryable()),
     };
     // Full jitter: uniform in [0, exponential backoff].
     let cap = retry_policy.backoff_ms(attempt + 1);
@@ -609,19 +611,35 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
     } else {
         rand::rng().random_range(0..=cap)
     };
-    let args = [
-        hint.step.clone(),
-        owner.to_owned(),
-        attempt.to_string(),
-        outcome.to_owned(),
-        payload,
-        (if retryable { "1" } else { "0" }).to_owned(),
-        backoff.to_string(),
-    ];
-    let reply = match complete_with_retry(&mut conn, &keys, &args).await {
-        Some(r) => r,
-        None => return,
+    let (done, outcome_rx) = oneshot::channel();
+    let sent = inner.completions.send(Completion {
+        hint: hint.clone(),
+        args: [
+            hint.step.clone(),
+            owner.to_owned(),
+            attempt.to_string(),
+            outcome.to_owned(),
+            payload,
+            (if retryable { "1" } else { "0" }).to_owned(),
+            backoff.to_string(),
+        ],
+        breaker: match &result {
+            Ok(_) => Some(true),
+            Err(e) => e.is_retryable().then_some(false),
+        },
+        done,
+    });
+    let Ok(Completed { reply, breaker }) = (match sent {
+        Ok(()) => outcome_rx.await.map_err(|_| ()),
+        Err(_) => Err(()),
+    }) else {
+        // The completer gave up (Redis unreachable for long): the lease runs out and another
+        // worker re-runs the step.
+        return;
     };
+    if let Some((phase, remaining)) = breaker {
+        cache_breaker(inner, &hint.tool, phase, remaining);
+    }
     let status = reply.first().map(String::as_str).unwrap_or("");
     let label = match (&result, status) {
         (_, "stale") => "stale".to_owned(),
@@ -647,99 +665,176 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
         })
         .inc();
     if status == "stale" {
-        // Another attempt holds the step (our lease expired): leave its entry alone.
-        if reply.get(1).map(String::as_str) == Some("1") {
-            debug!("late completion ignored; the step belongs to another attempt");
-            return;
-        }
-        let cmd = pool_after_cmd(
-            &cfg.pool,
-            &cfg.engine.breaker,
-            &PoolAfter {
-                ack: Some(&hint.entry),
-                run: &hint.run,
-                ..PoolAfter::default()
-            },
-        );
-        let _ = eval_pipeline(&mut conn, vec![cmd], "acknowledging a stale hint").await;
+        debug!("late completion ignored; the step belongs to another attempt");
         return;
     }
     inner.completed.fetch_add(1, Ordering::Relaxed);
-    let (ready, run_done) = completion_parts(&reply);
-    let retry_due: u64 = reply.get(2).and_then(|d| d.parse().ok()).unwrap_or(0);
-    let delay_member = format!("{}|{}", hint.step, hint.tool);
-    let after = PoolAfter {
-        ack: Some(&hint.entry),
-        run: &hint.run,
-        ready: &ready,
-        delay: (retry_due > 0).then_some((delay_member.as_str(), retry_due)),
-        breaker: Some((&hint.tool, breaker)),
-        run_done,
-    };
-    let phase = reply.get(1).cloned().unwrap_or_default();
-    let mut notify = redis::cmd("XADD");
-    notify
-        .arg(GLOBAL_EVENTS)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(100_000)
-        .arg("*")
-        .arg("run")
-        .arg(&hint.run)
-        .arg("step")
-        .arg(&hint.step)
-        .arg("phase")
-        .arg(&phase);
-    let cmds = vec![
-        pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &after),
-        notify,
-    ];
-    match eval_pipeline(&mut conn, cmds, "queueing the next steps").await {
-        Ok(r) => {
-            if let Some(b) = r.first()
-                && b.len() >= 2
-            {
-                let phase = match b[0].as_str() {
-                    "open" => BreakerPhase::Open,
-                    "half_open" => BreakerPhase::HalfOpen,
-                    _ => BreakerPhase::Closed,
-                };
-                cache_breaker(inner, &hint.tool, phase, b[1].parse().unwrap_or(0));
-            }
-        }
-        // The sweeper re-enqueues ready steps and due retries this missed.
-        Err(e) => warn!(error = %e, "queueing follow-ups failed; the sweeper will recover them"),
-    }
-    if run_done {
-        info!(phase = %phase, "run finished");
+    if completion_parts(&reply).1 {
+        info!(phase = %reply.get(1).map(String::as_str).unwrap_or(""), "run finished");
     }
 }
 
-/// The completion survives short Redis outages (a restart): it is retried for a while; a
+/// A finished attempt on its way to the completer.
+struct Completion {
+    hint: Hint,
+    /// The `complete` script's arguments for this attempt.
+    args: [String; 7],
+    /// The breaker outcome to record: success, retryable failure, or neither.
+    breaker: Option<bool>,
+    done: oneshot::Sender<Completed>,
+}
+
+/// What the engine made of a completion.
+struct Completed {
+    /// The `complete` script's reply for this attempt.
+    reply: Vec<String>,
+    /// The tool's breaker after the batch, when it was read.
+    breaker: Option<(BreakerPhase, u64)>,
+}
+
+/// Most completions one batch carries; bounds a script call's length.
+const MAX_COMPLETIONS: usize = 256;
+
+/// Records finished attempts in batches: whatever completed while the previous batch was in
+/// flight goes in one `complete` call per run and one `pool_after` call for all, pipelined.
+/// Under load this is what keeps Redis's single thread from paying a script call's fixed
+/// cost per step; when idle, a lone completion goes out at once.
+async fn completer(
+    mut conn: ConnectionManager,
+    pool: PoolName,
+    breaker: BreakerConfig,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_COMPLETIONS {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        complete_batch(&mut conn, &pool, &breaker, batch).await;
+    }
+}
+
+async fn complete_batch(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+    breaker: &BreakerConfig,
+    batch: Vec<Completion>,
+) {
+    // One `complete` call per run; hints were checked when they were started.
+    let mut runs: Vec<(RunKeys, Vec<Completion>)> = Vec::new();
+    for c in batch {
+        match runs.iter_mut().find(|(k, _)| k.run_id() == c.hint.run) {
+            Some((_, cs)) => cs.push(c),
+            None => {
+                if let Ok(keys) = RunKeys::new(&c.hint.run) {
+                    runs.push((keys, vec![c]));
+                }
+            }
+        }
+    }
+    let cmds: Vec<_> = runs
+        .iter()
+        .map(|(keys, cs)| {
+            let args: Vec<String> = cs.iter().flat_map(|c| c.args.iter().cloned()).collect();
+            run_cmd(&SCRIPTS.complete, keys, &args)
+        })
+        .collect();
+    let Some(replies) = complete_with_retry(conn, cmds).await else {
+        return;
+    };
+    let mut done = Vec::new();
+    let mut afters = Vec::new();
+    let mut notify = Vec::new();
+    for ((_, cs), rows) in runs.into_iter().zip(replies) {
+        let mut rows = rows.into_iter();
+        for c in cs {
+            let reply = rows.next().unwrap_or_default();
+            let hint = &c.hint;
+            match reply.first().map(String::as_str) {
+                // Another attempt holds the step (our lease expired): leave its entry alone.
+                // A missing row should not happen; the lease expiring is the safe way out.
+                Some("stale") if reply.get(1).map(String::as_str) == Some("1") => {}
+                None => {}
+                Some("stale") => afters.push(PoolAfter {
+                    ack: Some(hint.entry.clone()),
+                    run: hint.run.clone(),
+                    ..PoolAfter::default()
+                }),
+                Some(_) => {
+                    let (ready, run_done) = completion_parts(&reply);
+                    let retry_due: u64 = reply.get(2).and_then(|d| d.parse().ok()).unwrap_or(0);
+                    afters.push(PoolAfter {
+                        ack: Some(hint.entry.clone()),
+                        run: hint.run.clone(),
+                        ready,
+                        delay: (retry_due > 0)
+                            .then(|| (format!("{}|{}", hint.step, hint.tool), retry_due)),
+                        breaker: Some((hint.tool.clone(), c.breaker)),
+                        run_done,
+                    });
+                    let mut cmd = redis::cmd("XADD");
+                    cmd.arg(GLOBAL_EVENTS)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(100_000)
+                        .arg("*")
+                        .arg("run")
+                        .arg(&hint.run)
+                        .arg("step")
+                        .arg(&hint.step)
+                        .arg("phase")
+                        .arg(reply.get(1).map(String::as_str).unwrap_or(""));
+                    notify.push(cmd);
+                }
+            }
+            done.push((c, reply));
+        }
+    }
+    let mut states: HashMap<String, (BreakerPhase, u64)> = HashMap::new();
+    if !afters.is_empty() {
+        let mut cmds = vec![pool_after_cmd(pool, breaker, &afters)];
+        cmds.extend(notify);
+        match eval_pipeline(conn, cmds, "queueing the next steps").await {
+            Ok(r) => {
+                for (tool, phase, remaining) in
+                    breaker_replies(r.first().map_or(&[], Vec::as_slice))
+                {
+                    states.insert(tool.to_owned(), (phase, remaining));
+                }
+            }
+            // The sweeper re-enqueues ready steps and due retries this missed.
+            Err(e) => {
+                warn!(error = %e, "queueing follow-ups failed; the sweeper will recover them");
+            }
+        }
+    }
+    for (c, reply) in done {
+        let breaker = states.get(&c.hint.tool).copied();
+        let _ = c.done.send(Completed { reply, breaker });
+    }
+}
+
+/// Completions survive short Redis outages (a restart): the calls are retried for a while; a
 /// retry after an applied-but-unanswered call comes back `stale` and is harmless.
 async fn complete_with_retry(
     conn: &mut ConnectionManager,
-    keys: &RunKeys,
-    args: &[String],
-) -> Option<Vec<String>> {
+    cmds: Vec<redis::Cmd>,
+) -> Option<Vec<Vec<Vec<String>>>> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..40 {
-        match eval_pipeline(
-            conn,
-            vec![run_cmd(&SCRIPTS.complete, keys, args)],
-            "completing a step",
-        )
-        .await
-        {
-            Ok(mut r) => return r.pop(),
+        match eval_pipeline_rows(conn, cmds.clone(), "completing steps").await {
+            Ok(r) => return Some(r),
             Err(e) => {
-                warn!(error = %e, "completing the step failed; retrying");
+                warn!(error = %e, "completing steps failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }
-    // Give up: the lease runs out and another worker re-runs the step.
+    // Give up: the leases run out and other workers re-run the steps.
     None
 }
 
@@ -776,12 +871,12 @@ async fn release(
     let cmd = pool_after_cmd(
         &cfg.pool,
         &cfg.engine.breaker,
-        &PoolAfter {
-            ack: Some(&hint.entry),
-            run: &hint.run,
-            ready: &ready,
+        &[PoolAfter {
+            ack: Some(hint.entry.clone()),
+            run: hint.run.clone(),
+            ready,
             ..PoolAfter::default()
-        },
+        }],
     );
     if let Err(e) = eval_pipeline(conn, vec![cmd], "requeueing a released step").await {
         warn!(error = %e, "requeueing a released step failed; the sweeper will recover it");
@@ -952,26 +1047,26 @@ async fn sweep(inner: &Inner, conn: &mut ConnectionManager) -> Result<(), Engine
         }
         let replies = eval_pipeline(conn, cmds, "sweeping").await?;
         let mut follow = Vec::new();
-        for (run, reply) in valid.iter().zip(&replies) {
+        for (run, reply) in valid.into_iter().zip(replies) {
             let status = reply.first().map(String::as_str).unwrap_or("");
-            let ready: Vec<String> = reply.iter().skip(1).cloned().collect();
-            if status != "active" || !ready.is_empty() {
+            let run_done = status != "active";
+            let ready: Vec<String> = reply.into_iter().skip(1).collect();
+            if run_done || !ready.is_empty() {
                 if !ready.is_empty() {
                     info!(run = %run, steps = ?ready, "sweeper re-enqueues steps");
                 }
-                follow.push(pool_after_cmd(
-                    &cfg.pool,
-                    &cfg.engine.breaker,
-                    &PoolAfter {
-                        run,
-                        ready: &ready,
-                        run_done: status != "active",
-                        ..PoolAfter::default()
-                    },
-                ));
+                follow.push(PoolAfter {
+                    run,
+                    ready,
+                    run_done,
+                    ..PoolAfter::default()
+                });
             }
         }
-        eval_pipeline(conn, follow, "re-enqueueing swept steps").await?;
+        if !follow.is_empty() {
+            let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &follow);
+            eval_pipeline(conn, vec![cmd], "re-enqueueing swept steps").await?;
+        }
     }
     Ok(())
 }

@@ -1,53 +1,63 @@
--- A worker took a hint from the pool stream. Accepts only a step that may start now.
--- ARGV: id, owner, entry, mode ('new' | 'reclaim').
--- Returns {'ok', attempt, spec, namespace, options, ref1, out1, ...} | {'drop', why}
---       | finish_reply (when a reclaim exhausted the attempts).
--- Reads are batched (two HMGETs): this script runs once per step on the hot path.
-local id, owner, entry, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local m = redis.call('HMGET', META, 'phase', 'cancel', 'failed', 'policy', 'max_attempts', 'namespace', 'options')
-local rp = m[1]
-if not rp then return {'drop', 'no such run'} end
-if is_terminal_run(rp) then return {'drop', 'run finished'} end
-local s = redis.call('HMGET', STEPS, id .. ':phase', id .. ':attempt', id .. ':due', id .. ':entry',
-  id .. ':started', id .. ':spec', id .. ':refs')
-local phase = s[1]
-if not phase then return {'drop', 'no such step'} end
+-- A worker took hints from the pool stream: accepts each step only if it may start now.
+-- ARGV: mode ('new' | 'reclaim'), then per hint: id, owner, entry.
+-- Returns one reply per hint, in order: {'ok', attempt, spec, namespace, options, ref1, out1, ...}
+--   | {'drop', why} | finish_reply (when a reclaim exhausted the attempts).
+-- One call takes a worker's whole batch for this run, so the fixed cost of a script call is
+-- paid once per batch rather than once per step; reads are batched (HMGET) for the same reason.
+local mode = ARGV[1]
 local now = now_ms()
-local attempt = tonumber(s[2]) or 0
-local due = tonumber(s[3])
-local startable = false
-if phase == 'Ready' then
-  startable = due == nil or due <= now
-elseif phase == 'Pending' then
-  startable = due ~= nil and due <= now
-end
-if phase == 'Running' and mode == 'reclaim' and s[4] == entry then
-  -- The owner stopped heartbeating for a whole lease: that attempt is lost and counts.
-  if attempt >= (tonumber(m[5]) or 1) then
-    local ready, rdue = finish(id, false,
-      'worker lost while running the step (lease expired) after ' .. attempt .. ' attempts',
-      false, 0, now)
-    return finish_reply('finished', id, ready, rdue, now)
+
+local function start(id, owner, entry)
+  local m = redis.call('HMGET', META, 'phase', 'cancel', 'failed', 'policy', 'max_attempts', 'namespace', 'options')
+  local rp = m[1]
+  if not rp then return {'drop', 'no such run'} end
+  if is_terminal_run(rp) then return {'drop', 'run finished'} end
+  local s = redis.call('HMGET', STEPS, id .. ':phase', id .. ':attempt', id .. ':due', id .. ':entry',
+    id .. ':started', id .. ':spec', id .. ':refs')
+  local phase = s[1]
+  if not phase then return {'drop', 'no such step'} end
+  local attempt = tonumber(s[2]) or 0
+  local due = tonumber(s[3])
+  local startable = false
+  if phase == 'Ready' then
+    startable = due == nil or due <= now
+  elseif phase == 'Pending' then
+    startable = due ~= nil and due <= now
   end
-  event('reclaim', id, 'Running', attempt)
-  startable = true
-end
-if not startable then return {'drop', 'step is ' .. phase} end
-if m[2] == '1' or (m[3] == '1' and m[4] == 'FailFast') then return {'drop', 'run stopped'} end
-attempt = attempt + 1
-if s[5] then
-  sset(id, 'phase', 'Running', 'attempt', attempt, 'owner', owner, 'entry', entry, 'astart', now)
-else
-  sset(id, 'phase', 'Running', 'attempt', attempt, 'owner', owner, 'entry', entry, 'astart', now, 'started', now)
-end
-if due then redis.call('HDEL', STEPS, id .. ':due') end
-event('step', id, 'Running', attempt)
-local r = {'ok', attempt, s[6], m[6], m[7]}
-local refs = split(s[7])
-if #refs > 0 then
-  local outs = redis.call('HMGET', OUT, unpack(refs))
-  for i, ref in ipairs(refs) do
-    if outs[i] then r[#r + 1] = ref; r[#r + 1] = outs[i] end
+  if phase == 'Running' and mode == 'reclaim' and s[4] == entry then
+    -- The owner stopped heartbeating for a whole lease: that attempt is lost and counts.
+    if attempt >= (tonumber(m[5]) or 1) then
+      local ready, rdue = finish(id, false,
+        'worker lost while running the step (lease expired) after ' .. attempt .. ' attempts',
+        false, 0, now)
+      return finish_reply('finished', id, ready, rdue, now)
+    end
+    event('reclaim', id, 'Running', attempt)
+    startable = true
   end
+  if not startable then return {'drop', 'step is ' .. phase} end
+  if m[2] == '1' or (m[3] == '1' and m[4] == 'FailFast') then return {'drop', 'run stopped'} end
+  attempt = attempt + 1
+  if s[5] then
+    sset(id, 'phase', 'Running', 'attempt', attempt, 'owner', owner, 'entry', entry, 'astart', now)
+  else
+    sset(id, 'phase', 'Running', 'attempt', attempt, 'owner', owner, 'entry', entry, 'astart', now, 'started', now)
+  end
+  if due then redis.call('HDEL', STEPS, id .. ':due') end
+  event('step', id, 'Running', attempt)
+  local r = {'ok', attempt, s[6], m[6], m[7]}
+  local refs = split(s[7])
+  if #refs > 0 then
+    local outs = redis.call('HMGET', OUT, unpack(refs))
+    for i, ref in ipairs(refs) do
+      if outs[i] then r[#r + 1] = ref; r[#r + 1] = outs[i] end
+    end
+  end
+  return r
 end
-return r
+
+local replies = {}
+for i = 2, #ARGV - 2, 3 do
+  replies[#replies + 1] = start(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+end
+return replies
