@@ -11,7 +11,9 @@ local r = {'active'}
 for _, id in ipairs(split(mget('ids'))) do
   local p = sget(id, 'phase')
   if p == 'Ready' then
-    if (tonumber(sget(id, 'enq')) or 0) + threshold <= now then
+    -- A step made Ready at creation has no `enq`: it was queued when the run was created.
+    local enq = tonumber(sget(id, 'enq')) or tonumber(mget('created')) or 0
+    if enq + threshold <= now then
       sset(id, 'enq', now)
       r[#r + 1] = id .. '|' .. (sget(id, 'tool') or '')
     end
