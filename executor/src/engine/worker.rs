@@ -216,7 +216,18 @@ impl Worker {
                 }
                 Ok(hints) => {
                     *lock(&inner.last_activity) = Instant::now();
-                    handle_hints(&inner, hints, Mode::New, &mut tasks).await;
+                    // Slots are taken at read time, so the next read (which runs while this
+                    // batch is being started) asks only for what is still free.
+                    let permits: Vec<_> = hints
+                        .iter()
+                        .map_while(|_| inner.slots.clone().try_acquire_owned().ok())
+                        .collect();
+                    let inner = inner.clone();
+                    tasks.spawn(async move {
+                        let mut steps = tokio::task::JoinSet::new();
+                        handle_hints(&inner, hints, permits, Mode::New, &mut steps).await;
+                        while steps.join_next().await.is_some() {}
+                    });
                 }
                 Err(e) => {
                     if let EngineError::Redis { source, .. } = &e
@@ -347,6 +358,7 @@ fn owner_token(consumer: &str) -> String {
 async fn handle_hints(
     inner: &Arc<Inner>,
     hints: Vec<Hint>,
+    mut permits: Vec<OwnedSemaphorePermit>,
     mode: Mode,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
@@ -429,7 +441,9 @@ async fn handle_hints(
                 Some("ok") => {
                     // Without a slot (a reclaim raced the reader) the started step runs
                     // anyway: holding it unstarted would only waste its lease.
-                    let permit = inner.slots.clone().try_acquire_owned().ok();
+                    let permit = permits
+                        .pop()
+                        .or_else(|| inner.slots.clone().try_acquire_owned().ok());
                     spawn_step(inner, tasks, hint, owner, reply, permit);
                 }
                 status => {
@@ -669,9 +683,6 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
         return;
     }
     inner.completed.fetch_add(1, Ordering::Relaxed);
-    if completion_parts(&reply).1 {
-        info!(phase = %reply.get(1).map(String::as_str).unwrap_or(""), "run finished");
-    }
 }
 
 /// A finished attempt on its way to the completer.
@@ -748,8 +759,9 @@ async fn complete_batch(
     let mut done = Vec::new();
     let mut afters = Vec::new();
     let mut notify = Vec::new();
-    for ((_, cs), rows) in runs.into_iter().zip(replies) {
+    for ((keys, cs), rows) in runs.into_iter().zip(replies) {
         let mut rows = rows.into_iter();
+        let mut run_ended = None;
         for c in cs {
             let reply = rows.next().unwrap_or_default();
             let hint = &c.hint;
@@ -765,6 +777,9 @@ async fn complete_batch(
                 }),
                 Some(_) => {
                     let (ready, run_done) = completion_parts(&reply);
+                    if run_done {
+                        run_ended = reply.get(1).cloned();
+                    }
                     let retry_due: u64 = reply.get(2).and_then(|d| d.parse().ok()).unwrap_or(0);
                     afters.push(PoolAfter {
                         ack: Some(hint.entry.clone()),
@@ -791,6 +806,9 @@ async fn complete_batch(
                 }
             }
             done.push((c, reply));
+        }
+        if let Some(phase) = run_ended {
+            info!(run = %keys.run_id(), phase = %phase, "run finished");
         }
     }
     let mut states: HashMap<String, (BreakerPhase, u64)> = HashMap::new();
@@ -925,7 +943,8 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                     Ok(hints) if !hints.is_empty() => {
                         info!(count = hints.len(), "reclaiming steps of a lost worker");
                         *lock(&inner.last_activity) = Instant::now();
-                        handle_hints(&inner, hints, Mode::Reclaim, &mut reclaim_tasks).await;
+                        handle_hints(&inner, hints, Vec::new(), Mode::Reclaim, &mut reclaim_tasks)
+                            .await;
                     }
                     Ok(_) => {}
                     Err(e) => debug!(error = %e, "reclaim failed"),

@@ -44,8 +44,9 @@ local function stopped()
 end
 
 local function mark_terminal(id, phase, now, attempt)
-  sset(id, 'phase', phase, 'finished', now)
-  redis.call('HDEL', STEPS, id .. ':owner', id .. ':due')
+  local p = id .. ':'
+  redis.call('HSET', STEPS, p .. 'phase', phase, p .. 'finished', now)
+  redis.call('HDEL', STEPS, p .. 'owner', p .. 'due')
   redis.call('HINCRBY', META, 'done', 1)
   event('step', id, phase, attempt or '')
 end

@@ -3,17 +3,22 @@
 -- Returns one reply per hint, in order: {'ok', attempt, spec, namespace, options, ref1, out1, ...}
 --   | {'drop', why} | finish_reply (when a reclaim exhausted the attempts).
 -- One call takes a worker's whole batch for this run, so the fixed cost of a script call is
--- paid once per batch rather than once per step; reads are batched (HMGET) for the same reason.
+-- paid once per batch rather than once per step; this is the hot path, so each redis.call
+-- counts: the run's metadata is read once per batch (again only after a step finished here).
 local mode = ARGV[1]
 local now = now_ms()
+local m
+local function read_meta()
+  m = redis.call('HMGET', META, 'phase', 'cancel', 'failed', 'policy', 'max_attempts', 'namespace', 'options')
+end
+read_meta()
 
 local function start(id, owner, entry)
-  local m = redis.call('HMGET', META, 'phase', 'cancel', 'failed', 'policy', 'max_attempts', 'namespace', 'options')
-  local rp = m[1]
-  if not rp then return {'drop', 'no such run'} end
-  if is_terminal_run(rp) then return {'drop', 'run finished'} end
-  local s = redis.call('HMGET', STEPS, id .. ':phase', id .. ':attempt', id .. ':due', id .. ':entry',
-    id .. ':started', id .. ':spec', id .. ':refs')
+  if not m[1] then return {'drop', 'no such run'} end
+  if is_terminal_run(m[1]) then return {'drop', 'run finished'} end
+  local p = id .. ':'
+  local s = redis.call('HMGET', STEPS, p .. 'phase', p .. 'attempt', p .. 'due', p .. 'entry',
+    p .. 'started', p .. 'spec', p .. 'refs')
   local phase = s[1]
   if not phase then return {'drop', 'no such step'} end
   local attempt = tonumber(s[2]) or 0
@@ -30,7 +35,9 @@ local function start(id, owner, entry)
       local ready, rdue = finish(id, false,
         'worker lost while running the step (lease expired) after ' .. attempt .. ' attempts',
         false, 0, now)
-      return finish_reply('finished', id, ready, rdue, now)
+      local r = finish_reply('finished', id, ready, rdue, now)
+      read_meta()
+      return r
     end
     event('reclaim', id, 'Running', attempt)
     startable = true
@@ -39,11 +46,13 @@ local function start(id, owner, entry)
   if m[2] == '1' or (m[3] == '1' and m[4] == 'FailFast') then return {'drop', 'run stopped'} end
   attempt = attempt + 1
   if s[5] then
-    sset(id, 'phase', 'Running', 'attempt', attempt, 'owner', owner, 'entry', entry, 'astart', now)
+    redis.call('HSET', STEPS, p .. 'phase', 'Running', p .. 'attempt', attempt, p .. 'owner', owner,
+      p .. 'entry', entry, p .. 'astart', now)
   else
-    sset(id, 'phase', 'Running', 'attempt', attempt, 'owner', owner, 'entry', entry, 'astart', now, 'started', now)
+    redis.call('HSET', STEPS, p .. 'phase', 'Running', p .. 'attempt', attempt, p .. 'owner', owner,
+      p .. 'entry', entry, p .. 'astart', now, p .. 'started', now)
   end
-  if due then redis.call('HDEL', STEPS, id .. ':due') end
+  if due then redis.call('HDEL', STEPS, p .. 'due') end
   event('step', id, 'Running', attempt)
   local r = {'ok', attempt, s[6], m[6], m[7]}
   local refs = split(s[7])
