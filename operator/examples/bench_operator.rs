@@ -590,10 +590,11 @@ async fn main() -> anyhow::Result<()> {
     let scale_uid = uids_of(&runs_api, "scale").await?;
     let mut enq = None;
     if let Some(u) = scale_uid.first() {
-        let key = crane_executor::engine::RunKeys::new(u)?.steps();
+        // Step 1 has no dependencies: it is queued when the run is created.
+        let key = crane_executor::engine::RunKeys::new(u)?.meta();
         enq = redis::cmd("HGET")
             .arg(&key)
-            .arg("1:enq")
+            .arg("created")
             .query_async::<Option<u64>>(&mut rconn)
             .await
             .ok()
