@@ -11,18 +11,20 @@
 //!    slots). Hints are not authoritative: the worker runs the *start* script in the run's slot,
 //!    which accepts only a step that is `Ready` (or a retry that is due) and marks it `Running`
 //!    with an owner token and the attempt number. Anything else (a duplicate, a step of a
-//!    finished or cancelled run) is acknowledged and dropped.
+//!    finished or cancelled run) is acknowledged and dropped. One start call takes all the
+//!    hints of a run that one read returned.
 //! 3. While the tool runs, the worker heartbeats its hints (`XCLAIM … JUSTID` by the owner
 //!    resets their idle time). A hint idle longer than the lease belongs to a dead worker:
 //!    another worker takes it with `XAUTOCLAIM` and the start script counts the lost attempt
 //!    (failing the step for good once the attempts are used up).
-//! 4. Completion is ONE run-slot script: it accepts only the owner's current attempt (late
+//! 4. Completion is one run-slot script per attempt (a worker's completer sends all the
+//!    attempts of a run that finished meanwhile in one call): it accepts only the owner's current attempt (late
 //!    duplicates are ignored), records the output or error, decides retry (due time kept in the
 //!    step state) or final failure, decrements dependents' counters, lists newly ready steps,
 //!    applies FailFast / ContinueIndependent / cancel, decides the run's phase and appends
-//!    progress events. Then one pool-slot script acknowledges and deletes the hint, adds the
-//!    newly ready hints, parks a retry in the pool's delayed set and updates the tool's
-//!    circuit breaker.
+//!    progress events. Then one pool-slot script (again one call for the whole batch)
+//!    acknowledges and deletes the hints, adds the newly ready hints, parks retries in the
+//!    pool's delayed set and updates the tools' circuit breakers.
 //!
 //! # Crash safety across the two slots
 //!
