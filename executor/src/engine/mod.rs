@@ -18,11 +18,11 @@
 //!    another worker takes it with `XAUTOCLAIM` and the start script counts the lost attempt
 //!    (failing the step for good once the attempts are used up).
 //! 4. Completion is one run-slot script per attempt (a worker's completer sends all the
-//!    attempts of a run that finished meanwhile in one call): it accepts only the owner's current attempt (late
-//!    duplicates are ignored), records the output or error, decides retry (due time kept in the
-//!    step state) or final failure, decrements dependents' counters, lists newly ready steps,
-//!    applies FailFast / ContinueIndependent / cancel, decides the run's phase and appends
-//!    progress events. Then one pool-slot script (again one call for the whole batch)
+//!    attempts of a run that finished meanwhile in one call): it accepts only the owner's
+//!    current attempt (late duplicates are ignored), records the output or error, decides
+//!    retry (due time kept in the step state) or final failure, decrements dependents'
+//!    counters, lists newly ready steps, applies FailFast / ContinueIndependent / cancel,
+//!    decides the run's phase and appends progress events. Then one pool-slot script (again one call for the whole batch)
 //!    acknowledges and deletes the hints, adds the newly ready hints, parks retries in the
 //!    pool's delayed set and updates the tools' circuit breakers.
 //!
