@@ -140,70 +140,14 @@ pub fn parse_plan(json: &str) -> Result<Plan, PlanErrors> {
 
 /// Checks a plan against the rules and the toolbox; returns every problem found.
 pub fn validate(plan: &Plan, toolbox: &Toolbox) -> Result<(), PlanErrors> {
-    let mut errors = Vec::new();
+    let Graph {
+        index,
+        deps,
+        order,
+        mut errors,
+    } = graph(plan)?;
     let steps = &plan.steps;
-    if steps.is_empty() {
-        return Err(PlanError::Empty.into());
-    }
-    if steps.len() > MAX_STEPS {
-        // Beyond the limit the per-step checks are skipped: they are quadratic in the worst
-        // case and the plan must be cut down anyway.
-        return Err(PlanError::TooManySteps {
-            count: steps.len(),
-            max: MAX_STEPS,
-        }
-        .into());
-    }
-
-    // Ids: zero, duplicates. The graph uses each id's first occurrence.
-    let mut index: HashMap<StepId, usize> = HashMap::with_capacity(steps.len());
-    let mut counts: HashMap<StepId, usize> = HashMap::new();
-    for (i, step) in steps.iter().enumerate() {
-        if step.id == 0 {
-            errors.push(PlanError::ZeroId { index: i });
-            continue;
-        }
-        *counts.entry(step.id).or_default() += 1;
-        index.entry(step.id).or_insert(i);
-    }
-    let mut dups: Vec<(StepId, usize)> = counts.into_iter().filter(|&(_, c)| c > 1).collect();
-    dups.sort_unstable();
-    errors.extend(
-        dups.into_iter()
-            .map(|(id, count)| PlanError::DuplicateId { id, count }),
-    );
-
-    // Edges (deps[i] = indices step i depends on), dropping the broken ones after reporting.
     let n = steps.len();
-    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, step) in steps.iter().enumerate() {
-        if step.id == 0 || index.get(&step.id) != Some(&i) {
-            continue;
-        }
-        let mut seen = HashSet::new();
-        for &dep in &step.depends_on {
-            if !seen.insert(dep) {
-                continue;
-            }
-            if dep == step.id {
-                errors.push(PlanError::SelfDependency { step: step.id });
-            } else if let Some(&d) = index.get(&dep) {
-                deps[i].push(d);
-            } else {
-                errors.push(PlanError::MissingDependency {
-                    step: step.id,
-                    missing: dep,
-                });
-            }
-        }
-    }
-
-    let (order, cycles) = topo_order(&deps);
-    for cycle in cycles {
-        errors.push(PlanError::Cycle(
-            cycle.into_iter().map(|i| steps[i].id).collect(),
-        ));
-    }
 
     // Ancestor sets as bitsets, computed in topological order (steps on a cycle have none;
     // the cycle is already reported).
@@ -285,6 +229,102 @@ pub fn validate(plan: &Plan, toolbox: &Toolbox) -> Result<(), PlanErrors> {
     } else {
         Err(PlanErrors(errors))
     }
+}
+
+/// Checks only the plan's shape (size, ids, dependencies, cycles), without a toolbox: what the
+/// engine relies on so a run can never hang. Same messages as [`validate`].
+pub fn check_structure(plan: &Plan) -> Result<(), PlanErrors> {
+    let g = graph(plan)?;
+    if g.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanErrors(g.errors))
+    }
+}
+
+/// The plan as a graph of step indices, with the structural problems found on the way.
+struct Graph {
+    /// Each id's first occurrence.
+    index: HashMap<StepId, usize>,
+    /// `deps[i]`: indices step `i` depends on (broken edges dropped after being reported).
+    deps: Vec<Vec<usize>>,
+    /// A valid execution order of the steps not on a cycle.
+    order: Vec<usize>,
+    errors: Vec<PlanError>,
+}
+
+/// Builds the [`Graph`]; an empty or oversized plan is an error at once.
+fn graph(plan: &Plan) -> Result<Graph, PlanErrors> {
+    let mut errors = Vec::new();
+    let steps = &plan.steps;
+    if steps.is_empty() {
+        return Err(PlanError::Empty.into());
+    }
+    if steps.len() > MAX_STEPS {
+        // Beyond the limit the per-step checks are skipped: they are quadratic in the worst
+        // case and the plan must be cut down anyway.
+        return Err(PlanError::TooManySteps {
+            count: steps.len(),
+            max: MAX_STEPS,
+        }
+        .into());
+    }
+
+    // Ids: zero, duplicates. The graph uses each id's first occurrence.
+    let mut index: HashMap<StepId, usize> = HashMap::with_capacity(steps.len());
+    let mut counts: HashMap<StepId, usize> = HashMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        if step.id == 0 {
+            errors.push(PlanError::ZeroId { index: i });
+            continue;
+        }
+        *counts.entry(step.id).or_default() += 1;
+        index.entry(step.id).or_insert(i);
+    }
+    let mut dups: Vec<(StepId, usize)> = counts.into_iter().filter(|&(_, c)| c > 1).collect();
+    dups.sort_unstable();
+    errors.extend(
+        dups.into_iter()
+            .map(|(id, count)| PlanError::DuplicateId { id, count }),
+    );
+
+    // Edges (deps[i] = indices step i depends on), dropping the broken ones after reporting.
+    let n = steps.len();
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, step) in steps.iter().enumerate() {
+        if step.id == 0 || index.get(&step.id) != Some(&i) {
+            continue;
+        }
+        let mut seen = HashSet::new();
+        for &dep in &step.depends_on {
+            if !seen.insert(dep) {
+                continue;
+            }
+            if dep == step.id {
+                errors.push(PlanError::SelfDependency { step: step.id });
+            } else if let Some(&d) = index.get(&dep) {
+                deps[i].push(d);
+            } else {
+                errors.push(PlanError::MissingDependency {
+                    step: step.id,
+                    missing: dep,
+                });
+            }
+        }
+    }
+
+    let (order, cycles) = topo_order(&deps);
+    for cycle in cycles {
+        errors.push(PlanError::Cycle(
+            cycle.into_iter().map(|i| steps[i].id).collect(),
+        ));
+    }
+    Ok(Graph {
+        index,
+        deps,
+        order,
+        errors,
+    })
 }
 
 /// Kahn's algorithm over `deps`. Returns the indices in a valid execution order, and one

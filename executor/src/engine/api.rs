@@ -2,7 +2,7 @@
 //! read it back as a `RunReport`, wait for it, cancel and delete it; and `RedisExecutor`,
 //! the `Executor` that runs a plan through Redis workers.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use super::queue::{PoolAfter, pool_after_cmd};
 use super::scripts::{SCRIPTS, eval, eval_pipeline, evalsha};
 use super::time::rfc3339;
 use super::{EngineConfig, EngineError, ms};
-use crate::plan::{MAX_STEPS, Plan, StepId};
+use crate::plan::{Plan, StepId};
 use crate::run::{
     Executor, FailurePolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport,
     result_from_sinks,
@@ -69,25 +69,12 @@ pub enum InitOutcome {
 }
 
 /// Checks what the scripts rely on (the validator checks more): a bounded number of unique
-/// steps whose dependencies exist and form no cycle, so the run cannot hang.
+/// steps whose dependencies exist and form no cycle, so the run cannot hang, and tool names
+/// that can travel inside `|`-separated hints.
 fn check_structure(plan: &Plan) -> Result<(), EngineError> {
-    if plan.steps.is_empty() {
-        return Err(EngineError::InvalidPlan("the plan has no steps".into()));
-    }
-    if plan.steps.len() > MAX_STEPS {
-        return Err(EngineError::InvalidPlan(format!(
-            "{} steps, the limit is {MAX_STEPS}",
-            plan.steps.len()
-        )));
-    }
-    let mut indegree: HashMap<StepId, usize> = HashMap::new();
+    crate::validate::check_structure(plan)
+        .map_err(|errors| EngineError::InvalidPlan(errors.to_string()))?;
     for s in &plan.steps {
-        if s.id == 0 {
-            return Err(EngineError::InvalidPlan(
-                "step ids must be positive, found 0".into(),
-            ));
-        }
-        // Tool names travel inside `|`-separated hints; only the validator's names pass.
         if s.tool.is_empty()
             || s.tool.len() > 100
             || !s
@@ -101,48 +88,6 @@ fn check_structure(plan: &Plan) -> Result<(), EngineError> {
                 s.tool.chars().take(100).collect::<String>()
             )));
         }
-        if indegree.insert(s.id, 0).is_some() {
-            return Err(EngineError::InvalidPlan(format!(
-                "step {} appears more than once",
-                s.id
-            )));
-        }
-    }
-    let mut children: HashMap<StepId, Vec<StepId>> = HashMap::new();
-    for s in &plan.steps {
-        let unique: HashSet<StepId> = s.depends_on.iter().copied().collect();
-        for d in unique {
-            if !indegree.contains_key(&d) {
-                return Err(EngineError::InvalidPlan(format!(
-                    "step {} depends on step {d}, which is not in the plan",
-                    s.id
-                )));
-            }
-            children.entry(d).or_default().push(s.id);
-            *indegree.entry(s.id).or_default() += 1;
-        }
-    }
-    let mut queue: VecDeque<StepId> = indegree
-        .iter()
-        .filter(|(_, n)| **n == 0)
-        .map(|(id, _)| *id)
-        .collect();
-    let mut seen = 0;
-    while let Some(id) = queue.pop_front() {
-        seen += 1;
-        for c in children.get(&id).into_iter().flatten() {
-            if let Some(n) = indegree.get_mut(c) {
-                *n -= 1;
-                if *n == 0 {
-                    queue.push_back(*c);
-                }
-            }
-        }
-    }
-    if seen != plan.steps.len() {
-        return Err(EngineError::InvalidPlan(
-            "the dependencies form a cycle".into(),
-        ));
     }
     Ok(())
 }
@@ -961,7 +906,7 @@ mod tests {
             check_structure(&plan(vec![step(1, &[]), step(1, &[])]))
                 .unwrap_err()
                 .to_string()
-                .contains("more than once")
+                .contains("ids must be unique")
         );
         assert!(
             check_structure(&plan(vec![step(1, &[7])]))
@@ -979,7 +924,7 @@ mod tests {
             check_structure(&plan(vec![step(1, &[1])]))
                 .unwrap_err()
                 .to_string()
-                .contains("cycle")
+                .contains("depends on itself")
         );
         assert!(check_structure(&plan(vec![step(0, &[])])).is_err());
         let mut hostile = step(1, &[]);
