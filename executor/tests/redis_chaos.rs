@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crane_executor::engine::api::{init_run, run_report};
-use crane_executor::engine::{RunKeys, wait_for_run};
+use crane_executor::engine::api::{InitOutcome, init_run, run_report};
+use crane_executor::engine::{EngineError, RunKeys, wait_for_run};
 use crane_executor::plan::Plan;
 use crane_executor::run::{RunOptions, RunPhase, StepPhase};
 use crane_executor::tools::TodoStore;
@@ -106,6 +106,24 @@ fn options() -> RunOptions {
 }
 
 /// Raw per-step fields of a run.
+/// Creates run `run` in namespace `chaos` with the tests' options and fast engine timings.
+async fn create(
+    e: &mut redis_common::Engine,
+    run: &str,
+    plan: &Plan,
+) -> Result<InitOutcome, EngineError> {
+    init_run(
+        &mut e.conn,
+        run,
+        "chaos",
+        &e.pool,
+        plan,
+        &options(),
+        &redis_common::fast_config(),
+    )
+    .await
+}
+
 async fn step_fields(conn: &mut ConnectionManager, run: &str) -> HashMap<String, String> {
     let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
     redis::cmd("HGETALL")
@@ -186,17 +204,9 @@ async fn sigkilled_workers_lose_no_step_and_add_no_todo_twice() {
         .collect();
     steps.extend((7..=12).map(|i| json!({"id": i, "tool": "todo_store.add", "input": {"title": format!("{run}-{i}")}, "dependsOn": [i - 6]})));
     steps.push(json!({"id": 13, "tool": "todo_store.list", "input": {}, "dependsOn": (7..=12).collect::<Vec<_>>()}));
-    init_run(
-        &mut e.conn,
-        run,
-        "chaos",
-        &e.pool,
-        &plan(json!(steps)),
-        &options(),
-        &redis_common::fast_config(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    create(&mut e, run, &plan(json!(steps)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let killed_step = running_on(&mut e.conn, run, victim.pid()).await;
     drop(victim); // SIGKILL, mid-step
     let _spare = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("c.log"));
@@ -244,17 +254,9 @@ async fn sigterm_lets_the_in_flight_step_finish_and_exits_zero() {
     let p = plan(
         json!([{"id": 1, "tool": "wait", "input": {"ms": 1000}}, {"id": 2, "tool": "wait", "input": {"ms": 1}, "dependsOn": [1]}]),
     );
-    init_run(
-        &mut e.conn,
-        "drain",
-        "chaos",
-        &e.pool,
-        &p,
-        &options(),
-        &redis_common::fast_config(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    create(&mut e, "drain", &p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(running_on(&mut e.conn, "drain", w.pid()).await, "1");
     w.sigterm();
     assert_eq!(w.wait_exit().code(), Some(0));
@@ -289,17 +291,9 @@ async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
         &dir.path().join("a.log"),
     );
     let p = plan(json!([{"id": 1, "tool": "wait", "input": {"ms": 3000}}]));
-    init_run(
-        &mut e.conn,
-        "release",
-        "chaos",
-        &e.pool,
-        &p,
-        &options(),
-        &redis_common::fast_config(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    create(&mut e, "release", &p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     running_on(&mut e.conn, "release", w.pid()).await;
     w.sigterm();
     assert_eq!(w.wait_exit().code(), Some(0));
@@ -343,17 +337,9 @@ async fn redis_killed_and_restarted_from_aof_mid_run_the_run_still_finishes() {
             steps.push(json!({"id": id, "tool": "wait", "input": {"ms": 300}, "dependsOn": deps}));
         }
     }
-    init_run(
-        &mut e.conn,
-        "aof",
-        "chaos",
-        &e.pool,
-        &plan(json!(steps)),
-        &options(),
-        &redis_common::fast_config(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    create(&mut e, "aof", &plan(json!(steps)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // Let `appendfsync everysec` persist the run's creation, then crash Redis mid-run.
     let start = Instant::now();
     loop {

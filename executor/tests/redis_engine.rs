@@ -82,28 +82,10 @@ async fn duplicate_and_late_completions_are_ignored() {
         {"id": 1, "tool": "calculator", "input": {"expression": "1"}},
         {"id": 2, "tool": "calculator", "input": {"expression": "2"}, "dependsOn": [1]},
     ]));
-    let created = init_run(
-        &mut e.conn,
-        "dup",
-        "default",
-        &e.pool,
-        &p,
-        &RunOptions::default(),
-        &EngineConfig::default(),
-    )
-    .await;
+    let created = e.init("dup", &p, &RunOptions::default()).await;
     assert_eq!(created.ok(), Some(InitOutcome::Created));
     // Initialising again is idempotent, never a second run.
-    let again = init_run(
-        &mut e.conn,
-        "dup",
-        "default",
-        &e.pool,
-        &p,
-        &RunOptions::default(),
-        &EngineConfig::default(),
-    )
-    .await;
+    let again = e.init("dup", &p, &RunOptions::default()).await;
     assert_eq!(again.ok(), Some(InitOutcome::AlreadyExists));
 
     // Step 2 is not ready: a hint for it is dropped.
@@ -153,17 +135,9 @@ async fn batched_starts_and_completions_judge_each_step_on_its_own() {
         {"id": 2, "tool": "calculator", "input": {"expression": "2"}},
         {"id": 3, "tool": "calculator", "input": {"expression": "3"}, "dependsOn": [1, 2]},
     ]));
-    init_run(
-        &mut e.conn,
-        "batch",
-        "default",
-        &e.pool,
-        &p,
-        &RunOptions::default(),
-        &EngineConfig::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    e.init("batch", &p, &RunOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let keys = RunKeys::new("batch").unwrap_or_else(|e| panic!("{e}"));
     let args: Vec<String> = [
         "new", "1", "a", "1-1", // ready: starts
@@ -228,17 +202,9 @@ async fn a_reclaimed_step_counts_an_attempt_and_the_old_owner_is_ignored() {
         },
         ..RunOptions::default()
     };
-    init_run(
-        &mut e.conn,
-        "reclaim",
-        "default",
-        &e.pool,
-        &p,
-        &options,
-        &EngineConfig::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    e.init("reclaim", &p, &options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         start(&mut e.conn, "reclaim", "1", "a", "5-0", "new").await[1],
         "1"
@@ -298,17 +264,9 @@ async fn queue_depth_counts_waiting_and_running() {
             .map(|i| json!({"id": i, "tool": "calculator", "input": {"expression": "1"}}))
             .collect::<Vec<_>>()
     ));
-    init_run(
-        &mut e.conn,
-        "depth",
-        "default",
-        &e.pool,
-        &p,
-        &RunOptions::default(),
-        &EngineConfig::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    e.init("depth", &p, &RunOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let d = queue_depth(&mut e.conn, &e.pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -341,17 +299,9 @@ async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
         {"id": 1, "tool": "wait", "input": {"ms": 10}},
         {"id": 2, "tool": "wait", "input": {"ms": 10}, "dependsOn": [1]},
     ]));
-    init_run(
-        &mut e.conn,
-        "cancel",
-        "default",
-        &e.pool,
-        &p,
-        &RunOptions::default(),
-        &EngineConfig::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    e.init("cancel", &p, &RunOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         start(&mut e.conn, "cancel", "1", "a", "1-0", "new").await[0],
         "ok"
@@ -402,16 +352,7 @@ async fn hostile_ids_never_reach_redis() {
     let mut e = redis_common::engine(false).await;
     let p = plan(json!([{"id": 1, "tool": "calculator", "input": {"expression": "1"}}]));
     for bad in ["a}b", "{x}", "a|b", "", "x y", "a\nb"] {
-        let r = init_run(
-            &mut e.conn,
-            bad,
-            "default",
-            &e.pool,
-            &p,
-            &RunOptions::default(),
-            &EngineConfig::default(),
-        )
-        .await;
+        let r = e.init(bad, &p, &RunOptions::default()).await;
         assert!(
             matches!(r, Err(EngineError::InvalidRunId { .. })),
             "{bad:?}: {r:?}"

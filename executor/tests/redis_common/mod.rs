@@ -5,8 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crane_executor::engine::api::InitOutcome;
 use crane_executor::engine::metrics::Metrics;
-use crane_executor::engine::{EngineConfig, PoolName, RedisExecutor, Worker, WorkerConfig, api};
+use crane_executor::engine::{
+    EngineConfig, EngineError, PoolName, RedisExecutor, Worker, WorkerConfig, api,
+};
+use crane_executor::plan::Plan;
+use crane_executor::run::RunOptions;
 use crane_executor::tools::Toolbox;
 use crane_testkit::RedisServer;
 use redis::aio::ConnectionManager;
@@ -60,6 +65,26 @@ impl Engine {
             toolbox,
         )
         .with_timeout(Duration::from_secs(120))
+    }
+
+    /// Creates run `run` on this engine's pool, in namespace `default` with the default
+    /// engine settings.
+    pub async fn init(
+        &mut self,
+        run: &str,
+        plan: &Plan,
+        options: &RunOptions,
+    ) -> Result<InitOutcome, EngineError> {
+        api::init_run(
+            &mut self.conn,
+            run,
+            "default",
+            &self.pool,
+            plan,
+            options,
+            &EngineConfig::default(),
+        )
+        .await
     }
 
     pub fn worker_config(&self, concurrency: usize) -> WorkerConfig {
