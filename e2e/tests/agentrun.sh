@@ -126,6 +126,10 @@ $(why "$ns" join)"
   local events; events=$(kubectl -n "$ns" get events --field-selector involvedObject.name=join -o jsonpath='{.items[*].reason}' 2>&1)
   if grep -q Succeeded <<<"$events" && grep -q Running <<<"$events"; then pass "join: Events for phase changes"
   else fail "join: Events for phase changes" "$events"; fi
+  # The events.k8s.io view: who reported it, about what, and the note.
+  check "join: the Succeeded Event names crane-operator, the AgentRun and its steps" \
+    "crane-operator AgentRun join Normal 3/3 steps succeeded" \
+    "$(kubectl -n "$ns" get events.events.k8s.io -o jsonpath='{range .items[?(@.reason=="Succeeded")]}{.reportingController} {.regarding.kind} {.regarding.name} {.type} {.note}{"\n"}{end}' 2>&1 | grep ' join ' | head -1)"
 }
 
 t_failing_step() {

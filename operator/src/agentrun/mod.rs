@@ -840,8 +840,7 @@ async fn publish(run: &AgentRun, ctrl: &Ctrl, phase: AgentRunPhase, status: &Age
     };
     match ctrl
         .ctx
-        .recorder
-        .publish(&event, &run.object_ref(&()))
+        .publish_unique(&event, &run.object_ref(&()))
         .instrument(tracing::Span::current())
         .await
     {
