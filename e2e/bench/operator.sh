@@ -52,8 +52,9 @@ eval "$("$root/e2e/cluster/env.sh")"
 ns=bench
 kubectl create namespace "$ns" >/dev/null
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# Logs at info: debug logging per reconcile would be part of what is measured.
-OPERATOR_RUST_LOG=${OPERATOR_RUST_LOG:-info} operator_start "$work/operator.log" \
+# Logs at info: debug logging per reconcile would be part of what is measured. The malloc
+# setting is the one the chart and config/manager give the operator's container.
+MALLOC_ARENA_MAX=1 OPERATOR_RUST_LOG=${OPERATOR_RUST_LOG:-info} operator_start "$work/operator.log" \
   --redis-url "$REDIS_URL" --executor-image crane:dev --namespace "$ns" \
   --metrics-addr "127.0.0.1:$metrics_port" --concurrency "${BENCH_OPERATOR_CONCURRENCY:-8}"
 
