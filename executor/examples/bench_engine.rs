@@ -98,14 +98,28 @@ async fn cmdstats(conn: &mut ConnectionManager) -> Result<HashMap<String, u64>> 
         .collect())
 }
 
+/// Entries ever added to the global notification stream (Redis 7's `entries-added`).
+async fn notifications_added(conn: &mut ConnectionManager) -> Result<u64> {
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(crane_executor::engine::keys::GLOBAL_EVENTS)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    Ok(match info.get("entries-added") {
+        Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    })
+}
+
 /// Commands the engine's clients send (pipelined ones count one each): script calls, stream
-/// reads, heartbeats, reclaims, the sweeper; plus one global-notification XADD per completed
-/// step and one SADD per submitted run (those names also run inside scripts, so they are
-/// counted from the workload instead).
+/// reads, heartbeats, reclaims, the sweeper; plus the global notifications (XADD) and one
+/// SADD per submitted run (those names also run inside scripts, so they are counted from the
+/// notification stream and the workload instead).
 fn client_commands(
     before: &HashMap<String, u64>,
     after: &HashMap<String, u64>,
-    steps: u64,
+    notifications: u64,
     runs: u64,
 ) -> u64 {
     let d = |n: &str| {
@@ -127,7 +141,7 @@ fn client_commands(
     .iter()
     .map(|n| d(n))
     .sum::<u64>()
-        + steps
+        + notifications
         + runs
 }
 
@@ -176,6 +190,7 @@ async fn throughput(
     let (runs, per_run) = (20u32, 500u32);
     let plan = calc_plan(per_run)?;
     let before = cmdstats(&mut conn).await?;
+    let notified_before = notifications_added(&mut conn).await?;
     let started = Instant::now();
     let ids: Vec<String> = (0..runs).map(|i| format!("tp-{tag}-{i}")).collect();
     for id in &ids {
@@ -193,17 +208,13 @@ async fn throughput(
     wait_all(&client, &conn, &ids).await?;
     let elapsed = started.elapsed();
     let after = cmdstats(&mut conn).await?;
+    let notified = notifications_added(&mut conn).await? - notified_before;
     workers_pool.stop().await;
     let steps = f64::from(runs * per_run);
     Ok(Throughput {
         steps_per_s: steps / elapsed.as_secs_f64(),
         calls_per_step: all_commands(&before, &after) as f64 / steps,
-        round_trips_per_step: client_commands(
-            &before,
-            &after,
-            u64::from(runs * per_run),
-            u64::from(runs),
-        ) as f64
+        round_trips_per_step: client_commands(&before, &after, notified, u64::from(runs)) as f64
             / steps,
     })
 }

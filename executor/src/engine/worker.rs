@@ -762,6 +762,9 @@ async fn complete_batch(
     for ((keys, cs), rows) in runs.into_iter().zip(replies) {
         let mut rows = rows.into_iter();
         let mut run_ended = None;
+        // The operator only needs to know which run moved: one notification per run and batch
+        // (naming the batch's last accepted step and the run's phase after it).
+        let mut last_accepted = None;
         for c in cs {
             let reply = rows.next().unwrap_or_default();
             let hint = &c.hint;
@@ -790,22 +793,25 @@ async fn complete_batch(
                         breaker: Some((hint.tool.clone(), c.breaker)),
                         run_done,
                     });
-                    let mut cmd = redis::cmd("XADD");
-                    cmd.arg(GLOBAL_EVENTS)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(100_000)
-                        .arg("*")
-                        .arg("run")
-                        .arg(&hint.run)
-                        .arg("step")
-                        .arg(&hint.step)
-                        .arg("phase")
-                        .arg(reply.get(1).map(String::as_str).unwrap_or(""));
-                    notify.push(cmd);
+                    last_accepted = Some((hint.step.clone(), reply.get(1).cloned()));
                 }
             }
             done.push((c, reply));
+        }
+        if let Some((step, phase)) = last_accepted {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(GLOBAL_EVENTS)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(100_000)
+                .arg("*")
+                .arg("run")
+                .arg(keys.run_id())
+                .arg("step")
+                .arg(step)
+                .arg("phase")
+                .arg(phase.unwrap_or_default());
+            notify.push(cmd);
         }
         if let Some(phase) = run_ended {
             info!(run = %keys.run_id(), phase = %phase, "run finished");

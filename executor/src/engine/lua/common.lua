@@ -34,6 +34,17 @@ end
 
 local function mget(f) return redis.call('HGET', META, f) end
 
+-- The run's done/succeeded counters are added up here and written once, by settle(), which
+-- every script that ends steps calls before it returns: one HINCRBY per script, not per step.
+local counts = {}
+local function count(field)
+  counts[field] = (counts[field] or 0) + 1
+end
+local function flush_counts()
+  for field, n in pairs(counts) do redis.call('HINCRBY', META, field, n) end
+  counts = {}
+end
+
 local function is_terminal_step(p) return p == 'Succeeded' or p == 'Failed' or p == 'Skipped' end
 local function is_terminal_run(p) return p == 'Succeeded' or p == 'Failed' or p == 'Cancelled' end
 
@@ -43,11 +54,13 @@ local function stopped()
   return mget('failed') == '1' and mget('policy') == 'FailFast'
 end
 
+-- A step that succeeded keeps its owner field (harmless: only a Running step's owner is ever
+-- compared) and has no due time (start clears it), so that hot path skips the HDEL.
 local function mark_terminal(id, phase, now, attempt)
   local p = id .. ':'
   redis.call('HSET', STEPS, p .. 'phase', phase, p .. 'finished', now)
-  redis.call('HDEL', STEPS, p .. 'owner', p .. 'due')
-  redis.call('HINCRBY', META, 'done', 1)
+  if phase ~= 'Succeeded' then redis.call('HDEL', STEPS, p .. 'owner', p .. 'due') end
+  count('done')
   event('step', id, phase, attempt or '')
 end
 
@@ -78,6 +91,7 @@ end
 
 -- Decides the run's phase once every step is terminal, and arms the TTL.
 local function settle(now)
+  flush_counts()
   local m = redis.call('HMGET', META, 'phase', 'done', 'total', 'succeeded', 'cancel')
   local phase = m[1]
   if is_terminal_run(phase) then return phase end
@@ -93,15 +107,16 @@ local function settle(now)
 end
 
 -- Records the end of one attempt. Returns ready (ids newly runnable) and retry_due (0 or ms).
-local function finish(id, ok, payload, retryable, backoff, now)
+-- `f` is the step's {children, attempt, error} when the caller has read them already.
+local function finish(id, ok, payload, retryable, backoff, now, f)
   local ready = {}
   local retry_due = 0
+  f = f or redis.call('HMGET', STEPS, id .. ':children', id .. ':attempt', id .. ':error')
   if ok then
     redis.call('HSET', OUT, id, payload)
-    local f = redis.call('HMGET', STEPS, id .. ':children', id .. ':attempt', id .. ':error')
     if f[3] then redis.call('HDEL', STEPS, id .. ':error') end
     mark_terminal(id, 'Succeeded', now, f[2])
-    redis.call('HINCRBY', META, 'succeeded', 1)
+    count('succeeded')
     local children = split(f[1])
     local halted = #children > 0 and stopped()
     for _, c in ipairs(children) do
@@ -119,7 +134,7 @@ local function finish(id, ok, payload, retryable, backoff, now)
       end
     end
   else
-    local attempt = tonumber(sget(id, 'attempt')) or 0
+    local attempt = tonumber(f[2]) or 0
     local max = tonumber(mget('max_attempts')) or 1
     sset(id, 'error', payload)
     if retryable and attempt < max and not stopped() then

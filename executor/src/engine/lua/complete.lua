@@ -10,14 +10,15 @@ local replies, accepted = {}, {}
 for i = 1, #ARGV - 6, 7 do
   local id, owner, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local p = id .. ':'
-  local f = redis.call('HMGET', STEPS, p .. 'phase', p .. 'owner', p .. 'attempt', p .. 'tool')
+  local f = redis.call('HMGET', STEPS, p .. 'phase', p .. 'owner', p .. 'attempt', p .. 'tool',
+    p .. 'children', p .. 'error')
   if f[1] ~= 'Running' or f[2] ~= owner or f[3] ~= attempt then
     local holds = '0'
     if f[1] == 'Running' then holds = '1' end
     replies[#replies + 1] = {'stale', holds}
   else
     local ready, due = finish(id, ARGV[i + 3] == 'ok', ARGV[i + 4], ARGV[i + 5] == '1',
-      tonumber(ARGV[i + 6]) or 0, now)
+      tonumber(ARGV[i + 6]) or 0, now, {f[5], f[3], f[6]})
     local r = {'accepted', '', tostring(due), f[4] or ''}
     for _, c in ipairs(ready) do r[#r + 1] = c end
     replies[#replies + 1] = r
