@@ -688,7 +688,8 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
 /// A finished attempt on its way to the completer.
 struct Completion {
     hint: Hint,
-    /// The `complete` script's arguments for this attempt.
+    /// The `complete` script's arguments for this attempt: id, owner, attempt, outcome,
+    /// payload (the output or error, `args[4]`), retryable, backoff_ms.
     args: [String; 7],
     /// The breaker outcome to record: success, retryable failure, or neither.
     breaker: Option<bool>,
@@ -703,8 +704,10 @@ struct Completed {
     breaker: Option<(BreakerPhase, u64)>,
 }
 
-/// Most completions one batch carries; bounds a script call's length.
+/// Most completions one batch carries, and most output bytes: they bound how long one script
+/// call holds Redis's only thread.
 const MAX_COMPLETIONS: usize = 256;
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Records finished attempts in batches: whatever completed while the previous batch was in
 /// flight goes in one `complete` call per run and one `pool_after` call for all, pipelined.
@@ -717,10 +720,14 @@ async fn completer(
     mut rx: mpsc::UnboundedReceiver<Completion>,
 ) {
     while let Some(first) = rx.recv().await {
+        let mut bytes = first.args[4].len();
         let mut batch = vec![first];
-        while batch.len() < MAX_COMPLETIONS {
+        while batch.len() < MAX_COMPLETIONS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(c) => batch.push(c),
+                Ok(c) => {
+                    bytes += c.args[4].len();
+                    batch.push(c);
+                }
                 Err(_) => break,
             }
         }
@@ -770,8 +777,8 @@ async fn complete_batch(
             let hint = &c.hint;
             match reply.first().map(String::as_str) {
                 // Another attempt holds the step (our lease expired): leave its entry alone.
-                // A missing row should not happen; the lease expiring is the safe way out.
                 Some("stale") if reply.get(1).map(String::as_str) == Some("1") => {}
+                // A missing row should not happen; the lease expiring is the safe way out.
                 None => {}
                 Some("stale") => afters.push(PoolAfter {
                     ack: Some(hint.entry.clone()),
