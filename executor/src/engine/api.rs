@@ -218,8 +218,10 @@ pub async fn init_run(
     // the single Redis thread far more than it costs us, and init sits on every run's
     // critical path. Fields a script would only find empty or zero are left out.
     let (mut fields, mut counters, mut ready) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ids = Vec::with_capacity(plan.steps.len());
     for step in &plan.steps {
         let id = step.id.to_string();
+        ids.push(id.clone());
         let (children, deps, refs) = step_links(plan, step);
         let phase = if deps.is_empty() { "Ready" } else { "Pending" };
         fields.extend([
@@ -243,11 +245,7 @@ pub async fn init_run(
     }
     let mut args = run_args(namespace, pool, plan, options, config)?;
     args.extend([
-        plan.steps
-            .iter()
-            .map(|s| s.id.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
+        ids.join(","),
         fields.len().to_string(),
         counters.len().to_string(),
         ready.len().to_string(),

@@ -353,6 +353,15 @@ fn owner_token(consumer: &str) -> String {
     format!("{consumer}/{:016x}", rand::rng().random::<u64>())
 }
 
+/// Adds `item` to its run's group, keeping runs in order of first appearance: batch scripts
+/// take one call per run (a run's keys share one hash slot).
+fn push_to_run<T>(runs: &mut Vec<(RunKeys, Vec<T>)>, keys: RunKeys, item: T) {
+    match runs.iter_mut().find(|(k, _)| k.run_id() == keys.run_id()) {
+        Some((_, items)) => items.push(item),
+        None => runs.push((keys, vec![item])),
+    }
+}
+
 /// Starts a batch of hints (one start call per run, all in one pipelined round trip) and
 /// spawns the accepted steps.
 async fn handle_hints(
@@ -391,10 +400,7 @@ async fn handle_hints(
         }
         let owner = owner_token(&cfg.consumer);
         lock(&inner.in_flight).insert(hint.entry.clone(), hint.run.clone());
-        match runs.iter_mut().find(|(k, _)| k.run_id() == hint.run) {
-            Some((_, batch)) => batch.push((hint, owner)),
-            None => runs.push((keys, vec![(hint, owner)])),
-        }
+        push_to_run(&mut runs, keys, (hint, owner));
     }
     if !parked.is_empty() {
         let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &parked);
@@ -614,9 +620,9 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
             tool: tool_label.clone(),
         })
         .observe(began.elapsed().as_secs_f64());
-    let (outcome, payload, retryable) = match &result {
-        Ok(v) => ("ok", v.to_string(), false),
-        Err(e) => ("err", e.to_string(), e.is_retryable()),
+    let (ok, payload, retryable) = match &result {
+        Ok(v) => (true, v.to_string(), false),
+        Err(e) => (false, e.to_string(), e.is_retryable()),
     };
     // Full jitter: uniform in [0, exponential backoff].
     let cap = retry_policy.backoff_ms(attempt + 1);
@@ -628,19 +634,12 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
     let (done, outcome_rx) = oneshot::channel();
     let sent = inner.completions.send(Completion {
         hint: hint.clone(),
-        args: [
-            hint.step.clone(),
-            owner.to_owned(),
-            attempt.to_string(),
-            outcome.to_owned(),
-            payload,
-            (if retryable { "1" } else { "0" }).to_owned(),
-            backoff.to_string(),
-        ],
-        breaker: match &result {
-            Ok(_) => Some(true),
-            Err(e) => e.is_retryable().then_some(false),
-        },
+        owner: owner.to_owned(),
+        attempt,
+        ok,
+        payload,
+        retryable,
+        backoff,
         done,
     });
     let Ok(Completed { reply, breaker }) = (match sent {
@@ -688,12 +687,40 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
 /// A finished attempt on its way to the completer.
 struct Completion {
     hint: Hint,
-    /// The `complete` script's arguments for this attempt: id, owner, attempt, outcome,
-    /// payload (the output or error, `args[4]`), retryable, backoff_ms.
-    args: [String; 7],
-    /// The breaker outcome to record: success, retryable failure, or neither.
-    breaker: Option<bool>,
+    owner: String,
+    attempt: u32,
+    ok: bool,
+    /// The output (JSON) or the error message.
+    payload: String,
+    retryable: bool,
+    /// Delay before a retry, ms.
+    backoff: u64,
     done: oneshot::Sender<Completed>,
+}
+
+impl Completion {
+    /// The `complete` script's arguments for this attempt (see `lua/complete.lua`).
+    fn args(&self) -> [String; 7] {
+        [
+            self.hint.step.clone(),
+            self.owner.clone(),
+            self.attempt.to_string(),
+            (if self.ok { "ok" } else { "err" }).to_owned(),
+            self.payload.clone(),
+            (if self.retryable { "1" } else { "0" }).to_owned(),
+            self.backoff.to_string(),
+        ]
+    }
+
+    /// What the tool's breaker records: a success, a retryable failure, or nothing (invalid
+    /// input and permanent failures are the plan's fault, not the tool's).
+    fn breaker_outcome(&self) -> Option<bool> {
+        if self.ok {
+            Some(true)
+        } else {
+            self.retryable.then_some(false)
+        }
+    }
 }
 
 /// What the engine made of a completion.
@@ -720,12 +747,12 @@ async fn completer(
     mut rx: mpsc::UnboundedReceiver<Completion>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut bytes = first.args[4].len();
+        let mut bytes = first.payload.len();
         let mut batch = vec![first];
         while batch.len() < MAX_COMPLETIONS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(c) => {
-                    bytes += c.args[4].len();
+                    bytes += c.payload.len();
                     batch.push(c);
                 }
                 Err(_) => break,
@@ -744,19 +771,14 @@ async fn complete_batch(
     // One `complete` call per run; hints were checked when they were started.
     let mut runs: Vec<(RunKeys, Vec<Completion>)> = Vec::new();
     for c in batch {
-        match runs.iter_mut().find(|(k, _)| k.run_id() == c.hint.run) {
-            Some((_, cs)) => cs.push(c),
-            None => {
-                if let Ok(keys) = RunKeys::new(&c.hint.run) {
-                    runs.push((keys, vec![c]));
-                }
-            }
+        if let Ok(keys) = RunKeys::new(&c.hint.run) {
+            push_to_run(&mut runs, keys, c);
         }
     }
     let cmds: Vec<_> = runs
         .iter()
         .map(|(keys, cs)| {
-            let args: Vec<String> = cs.iter().flat_map(|c| c.args.iter().cloned()).collect();
+            let args: Vec<String> = cs.iter().flat_map(Completion::args).collect();
             run_cmd(&SCRIPTS.complete, keys, &args)
         })
         .collect();
@@ -797,7 +819,7 @@ async fn complete_batch(
                         ready,
                         delay: (retry_due > 0)
                             .then(|| (format!("{}|{}", hint.step, hint.tool), retry_due)),
-                        breaker: Some((hint.tool.clone(), c.breaker)),
+                        breaker: Some((hint.tool.clone(), c.breaker_outcome())),
                         run_done,
                     });
                     last_accepted = Some((hint.step.clone(), reply.get(1).cloned()));
