@@ -37,7 +37,7 @@ test-cluster: build
 
 ## crds: regenerate the CRD YAML from the API types (crds/, config/crd/bases/, charts/crane/crds/)
 crds:
-	$(CARGO) run --locked -q -p crane-operator --bin crdgen
+	$(CARGO) run --locked -q -p crane-api --bin crdgen
 
 ## bench: every benchmark (engine, then the operator on a private cluster), printing figures;
 ## ends with one JSON line {"engine": ..., "operator": ...}
@@ -50,7 +50,7 @@ bench-operator: deps
 
 ## bench-engine: the Redis engine's throughput and latency; ends with one JSON line
 bench-engine: deps
-	$(CARGO) run --release --locked -p crane-executor --example bench_engine
+	$(CARGO) run --release --locked -p crane-engine --example bench_engine
 
 ## cluster-up / cluster-down: the bare local control plane (etcd, kube-apiserver,
 ## kube-controller-manager, process kubelet) and a Redis, in the background

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark, one after another (they share 2 cores, so never at once):
-# the engine's (executor/examples/bench_engine.rs) and the operator's (e2e/bench/operator.sh).
+# the engine's (executor/engine/examples/bench_engine.rs) and the operator's (e2e/bench/operator.sh).
 # Prints their human-readable figures and ends with one JSON line
 # {"engine": {...}, "operator": {...}} built from the last JSON line each printed.
 set -uo pipefail
@@ -11,7 +11,7 @@ trap 'rm -rf "$out"' EXIT
 rc=0
 
 echo "== engine bench"
-cargo run --release --locked -q -p crane-executor --example bench_engine 2>&1 | tee "$out/engine" || rc=1
+cargo run --release --locked -q -p crane-engine --example bench_engine 2>&1 | tee "$out/engine" || rc=1
 "$root/e2e/bench/operator.sh" 2>&1 | tee "$out/operator" || rc=1
 
 last_json() { grep -E '^\{.*\}$' "$1" 2>/dev/null | tail -n 1; }

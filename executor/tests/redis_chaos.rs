@@ -2,6 +2,7 @@
 //! drained with SIGTERM, and Redis itself killed and restarted from its AOF mid-run. Plus the
 //! `submit` and `status` commands end to end.
 
+#[path = "../engine/tests/redis_common/mod.rs"]
 mod redis_common;
 
 use std::collections::HashMap;
@@ -9,12 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crane_executor::engine::api::{InitOutcome, init_run, run_report};
-use crane_executor::engine::{EngineError, RunKeys, wait_for_run};
-use crane_executor::plan::Plan;
-use crane_executor::run::{RunOptions, RunPhase, StepPhase};
-use crane_executor::tools::TodoStore;
-use crane_executor::tools::todo::RedisTodoStore;
+use crane_core::plan::Plan;
+use crane_core::run::{RunOptions, RunPhase, StepPhase};
+use crane_engine::api::{InitOutcome, init_run, run_report};
+use crane_engine::{EngineError, RunKeys, wait_for_run};
+use crane_tools::RedisTodoStore;
+use crane_tools::TodoStore;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 

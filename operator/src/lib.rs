@@ -4,9 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agentrun;
-pub mod api;
 pub mod context;
-pub mod crdgen;
 pub mod leader;
 pub mod metrics;
 pub mod security;
@@ -21,11 +19,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use kube::runtime::wait::{await_condition, conditions};
 
-pub use api::{
+pub use context::{Config, Context, FIELD_MANAGER, SecretKeyRef};
+pub use crane_api::{
     AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, BreakerState, BreakerStatus,
     PlannerSpec, StepStatus, WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
 };
-pub use context::{Config, Context, FIELD_MANAGER, SecretKeyRef};
 pub use metrics::Metrics;
 
 /// A future that resolves when the operator is asked to stop; cloneable so every task gets
@@ -100,18 +98,14 @@ pub async fn context(config: Config) -> anyhow::Result<Arc<Context>> {
     let client = kube::Client::try_default()
         .await
         .context("creating the Kubernetes client (in-cluster or KUBECONFIG)")?;
-    let password = match &config.redis_password_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the redis password file {}", path.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let redis_client = crane_executor::engine::api::client(&config.redis_url, password.as_deref())
-        .context("--redis-url")?;
-    let redis = crane_executor::engine::connect(&redis_client)
+    let password = config
+        .redis_password_file
+        .as_deref()
+        .map(crane_engine::api::read_password_file)
+        .transpose()?;
+    let redis_client =
+        crane_engine::api::client(&config.redis_url, password.as_deref()).context("--redis-url")?;
+    let redis = crane_engine::connect(&redis_client)
         .await
         .context("connecting to redis")?;
     Ok(Arc::new(Context::new(

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use crane_executor::engine::api::{
+use crane_core::plan::Plan;
+use crane_core::plan::PlanSource;
+use crane_engine::api::{
     PlannerResult, connect, delete_planner_result, load_planner_result, planner_key,
     store_planner_result,
 };
-use crane_executor::engine::{EngineError, api::client};
-use crane_executor::plan::Plan;
-use crane_executor::planner::PlanSource;
+use crane_engine::{EngineError, api::client};
 use crane_operator::agentrun::mirror::parse_notifications;
 use crane_testkit::RedisServer;
 
@@ -118,7 +118,7 @@ async fn notifications_parse_from_a_real_xread_reply() {
     let server = RedisServer::start().expect("redis-server");
     let c = client(&server.url(), None).expect("client");
     let mut conn = connect(&c).await.expect("connect");
-    let stream = crane_executor::engine::keys::GLOBAL_EVENTS;
+    let stream = crane_engine::keys::GLOBAL_EVENTS;
     for (run, step) in [("uid-a", "1"), ("uid-b", "2"), ("uid-a", "3")] {
         let _: String = redis::cmd("XADD")
             .arg(stream)

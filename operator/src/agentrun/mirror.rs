@@ -209,12 +209,7 @@ pub async fn follow(
             .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
             .clamp(Duration::from_millis(5), Duration::from_secs(1));
         if conn.is_none() {
-            match crane_executor::engine::api::connect_with(
-                &ctx.redis_client,
-                Duration::from_secs(6),
-            )
-            .await
-            {
+            match crane_engine::api::connect_with(&ctx.redis_client, Duration::from_secs(6)).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     lost_redis = true;
@@ -235,7 +230,7 @@ pub async fn follow(
             .arg("BLOCK")
             .arg(block.as_millis().max(1) as u64)
             .arg("STREAMS")
-            .arg(crane_executor::engine::keys::GLOBAL_EVENTS)
+            .arg(crane_engine::keys::GLOBAL_EVENTS)
             .arg(&last);
         let read = cmd.query_async::<Value>(c);
         let reply = tokio::select! {

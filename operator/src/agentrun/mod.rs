@@ -29,11 +29,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crane_executor::engine::api::{PlannerResult, delete_planner_result, load_planner_result};
-use crane_executor::engine::{EngineConfig, EngineError, PoolName};
-use crane_executor::planner::PlanSource;
-use crane_executor::run::RunReport;
-use crane_executor::tools::Toolbox;
+use crane_core::plan::PlanSource;
+use crane_core::run::RunReport;
+use crane_core::tool::Catalog;
+use crane_engine::api::{PlannerResult, delete_planner_result, load_planner_result};
+use crane_engine::{EngineConfig, EngineError, PoolName};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -48,12 +48,12 @@ use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info, warn};
 
 use crate::Shutdown;
-use crate::api::{
-    AgentRun, AgentRunPhase, AgentRunStatus, ApiError, REASON_INVALID_PLAN, WorkerPool,
-};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::metrics::Controller as Ctl;
 use build::{BuildError, REASON_PLANNER_FAILED};
+use crane_api::{
+    AgentRun, AgentRunPhase, AgentRunStatus, ApiError, REASON_INVALID_PLAN, WorkerPool,
+};
 use mirror::RunIndex;
 
 /// Finalizer that removes a run's Redis keys before the object goes.
@@ -167,7 +167,7 @@ pub struct Ctrl {
     written: Mutex<HashMap<String, (String, u64)>>,
     /// The controllers' caches, for the runs-by-phase gauge.
     stores: Mutex<Vec<Store<DeserializeGuard<AgentRun>>>>,
-    toolbox: Toolbox,
+    catalog: Catalog,
     engine: EngineConfig,
 }
 
@@ -185,7 +185,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
         backoff: Backoff::default(),
         written: Mutex::new(HashMap::new()),
         stores: Mutex::new(Vec::new()),
-        toolbox: Toolbox::in_memory(),
+        catalog: Catalog::builtins(),
         engine: EngineConfig::default(),
     });
     let namespaces: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
@@ -397,7 +397,7 @@ async fn reconcile(
 async fn cleanup(run: &AgentRun, ctrl: &Ctrl) -> Result<Action, Error> {
     if let Some(uid) = run.metadata.uid.as_deref() {
         let mut redis = ctrl.ctx.redis();
-        crane_executor::engine::delete_run(&mut redis, uid)
+        crane_engine::delete_run(&mut redis, uid)
             .await
             .map_err(engine_err("deleting the run's redis keys"))?;
         delete_planner_result(&mut redis, uid)
@@ -498,11 +498,11 @@ async fn start(
     ctrl: &Ctrl,
     uid: &str,
     ns: &str,
-    plan: crane_executor::plan::Plan,
+    plan: crane_core::plan::Plan,
     source: PlanSource,
     now: &Time,
 ) -> Result<(AgentRunStatus, Action), Error> {
-    if let Err(e) = crane_executor::validate::validate(&plan, &ctrl.toolbox) {
+    if let Err(e) = crane_core::validate::validate(&plan, &ctrl.catalog) {
         let message = build::invalid_plan_message(&e.to_string());
         return Ok((
             build::failed_early(run, REASON_INVALID_PLAN, &message, now),
@@ -520,7 +520,7 @@ async fn start(
         }
     };
     let mut redis = ctrl.ctx.redis();
-    let init = crane_executor::engine::init_run(
+    let init = crane_engine::init_run(
         &mut redis,
         uid,
         ns,
@@ -550,7 +550,7 @@ async fn start(
     let started = build::started(run, status_plan, source, now);
     // A short run may already be over (or this is a repeat on a stale cached object): then
     // the terminal status is the first status write, not Running followed by it.
-    let report = match crane_executor::engine::run_report(&mut redis, uid).await {
+    let report = match crane_engine::run_report(&mut redis, uid).await {
         Ok(r) => r,
         Err(e) => return Err(engine_err("reading the run report")(e)),
     };
@@ -673,12 +673,12 @@ async fn running(
     let old = run.status.clone().unwrap_or_default();
     let deadline = deadline_passed(run, &old);
     if run.spec.cancel || deadline {
-        match crane_executor::engine::cancel_run(&mut redis, uid).await {
+        match crane_engine::cancel_run(&mut redis, uid).await {
             Ok(_) | Err(EngineError::RunNotFound(_)) => {}
             Err(e) => return Err(engine_err("cancelling the run")(e)),
         }
     }
-    let report: RunReport = match crane_executor::engine::run_report(&mut redis, uid).await {
+    let report: RunReport = match crane_engine::run_report(&mut redis, uid).await {
         Ok(r) => r,
         // Redis lost the run (restart without persistence): rebuild it from the status.
         Err(EngineError::RunNotFound(_)) => return recovery::rebuild(run, ctrl, uid, now).await,
@@ -823,7 +823,7 @@ async fn publish(run: &AgentRun, ctrl: &Ctrl, phase: AgentRunPhase, status: &Age
         AgentRunPhase::Pending | AgentRunPhase::Planning => (
             EventType::Normal,
             phase_label(phase).to_owned(),
-            build::condition(status, crate::api::CONDITION_PLANNED).map(|c| c.message.clone()),
+            build::condition(status, crane_api::CONDITION_PLANNED).map(|c| c.message.clone()),
         ),
         p => (
             EventType::Normal,
@@ -834,7 +834,7 @@ async fn publish(run: &AgentRun, ctrl: &Ctrl, phase: AgentRunPhase, status: &Age
     let event = KubeEvent {
         type_,
         reason,
-        note: note.map(|n| crate::api::truncate_text(&n, 1000)),
+        note: note.map(|n| crane_core::text::truncate(&n, 1000)),
         action: "Reconcile".to_owned(),
         secondary: None,
     };

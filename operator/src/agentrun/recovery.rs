@@ -4,7 +4,7 @@
 //! - **Redis lost the run** (a restart without persistence): a Running run is rebuilt from
 //!   its status with [`restore_run`] — steps the status shows Succeeded keep their outputs
 //!   and attempts and do not run again; the rest is queued once its dependencies are done.
-//!   Status outputs are truncated (see `crate::api::truncate_json`): a step whose mirrored
+//!   Status outputs are truncated (see `crane_api::truncate_json`): a step whose mirrored
 //!   output is a `{"truncated": true, ...}` stub cannot be restored faithfully, so it runs
 //!   again (tools with side effects are idempotent per run and step, `todo_store.add`
 //!   included); a stub is never fed into a later step's variables.
@@ -19,12 +19,10 @@
 
 use std::collections::BTreeMap;
 
-use crane_executor::engine::api::{InitOutcome, run_report};
-use crane_executor::engine::{
-    EngineError, PoolName, RestoredStep, RetryOutcome, restore_run, retry_run,
-};
-use crane_executor::plan::{Plan, StepId};
-use crane_executor::run::{RunPhase, StepPhase};
+use crane_core::plan::{Plan, StepId};
+use crane_core::run::{RunPhase, StepPhase};
+use crane_engine::api::{InitOutcome, run_report};
+use crane_engine::{EngineError, PoolName, RestoredStep, RetryOutcome, restore_run, retry_run};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -32,9 +30,8 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{Ctrl, Error, RESYNC, build, engine_err};
-use crate::api::{
-    AgentRun, AgentRunPhase, AgentRunStatus, CONDITION_COMPLETE, CONDITION_FAILED, truncate_text,
-};
+use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus, CONDITION_COMPLETE, CONDITION_FAILED};
+use crane_core::text::truncate;
 
 /// Annotation that asks for a retry of a Failed run; its value is any new token.
 pub const RETRY_ANNOTATION: &str = "crane.dev/retry";
@@ -119,7 +116,7 @@ pub fn retrying(
     status.retry_token = Some(token.to_owned());
     let message = format!(
         "retry requested ({RETRY_ANNOTATION}={})",
-        truncate_text(token, 64)
+        truncate(token, 64)
     );
     for type_ in [CONDITION_FAILED, CONDITION_COMPLETE] {
         build::set_condition(
@@ -257,7 +254,7 @@ fn ran_steps(status: &AgentRunStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::StepStatus;
+    use crane_api::StepStatus;
     use serde_json::json;
 
     fn run(annotation: Option<&str>, handled: Option<&str>) -> AgentRun {
@@ -322,7 +319,7 @@ mod tests {
         let r = run(None, None);
         let plan = r.spec.plan.clone().expect("plan");
         let big = json!("x".repeat(100_000));
-        let stub = crate::api::truncate_json(&big, 100);
+        let stub = crane_api::truncate_json(&big, 100);
         assert!(is_truncated_stub(&stub), "{stub}");
         let status = |steps: Vec<StepStatus>| AgentRunStatus {
             steps,

@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use crane_executor::engine::queue::BreakerPhase;
-use crane_executor::engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
+use crane_engine::queue::BreakerPhase;
+use crane_engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
-use crate::api::{BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolStatus};
 use crate::context::{Config, SecretKeyRef};
 use crate::security::{restricted_container_security, restricted_pod_security};
+use crane_api::{BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolStatus};
 
 /// Label every worker Job and pod carries: `app.kubernetes.io/name=crane-worker`.
 pub const LABEL_APP: &str = "app.kubernetes.io/name";
@@ -398,7 +398,7 @@ pub fn status(
             type_: CONDITION_READY.to_owned(),
             status: if ready { "True" } else { "False" }.to_owned(),
             reason: why.to_owned(),
-            message: crate::api::truncate_text(&message, MAX_MESSAGE_BYTES),
+            message: crane_core::text::truncate(&message, MAX_MESSAGE_BYTES),
             observed_generation: pool.meta().generation,
             last_transition_time: now.clone(),
         },

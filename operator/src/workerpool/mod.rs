@@ -35,7 +35,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crane_executor::engine::{self, BreakerConfig, EngineError, PoolName, QueueDepth};
+use crane_engine::{BreakerConfig, EngineError, PoolName, QueueDepth};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -50,9 +50,9 @@ use rand::Rng;
 use serde_json::json;
 
 use self::build::{Observation, SpecError, WorkerSettings};
-use crate::api::{AgentRun, WorkerPool, WorkerPoolStatus};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::metrics::Controller as MetricsController;
+use crane_api::{AgentRun, WorkerPool, WorkerPoolStatus};
 
 /// How often every pool's queue depth is read: the autoscaler's reaction time to steps that
 /// arrive without an AgentRun event. One cheap Redis script call per pool.
@@ -347,9 +347,10 @@ async fn reconcile_pool(
 
     let mut redis = ctx.redis();
     let observed = async {
-        let depth = engine::queue_depth(&mut redis, &engine_pool).await?;
+        let depth = crane_engine::queue_depth(&mut redis, &engine_pool).await?;
         let breakers =
-            engine::breaker_states(&mut redis, &engine_pool, &BreakerConfig::default()).await?;
+            crane_engine::breaker_states(&mut redis, &engine_pool, &BreakerConfig::default())
+                .await?;
         Ok::<_, EngineError>((depth, breakers))
     }
     .await;
@@ -516,10 +517,10 @@ async fn patch_malformed(
     }
     let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), namespace);
     let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        type_: crate::api::CONDITION_READY.to_owned(),
+        type_: crane_api::CONDITION_READY.to_owned(),
         status: "False".to_owned(),
         reason: build::reason::INVALID_SPEC.to_owned(),
-        message: crate::api::truncate_text(message, 1024),
+        message: crane_core::text::truncate(message, 1024),
         observed_generation: None,
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
     };

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crane_executor::engine::queue::BreakerPhase;
-use crane_executor::engine::{BreakerState as EngineBreaker, QueueDepth};
+use crane_engine::queue::BreakerPhase;
+use crane_engine::{BreakerState as EngineBreaker, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -13,8 +13,8 @@ use kube::ResourceExt;
 
 use super::backoff;
 use super::build::{self, Observation, SpecError, WorkerSettings, reason};
-use crate::api::{BreakerState, CONDITION_READY, WorkerPool, WorkerPoolSpec, WorkerTemplate};
 use crate::context::SecretKeyRef;
+use crane_api::{BreakerState, CONDITION_READY, WorkerPool, WorkerPoolSpec, WorkerTemplate};
 
 fn spec() -> WorkerPoolSpec {
     WorkerPoolSpec {
@@ -513,7 +513,7 @@ fn breakers_are_sorted_deduplicated_and_bounded() {
     assert!(got.iter().all(|b| b.tool.len() <= 128));
 }
 
-fn ready(status: &crate::api::WorkerPoolStatus) -> (String, String, String, Time) {
+fn ready(status: &crane_api::WorkerPoolStatus) -> (String, String, String, Time) {
     let c = status
         .conditions
         .iter()
@@ -691,7 +691,7 @@ fn last_scale_time_survives_a_stale_cached_pool() {
     assert_eq!(st.last_scale_time, Some(t1.clone()));
     // A newer time in the object wins over an older memory, and a scale-up now wins over both.
     let mut fresh = pool();
-    fresh.status = Some(crate::api::WorkerPoolStatus {
+    fresh.status = Some(crane_api::WorkerPoolStatus {
         last_scale_time: Some(t2.clone()),
         ..st
     });

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crane_executor::run::{RunOptions, RunReport, StepPhase};
+use crane_core::run::{RunOptions, RunReport, StepPhase};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
@@ -13,13 +13,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 
-use crate::api::{
-    AgentRun, AgentRunPhase, AgentRunStatus, ApiError, CONDITION_COMPLETE, CONDITION_FAILED,
-    CONDITION_PLANNED, MAX_ERROR_BYTES, MAX_RESULT_BYTES, REASON_INVALID_PLAN, StepStatus,
-    truncate_json, truncate_text,
-};
 use crate::context::Config;
 use crate::security::{restricted_container_security, restricted_pod_security};
+use crane_api::{
+    AgentRun, AgentRunPhase, AgentRunStatus, ApiError, CONDITION_COMPLETE, CONDITION_FAILED,
+    CONDITION_PLANNED, MAX_ERROR_BYTES, MAX_RESULT_BYTES, REASON_INVALID_PLAN, StepStatus,
+    truncate_json,
+};
+use crane_core::text::truncate;
 
 /// Condition reasons the controller sets (besides [`REASON_INVALID_PLAN`]).
 pub const REASON_PLANNER_FAILED: &str = "PlannerFailed";
@@ -111,21 +112,21 @@ pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
         .ok_or(BuildError::MissingMetadata("metadata.name"))?;
     let uid = run_id(run)?;
     let mode = match run.spec.planner.mode {
-        crane_executor::planner::PlannerMode::Auto => "auto",
-        crane_executor::planner::PlannerMode::Rules => "rules",
-        crane_executor::planner::PlannerMode::Llm => "llm",
+        crane_core::plan::PlannerMode::Auto => "auto",
+        crane_core::plan::PlannerMode::Rules => "rules",
+        crane_core::plan::PlannerMode::Llm => "llm",
     };
     let mut envs = vec![env(PROMPT_ENV, run.spec.prompt.clone().unwrap_or_default())];
     if let Some(url) = &config.llm_base_url {
-        envs.push(env(crane_executor::planner::ENV_BASE_URL, url.clone()));
+        envs.push(env(crane_core::plan::ENV_BASE_URL, url.clone()));
     }
     if let Some(model) = &config.llm_model {
-        envs.push(env(crane_executor::planner::ENV_MODEL, model.clone()));
+        envs.push(env(crane_core::plan::ENV_MODEL, model.clone()));
     }
     if let Some(secret) = &config.llm_api_key_secret {
         // Optional: a missing key lets the planner say clearly that the LLM is not
         // configured instead of the pod failing to start.
-        envs.push(secret.env_var(crane_executor::planner::ENV_API_KEY, true));
+        envs.push(secret.env_var(crane_core::plan::ENV_API_KEY, true));
     }
     if let Some(secret) = &config.redis_password_secret {
         envs.push(secret.env_var("CRANE_REDIS_PASSWORD", true));
@@ -244,7 +245,7 @@ pub fn set_condition(
     now: &Time,
 ) {
     let status = if status { "True" } else { "False" }.to_owned();
-    let message = truncate_text(message, 1024);
+    let message = truncate(message, 1024);
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
@@ -319,8 +320,8 @@ pub fn planning(run: &AgentRun, job_name: &str, now: &Time) -> AgentRunStatus {
 /// Running: the plan passed validation and the run was initialised in the engine.
 pub fn started(
     run: &AgentRun,
-    plan: Option<crane_executor::plan::Plan>,
-    source: crane_executor::planner::PlanSource,
+    plan: Option<crane_core::plan::Plan>,
+    source: crane_core::plan::PlanSource,
     now: &Time,
 ) -> AgentRunStatus {
     let mut s = base(run);
@@ -345,11 +346,11 @@ pub fn started(
     s
 }
 
-fn source_name(source: crane_executor::planner::PlanSource) -> &'static str {
+fn source_name(source: crane_core::plan::PlanSource) -> &'static str {
     match source {
-        crane_executor::planner::PlanSource::Spec => "spec",
-        crane_executor::planner::PlanSource::Rules => "rules",
-        crane_executor::planner::PlanSource::Llm => "llm",
+        crane_core::plan::PlanSource::Spec => "spec",
+        crane_core::plan::PlanSource::Rules => "rules",
+        crane_core::plan::PlanSource::Llm => "llm",
     }
 }
 
@@ -358,7 +359,7 @@ fn source_name(source: crane_executor::planner::PlanSource) -> &'static str {
 pub fn failed_early(run: &AgentRun, reason: &str, message: &str, now: &Time) -> AgentRunStatus {
     let mut s = base(run);
     s.phase = Some(AgentRunPhase::Failed);
-    s.error = Some(truncate_text(message, MAX_ERROR_BYTES * 4));
+    s.error = Some(truncate(message, MAX_ERROR_BYTES * 4));
     s.started_at.get_or_insert_with(|| now.clone());
     s.finished_at.get_or_insert_with(|| now.clone());
     set_condition(
@@ -485,7 +486,7 @@ pub fn from_report(
         }
         AgentRunPhase::Failed => {
             let (reason, message) =
-                if deadline_exceeded && report.phase != crane_executor::run::RunPhase::Failed {
+                if deadline_exceeded && report.phase != crane_core::run::RunPhase::Failed {
                     (
                         REASON_DEADLINE,
                         format!(
@@ -503,7 +504,7 @@ pub fn from_report(
                             .unwrap_or_else(|| "run failed".to_owned()),
                     )
                 };
-            s.error = Some(truncate_text(&message, MAX_ERROR_BYTES * 4));
+            s.error = Some(truncate(&message, MAX_ERROR_BYTES * 4));
             set_condition(
                 &mut s.conditions,
                 CONDITION_FAILED,
@@ -528,7 +529,7 @@ pub fn from_report(
                 .error
                 .clone()
                 .unwrap_or_else(|| "run cancelled".to_owned());
-            s.error = Some(truncate_text(&message, MAX_ERROR_BYTES * 4));
+            s.error = Some(truncate(&message, MAX_ERROR_BYTES * 4));
             set_condition(
                 &mut s.conditions,
                 CONDITION_FAILED,

@@ -1,9 +1,9 @@
 //! Fixtures for the pure builders: planner Job, statuses from reports, conditions.
 
 use super::*;
-use crane_executor::plan::{Plan, Step};
-use crane_executor::planner::PlanSource;
-use crane_executor::run::{RunPhase, StepReport};
+use crane_core::plan::PlanSource;
+use crane_core::plan::{Plan, Step};
+use crane_core::run::{RunPhase, StepReport};
 use serde_json::json;
 
 fn run(spec: serde_json::Value) -> AgentRun {
@@ -390,7 +390,7 @@ fn run_options_come_from_the_spec() {
     assert_eq!(o.retry.max_attempts, 5);
     assert_eq!(
         o.failure_policy,
-        crane_executor::run::FailurePolicy::ContinueIndependent
+        crane_core::run::FailurePolicy::ContinueIndependent
     );
 }
 

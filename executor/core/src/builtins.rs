@@ -1,0 +1,172 @@
+//! The built-in tools as the catalog sees them: names, descriptions, input schemas and the
+//! limits those schemas state. The implementations live in `crane-tools`; keeping the specs
+//! here lets the operator validate plans and the planners plan without linking them.
+
+use serde_json::json;
+
+use crate::calc::MAX_EXPRESSION_LEN;
+use crate::tool::ToolSpec;
+
+pub const CALCULATOR: &str = "calculator";
+pub const WAIT: &str = "wait";
+pub const TODO_ADD: &str = "todo_store.add";
+pub const TODO_LIST: &str = "todo_store.list";
+pub const TODO_GET: &str = "todo_store.get";
+pub const TODO_COMPLETE: &str = "todo_store.complete";
+pub const TODO_DELETE: &str = "todo_store.delete";
+
+/// The longest wait one step may ask for (at most 60 000 ms).
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// The longest todo title, in characters.
+pub const MAX_TITLE_CHARS: usize = 500;
+
+/// Every built-in tool's spec, sorted by name.
+pub fn specs() -> Vec<ToolSpec> {
+    let by_id = || {
+        json!({
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer", "minimum": 1, "description": "The todo's id, as add returned it."}
+            },
+            "required": ["id"],
+            "additionalProperties": false
+        })
+    };
+    vec![
+        ToolSpec::new(
+            CALCULATOR,
+            "Evaluates an arithmetic expression with + - * / % and ^ or ** (power), parentheses, \
+             unary minus and decimal numbers, e.g. \"(41*7)+13\", and returns the number.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "expression": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_EXPRESSION_LEN,
+                        "description": "Arithmetic expression: numbers with optional decimals \
+                            (no exponent notation), + - * / %, ^ or ** for power, parentheses, \
+                            unary minus. Example: (41*7)+13"
+                    }
+                },
+                "required": ["expression"],
+                "additionalProperties": false
+            }),
+        ),
+        ToolSpec::new(
+            TODO_ADD,
+            "Adds a todo with the given title; returns {id, title, completed}.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "title": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_TITLE_CHARS,
+                        "pattern": "\\S",
+                        "description": "What to do (1 to 500 characters, not blank)."
+                    }
+                },
+                "required": ["title"],
+                "additionalProperties": false
+            }),
+        ),
+        ToolSpec::new(
+            TODO_COMPLETE,
+            "Marks the todo with the given id completed and returns it.",
+            by_id(),
+        ),
+        ToolSpec::new(
+            TODO_DELETE,
+            "Deletes the todo with the given id and returns it.",
+            by_id(),
+        ),
+        ToolSpec::new(TODO_GET, "Returns the todo with the given id.", by_id()),
+        ToolSpec::new(
+            TODO_LIST,
+            "Lists all todos in the namespace, ordered by id.",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        ),
+        ToolSpec::new(
+            WAIT,
+            "Waits for `ms` milliseconds (0 to 60000) and returns {\"waitedMs\": ms}.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "ms": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_WAIT_MS,
+                        "description": "How long to wait, in milliseconds."
+                    }
+                },
+                "required": ["ms"],
+                "additionalProperties": false
+            }),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tool::Catalog;
+
+    #[test]
+    fn every_builtin_schema_compiles_and_names_are_unique() {
+        let specs = specs();
+        let catalog = Catalog::new(specs.clone());
+        assert_eq!(catalog.len(), specs.len());
+        for spec in &specs {
+            assert!(
+                catalog.check_input(&spec.name, &json!({})).is_ok()
+                    || spec.input_schema["required"].is_array(),
+                "{}",
+                spec.name
+            );
+            assert!(!spec.description.is_empty());
+        }
+    }
+
+    #[test]
+    fn schemas_are_closed_and_state_the_limits() {
+        let catalog = Catalog::builtins();
+        for spec in catalog.specs() {
+            assert_eq!(
+                spec.input_schema["additionalProperties"],
+                json!(false),
+                "{}",
+                spec.name
+            );
+        }
+        let ok = |tool: &str, input: serde_json::Value| catalog.check_input(tool, &input).is_ok();
+        assert!(ok(CALCULATOR, json!({"expression": "1+1"})));
+        assert!(ok(
+            CALCULATOR,
+            json!({"expression": "1".repeat(MAX_EXPRESSION_LEN)})
+        ));
+        for rejected in [
+            json!({}),
+            json!({"expression": ""}),
+            json!({"expression": 1}),
+            json!({"expression": "1", "extra": true}),
+            json!({"expression": "1".repeat(MAX_EXPRESSION_LEN + 1)}),
+            json!("1+1"),
+        ] {
+            assert!(
+                !ok(CALCULATOR, rejected.clone()),
+                "calculator accepted {rejected}"
+            );
+        }
+        assert!(ok(WAIT, json!({"ms": MAX_WAIT_MS})));
+        assert!(!ok(WAIT, json!({"ms": MAX_WAIT_MS + 1})));
+        assert!(!ok(WAIT, json!({})));
+        assert!(ok(TODO_ADD, json!({"title": "x".repeat(MAX_TITLE_CHARS)})));
+        assert!(!ok(
+            TODO_ADD,
+            json!({"title": "x".repeat(MAX_TITLE_CHARS + 1)})
+        ));
+        assert!(!ok(TODO_ADD, json!({"title": "   "})));
+        assert!(!ok(TODO_GET, json!({"id": 0})));
+    }
+}

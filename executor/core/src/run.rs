@@ -1,0 +1,156 @@
+//! What a run is asked to do (options) and what it reports (the run JSON printed by
+//! `crane-executor run` and `status`, and mirrored by the operator into AgentRun status).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::plan::StepId;
+
+/// Per-step retry policy for retryable errors (timeouts, transient failures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (1 means no retry).
+    #[schemars(range(min = 1, max = 20))]
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each attempt, with jitter.
+    #[schemars(range(min = 0))]
+    pub initial_backoff_ms: u64,
+    /// Upper bound of the backoff.
+    #[schemars(range(min = 0))]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        // The seed's defaults: three attempts, 200 ms doubling, capped at 10 s.
+        Self {
+            max_attempts: 3,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Backoff before attempt `next_attempt` (2 = first retry), without jitter.
+    pub fn backoff_ms(&self, next_attempt: u32) -> u64 {
+        let exp = next_attempt.saturating_sub(2).min(32);
+        self.initial_backoff_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_backoff_ms)
+    }
+}
+
+/// What happens to the rest of the run when a step fails for good.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailurePolicy {
+    /// Start no new step once one has failed; the run fails when running steps end.
+    #[default]
+    FailFast,
+    /// Steps that do not depend on the failed one still run; the run fails at the end.
+    ContinueIndependent,
+}
+
+/// How a run executes its plan. The same options drive both engines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunOptions {
+    pub retry: RetryPolicy,
+    pub step_timeout_ms: u64,
+    pub failure_policy: FailurePolicy,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            step_timeout_ms: 30_000,
+            failure_policy: FailurePolicy::FailFast,
+        }
+    }
+}
+
+/// Lifecycle of a run as the engines see it (the operator adds Planning before it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RunPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Lifecycle of one step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StepPhase {
+    /// Waiting for its dependencies (or for a retry's backoff).
+    #[default]
+    Pending,
+    /// Dependencies met; queued for a worker.
+    Ready,
+    Running,
+    Succeeded,
+    Failed,
+    /// Will never run: a dependency failed, or the run stopped (FailFast, cancel, deadline).
+    Skipped,
+}
+
+impl StepPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped)
+    }
+}
+
+/// One step in a run report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReport {
+    pub id: StepId,
+    pub tool: String,
+    pub phase: StepPhase,
+    pub attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// RFC 3339, when the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// RFC 3339, when the step reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// A run as printed by `crane-executor run` / `status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub phase: RunPhase,
+    pub steps: Vec<StepReport>,
+    /// When Succeeded: the output of the single sink step, or an object `{"step_N": output}`
+    /// when the plan has several sinks.
+    pub result: Option<Value>,
+    /// When Failed: a human-readable reason, e.g. `step 2 (calculator) failed: division by zero`.
+    pub error: Option<String>,
+}
+
+/// Builds the `result` of a succeeded run from the sink steps' outputs.
+pub fn result_from_sinks(sinks: &[StepId], outputs: &BTreeMap<StepId, Value>) -> Option<Value> {
+    match sinks {
+        [one] => outputs.get(one).cloned(),
+        many => Some(Value::Object(
+            many.iter()
+                .filter_map(|id| outputs.get(id).map(|o| (format!("step_{id}"), o.clone())))
+                .collect(),
+        )),
+    }
+}

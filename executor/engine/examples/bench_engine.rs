@@ -1,0 +1,414 @@
+//! Benchmark of the Redis engine (`make bench-engine`): starts its own redis-server, runs
+//! in-process workers against it and prints human-readable figures, then ONE JSON line:
+//! `steps_per_s` (trivial calculator steps, best worker/concurrency setting),
+//! `dispatch_p50_ms` / `dispatch_p99_ms` (submit → step start at 1,000 steps/s),
+//! `makespan_ratio` (100 parallel `wait 100 ms` steps ÷ 100 ms) and `redis_calls_per_step`.
+//! Figures, not assertions: nothing here fails on a slow machine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use crane_core::plan::Plan;
+use crane_core::run::{RunOptions, RunPhase};
+use crane_engine::api::{self, init_run};
+use crane_engine::metrics::Metrics;
+use crane_engine::{EngineConfig, PoolName, RunKeys, Worker, WorkerConfig, wait_for_run};
+use crane_testkit::RedisServer;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use tokio::sync::watch;
+
+struct Pool {
+    tx: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Pool {
+    async fn start(
+        client: &redis::Client,
+        pool: &PoolName,
+        workers: usize,
+        concurrency: usize,
+    ) -> Result<Pool> {
+        let (tx, rx) = watch::channel(false);
+        let toolbox = Arc::new(crane_tools::in_memory());
+        let mut handles = Vec::new();
+        for i in 0..workers {
+            let mut c = WorkerConfig::new(pool.clone());
+            c.concurrency = concurrency;
+            c.idle_timeout = None;
+            c.block = Duration::from_millis(500);
+            c.consumer = format!("bench-{i}");
+            let w = Worker::new(client, toolbox.clone(), c, Arc::new(Metrics::new())).await?;
+            let mut rx = rx.clone();
+            handles.push(tokio::spawn(async move {
+                let _ = w
+                    .run(async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    })
+                    .await;
+            }));
+        }
+        Ok(Pool { tx, handles })
+    }
+
+    async fn stop(self) {
+        self.tx.send_replace(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+fn calc_plan(n: u32) -> Result<Plan> {
+    let steps: Vec<_> = (1..=n)
+        .map(|i| json!({"id": i, "tool": "calculator", "input": {"expression": "1+1"}}))
+        .collect();
+    Ok(serde_json::from_value(json!({ "steps": steps }))?)
+}
+
+fn now_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// Per-command call counts from INFO commandstats (commands run inside scripts included).
+async fn cmdstats(conn: &mut ConnectionManager) -> Result<HashMap<String, u64>> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect())
+}
+
+/// Entries ever added to the global notification stream (Redis 7's `entries-added`).
+async fn notifications_added(conn: &mut ConnectionManager) -> Result<u64> {
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(crane_engine::keys::GLOBAL_EVENTS)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    Ok(match info.get("entries-added") {
+        Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    })
+}
+
+/// Commands the engine's clients send (pipelined ones count one each): script calls, stream
+/// reads, heartbeats, reclaims, the sweeper; plus the global notifications (XADD) and one
+/// SADD per submitted run (those names also run inside scripts, so they are counted from the
+/// notification stream and the workload instead).
+fn client_commands(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+    notifications: u64,
+    runs: u64,
+) -> u64 {
+    let d = |n: &str| {
+        after
+            .get(n)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(n).copied().unwrap_or(0))
+    };
+    [
+        "evalsha",
+        "eval",
+        "xreadgroup",
+        "xclaim",
+        "xautoclaim",
+        "set",
+        "smembers",
+    ]
+    .iter()
+    .map(|n| d(n))
+    .sum::<u64>()
+        + notifications
+        + runs
+}
+
+fn all_commands(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(k, v)| v.saturating_sub(before.get(k).copied().unwrap_or(0)))
+        .sum()
+}
+
+async fn wait_all(client: &redis::Client, conn: &ConnectionManager, runs: &[String]) -> Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for run in runs {
+        let (client, mut conn, run) = (client.clone(), conn.clone(), run.clone());
+        set.spawn(async move {
+            wait_for_run(&client, &mut conn, &run, Some(Duration::from_secs(600))).await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let report = r??;
+        anyhow::ensure!(
+            report.phase == RunPhase::Succeeded,
+            "a benchmark run ended {:?}",
+            report.phase
+        );
+    }
+    Ok(())
+}
+
+struct Throughput {
+    steps_per_s: f64,
+    calls_per_step: f64,
+    round_trips_per_step: f64,
+}
+
+async fn throughput(
+    server: &RedisServer,
+    workers: usize,
+    concurrency: usize,
+    tag: &str,
+) -> Result<Throughput> {
+    let client = api::client(&server.url(), None)?;
+    let mut conn = api::connect(&client).await?;
+    let pool = PoolName::parse(&format!("bench/{tag}"))?;
+    let workers_pool = Pool::start(&client, &pool, workers, concurrency).await?;
+    let (runs, per_run) = (20u32, 500u32);
+    let plan = calc_plan(per_run)?;
+    let before = cmdstats(&mut conn).await?;
+    let notified_before = notifications_added(&mut conn).await?;
+    let started = Instant::now();
+    let ids: Vec<String> = (0..runs).map(|i| format!("tp-{tag}-{i}")).collect();
+    for id in &ids {
+        init_run(
+            &mut conn,
+            id,
+            "bench",
+            &pool,
+            &plan,
+            &RunOptions::default(),
+            &EngineConfig::default(),
+        )
+        .await?;
+    }
+    wait_all(&client, &conn, &ids).await?;
+    let elapsed = started.elapsed();
+    let after = cmdstats(&mut conn).await?;
+    let notified = notifications_added(&mut conn).await? - notified_before;
+    workers_pool.stop().await;
+    let steps = f64::from(runs * per_run);
+    Ok(Throughput {
+        steps_per_s: steps / elapsed.as_secs_f64(),
+        calls_per_step: all_commands(&before, &after) as f64 / steps,
+        round_trips_per_step: client_commands(&before, &after, notified, u64::from(runs)) as f64
+            / steps,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Single-step runs submitted at `rate` per second; latency from just before the submit to the
+/// step's start as the start script recorded it (Redis clock, ms).
+async fn dispatch(
+    server: &RedisServer,
+    workers: usize,
+    concurrency: usize,
+    rate: u32,
+    seconds: u32,
+) -> Result<Vec<f64>> {
+    let client = api::client(&server.url(), None)?;
+    let conn = api::connect(&client).await?;
+    let pool = PoolName::parse("bench/dispatch")?;
+    let workers_pool = Pool::start(&client, &pool, workers, concurrency).await?;
+    let plan = Arc::new(calc_plan(1)?);
+    let total = rate * seconds;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..total {
+        ticker.tick().await;
+        let (mut conn, plan, pool) = (conn.clone(), plan.clone(), pool.clone());
+        set.spawn(async move {
+            let id = format!("d-{i}");
+            let t0 = now_ms_f64();
+            init_run(
+                &mut conn,
+                &id,
+                "bench",
+                &pool,
+                &plan,
+                &RunOptions::default(),
+                &EngineConfig::default(),
+            )
+            .await
+            .map(|_| (id, t0))
+        });
+    }
+    let mut submitted: HashMap<String, f64> = HashMap::new();
+    while let Some(r) = set.join_next().await {
+        let (id, t0) = r??;
+        submitted.insert(id, t0);
+    }
+    let ids: Vec<String> = submitted.keys().cloned().collect();
+    wait_all(&client, &conn, &ids).await?;
+    let mut conn = conn.clone();
+    let mut latencies = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HGET")
+                .arg(RunKeys::new(id)?.steps())
+                .arg("1:started");
+        }
+        let started: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        for (id, s) in chunk.iter().zip(started) {
+            if let (Some(s), Some(t0)) = (s, submitted.get(id)) {
+                // The script's clock has ms resolution: take the middle of the millisecond.
+                latencies.push((s as f64 + 0.5 - t0).max(0.0));
+            }
+        }
+    }
+    workers_pool.stop().await;
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+/// One run of 100 parallel `wait 100 ms` steps: makespan ÷ 100 ms.
+async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> Result<(f64, f64)> {
+    let client = api::client(&server.url(), None)?;
+    let mut conn = api::connect(&client).await?;
+    let pool = PoolName::parse("bench/makespan")?;
+    let workers_pool = Pool::start(&client, &pool, workers, concurrency).await?;
+    let steps: Vec<_> = (1..=100)
+        .map(|i| json!({"id": i, "tool": "wait", "input": {"ms": 100}}))
+        .collect();
+    let plan: Plan = serde_json::from_value(json!({ "steps": steps }))?;
+    let mut best_server = f64::MAX;
+    let mut best_client = f64::MAX;
+    for round in 0..5 {
+        let id = format!("wide-{round}");
+        let t0 = Instant::now();
+        init_run(
+            &mut conn,
+            &id,
+            "bench",
+            &pool,
+            &plan,
+            &RunOptions::default(),
+            &EngineConfig::default(),
+        )
+        .await?;
+        wait_for_run(&client, &mut conn, &id, Some(Duration::from_secs(60))).await?;
+        let client_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let keys = RunKeys::new(&id)?;
+        let (created, finished): (u64, u64) = redis::cmd("HMGET")
+            .arg(keys.meta())
+            .arg("created")
+            .arg("finished")
+            .query_async(&mut conn)
+            .await?;
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.steps())
+            .query_async(&mut conn)
+            .await?;
+        let at = |suffix: &str| -> Vec<u64> {
+            fields
+                .iter()
+                .filter(|(k, _)| k.ends_with(suffix))
+                .filter_map(|(_, v)| v.parse().ok())
+                .collect()
+        };
+        let (starts, ends) = (at(":started"), at(":finished"));
+        let first_start = starts.iter().min().copied().unwrap_or(created);
+        let last_start = starts.iter().max().copied().unwrap_or(created);
+        let first_end = ends.iter().min().copied().unwrap_or(finished);
+        println!(
+            "  round {round}: first start +{} ms, last start +{} ms, first end +{} ms, run finished +{} ms (after creation)",
+            first_start.saturating_sub(created),
+            last_start.saturating_sub(created),
+            first_end.saturating_sub(created),
+            finished.saturating_sub(created)
+        );
+        best_server = best_server.min(finished.saturating_sub(created) as f64);
+        best_client = best_client.min(client_ms);
+    }
+    workers_pool.stop().await;
+    Ok((best_server / 100.0, best_client / 100.0))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let server = RedisServer::start().context("starting redis-server (install redis-server)")?;
+    println!("redis-server on {} (no persistence)", server.url());
+
+    println!("\n== throughput: 20 runs x 500 independent calculator steps ==");
+    let mut best: Option<(usize, usize, Throughput)> = None;
+    for (w, c) in [(1, 32), (1, 128), (2, 64), (4, 64)] {
+        let t = throughput(&server, w, c, &format!("w{w}c{c}")).await?;
+        println!(
+            "workers={w} concurrency={c}: {:>8.0} steps/s  {:.2} client commands/step  ({:.1} commands/step counting those inside scripts)",
+            t.steps_per_s, t.round_trips_per_step, t.calls_per_step
+        );
+        if best
+            .as_ref()
+            .is_none_or(|(_, _, b)| t.steps_per_s > b.steps_per_s)
+        {
+            best = Some((w, c, t));
+        }
+    }
+    let (bw, bc, best) = best.context("no throughput figure")?;
+
+    println!("\n== dispatch latency: single-step runs submitted at 1,000/s for 3 s ==");
+    let lat = dispatch(&server, 2, 64, 1000, 3).await?;
+    let (p50, p90, p99, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
+    );
+    println!(
+        "{} samples: p50 {p50:.2} ms  p90 {p90:.2} ms  p99 {p99:.2} ms  max {max:.2} ms (submit -> start)",
+        lat.len()
+    );
+
+    println!("\n== makespan: 100 parallel wait(100 ms) steps, 2 workers x 64 ==");
+    let (ratio, client_ratio) = makespan(&server, 2, 64).await?;
+    println!(
+        "best of 5: {:.1} ms in Redis (created -> finished), {:.1} ms seen by the submitter; ratio {ratio:.3}",
+        ratio * 100.0,
+        client_ratio * 100.0
+    );
+
+    println!("\nbest throughput setting: {bw} worker(s) x concurrency {bc}");
+    let line = json!({
+        "steps_per_s": (best.steps_per_s * 10.0).round() / 10.0,
+        "dispatch_p50_ms": (p50 * 100.0).round() / 100.0,
+        "dispatch_p99_ms": (p99 * 100.0).round() / 100.0,
+        "makespan_ratio": (ratio * 1000.0).round() / 1000.0,
+        "redis_calls_per_step": (best.round_trips_per_step * 100.0).round() / 100.0,
+        "redis_calls_per_step_incl_scripts": (best.calls_per_step * 10.0).round() / 10.0,
+        "best_workers": bw,
+        "best_concurrency": bc,
+    });
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,1025 @@
+//! The engine's library API for submitters and the operator: connect, initialise a run,
+//! read it back as a `RunReport`, wait for it, cancel and delete it; and `RedisExecutor`,
+//! the `Executor` that runs a plan through Redis workers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, Value};
+use serde_json::Value as Json;
+
+use super::keys::{PoolName, RunKeys};
+use super::queue::{PoolAfter, pool_after_cmd};
+use super::scripts::{SCRIPTS, eval, eval_pipeline, evalsha};
+use super::time::rfc3339;
+use super::{EngineConfig, EngineError, ms};
+use crane_core::plan::{Plan, StepId};
+use crane_core::run::{
+    FailurePolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks,
+};
+use crane_core::tool::Catalog;
+
+use crate::Executor;
+
+/// A Redis client for `url`, with the password (from a Secret) overriding any in the URL.
+pub fn client(url: &str, password: Option<&str>) -> Result<redis::Client, EngineError> {
+    let info = url
+        .into_connection_info()
+        .map_err(EngineError::redis("parsing the redis URL"))?;
+    let info = match password {
+        Some(pw) if !pw.is_empty() => {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info.set_redis_settings(settings)
+        }
+        _ => info,
+    };
+    redis::Client::open(info).map_err(EngineError::redis("creating the redis client"))
+}
+
+/// A password kept in a file (a mounted Secret), without the trailing newline editors add.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, EngineError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| {
+            EngineError::Config(format!(
+                "cannot read the password file {}: {e}",
+                path.display()
+            ))
+        })
+}
+
+/// A reconnecting connection. `response_timeout` must exceed any `BLOCK` sent on it.
+pub async fn connect_with(
+    client: &redis::Client,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, EngineError> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(4)
+        .set_max_delay(Duration::from_millis(500));
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(EngineError::redis("connecting to redis"))
+}
+
+/// A reconnecting connection for ordinary (non-blocking) commands.
+pub async fn connect(client: &redis::Client) -> Result<ConnectionManager, EngineError> {
+    connect_with(client, Duration::from_secs(5)).await
+}
+
+/// Whether [`init_run`] created the run or found it already there (idempotent for callers
+/// that retry, like the operator after a restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created,
+    AlreadyExists,
+}
+
+/// Checks what the scripts rely on (the validator checks more): a bounded number of unique
+/// steps whose dependencies exist and form no cycle, so the run cannot hang, and tool names
+/// that can travel inside `|`-separated hints.
+fn check_structure(plan: &Plan) -> Result<(), EngineError> {
+    crane_core::validate::check_structure(plan)
+        .map_err(|errors| EngineError::InvalidPlan(errors.to_string()))?;
+    for s in &plan.steps {
+        if s.tool.is_empty()
+            || s.tool.len() > 100
+            || !s
+                .tool
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(EngineError::InvalidPlan(format!(
+                "step {}: tool name {:?} is not 1-100 characters of A-Z a-z 0-9 . _ -",
+                s.id,
+                s.tool.chars().take(100).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_namespace(ns: &str) -> Result<(), EngineError> {
+    // The same rule as a pool's namespace part.
+    PoolName::parse(&format!("{ns}/x"))
+        .map(|_| ())
+        .map_err(|e| EngineError::InvalidNamespace {
+            namespace: ns.chars().take(80).collect(),
+            why: e.to_string(),
+        })
+}
+
+/// The script arguments every run-creating script starts with (see init.lua).
+fn run_args(
+    namespace: &str,
+    pool: &PoolName,
+    plan: &Plan,
+    options: &RunOptions,
+    config: &EngineConfig,
+) -> Result<Vec<String>, EngineError> {
+    let policy = match options.failure_policy {
+        FailurePolicy::FailFast => "FailFast",
+        FailurePolicy::ContinueIndependent => "ContinueIndependent",
+    };
+    Ok(vec![
+        namespace.to_owned(),
+        pool.to_string(),
+        to_json("the plan", plan)?,
+        to_json("the options", options)?,
+        ms(config.ttl).max(1).to_string(),
+        options.retry.max_attempts.max(1).to_string(),
+        policy.to_owned(),
+        options.step_timeout_ms.max(1).to_string(),
+        plan.steps.len().to_string(),
+    ])
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String, EngineError> {
+    serde_json::to_string(v)
+        .map_err(|e| EngineError::InvalidPlan(format!("cannot serialise {what}: {e}")))
+}
+
+/// One step's DAG links as the scripts store them: its children (comma-separated), its
+/// unique dependencies and the steps its input variables read (comma-separated).
+fn step_links(plan: &Plan, step: &crane_core::plan::Step) -> (String, HashSet<StepId>, String) {
+    let mut children: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.depends_on.contains(&step.id))
+        .map(|s| s.id.to_string())
+        .collect();
+    children.dedup();
+    let deps: HashSet<StepId> = step.depends_on.iter().copied().collect();
+    let mut refs: Vec<StepId> = crane_core::vars::references(&step.input)
+        .into_iter()
+        .map(|r| r.step)
+        .collect();
+    refs.sort_unstable();
+    refs.dedup();
+    let refs = refs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    (children.join(","), deps, refs)
+}
+
+/// Runs a run-creating script (init or restore) and queues the steps it made ready.
+async fn create_run(
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+    pool: &PoolName,
+    script: &redis::Script,
+    args: &[String],
+    config: &EngineConfig,
+) -> Result<InitOutcome, EngineError> {
+    let run_id = keys.run_id();
+    // Registered with the sweeper first, so a crash after the run-slot write still gets its
+    // first steps queued.
+    redis::cmd("SADD")
+        .arg(pool.runs())
+        .arg(run_id)
+        .query_async::<()>(conn)
+        .await
+        .map_err(EngineError::redis("registering the run"))?;
+    let r = eval(
+        conn,
+        script,
+        &keys.script_keys(),
+        args,
+        "initialising the run",
+    )
+    .await?;
+    if r.first().map(String::as_str) == Some("exists") {
+        return Ok(InitOutcome::AlreadyExists);
+    }
+    let ready: Vec<String> = r.into_iter().skip(1).collect();
+    let cmd = pool_after_cmd(
+        pool,
+        &config.breaker,
+        &[PoolAfter {
+            run: run_id.to_owned(),
+            ready,
+            ..PoolAfter::default()
+        }],
+    );
+    eval_pipeline(conn, vec![cmd], "queueing the first steps").await?;
+    Ok(InitOutcome::Created)
+}
+
+/// Stores a validated plan as run `run_id` and queues its first steps on `pool`.
+#[allow(clippy::too_many_arguments)]
+pub async fn init_run(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    namespace: &str,
+    pool: &PoolName,
+    plan: &Plan,
+    options: &RunOptions,
+    config: &EngineConfig,
+) -> Result<InitOutcome, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    check_namespace(namespace)?;
+    check_structure(plan)?;
+    // The step hash's fields are built here, not in Lua: string building in Redis's Lua costs
+    // the single Redis thread far more than it costs us, and init sits on every run's
+    // critical path. Fields a script would only find empty or zero are left out.
+    let (mut fields, mut counters, mut ready) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ids = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        let id = step.id.to_string();
+        ids.push(id.clone());
+        let (children, deps, refs) = step_links(plan, step);
+        let phase = if deps.is_empty() { "Ready" } else { "Pending" };
+        fields.extend([
+            format!("{id}:tool"),
+            step.tool.clone(),
+            format!("{id}:spec"),
+            to_json("a step", step)?,
+            format!("{id}:phase"),
+            phase.to_owned(),
+        ]);
+        for (name, value) in [("children", children), ("refs", refs)] {
+            if !value.is_empty() {
+                fields.extend([format!("{id}:{name}"), value]);
+            }
+        }
+        if deps.is_empty() {
+            ready.push(format!("{id}|{}", step.tool));
+        } else {
+            counters.extend([id, deps.len().to_string()]);
+        }
+    }
+    let mut args = run_args(namespace, pool, plan, options, config)?;
+    args.extend([
+        ids.join(","),
+        fields.len().to_string(),
+        counters.len().to_string(),
+        ready.len().to_string(),
+    ]);
+    args.extend(fields);
+    args.extend(counters);
+    args.extend(ready);
+    create_run(conn, &keys, pool, &SCRIPTS.init, &args, config).await
+}
+
+/// A step that already succeeded before Redis lost the run, as the AgentRun status kept it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoredStep {
+    /// The step's complete output (never a truncated stub: later steps read it).
+    pub output: Json,
+    /// Attempts it took, shown again in the report.
+    pub attempts: u32,
+    /// When it started and finished, in ms since the Unix epoch, if known.
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+/// Re-creates run `run_id` after Redis lost it (restart without persistence): the steps in
+/// `completed` start Succeeded with their outputs, every other step waits only for its
+/// dependencies that are not in `completed`, and the steps with none left are queued on
+/// `pool`. Like [`init_run`], returns [`InitOutcome::AlreadyExists`] (and changes nothing)
+/// when the run is in Redis after all. A `completed` id that is not in the plan is an error.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_run(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    namespace: &str,
+    pool: &PoolName,
+    plan: &Plan,
+    options: &RunOptions,
+    completed: &BTreeMap<StepId, RestoredStep>,
+    config: &EngineConfig,
+) -> Result<InitOutcome, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    check_namespace(namespace)?;
+    check_structure(plan)?;
+    if let Some(id) = completed
+        .keys()
+        .find(|id| !plan.steps.iter().any(|s| s.id == **id))
+    {
+        return Err(EngineError::InvalidPlan(format!(
+            "step {id} is given as completed but is not in the plan"
+        )));
+    }
+    let mut args = run_args(namespace, pool, plan, options, config)?;
+    let opt = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
+    for step in &plan.steps {
+        let (children, deps, refs) = step_links(plan, step);
+        let left = deps.iter().filter(|d| !completed.contains_key(d)).count();
+        args.push(step.id.to_string());
+        args.push(step.tool.clone());
+        args.push(to_json("a step", step)?);
+        args.push(children);
+        args.push(left.to_string());
+        args.push(refs);
+        match completed.get(&step.id) {
+            Some(done) => {
+                args.push("1".to_owned());
+                args.push(done.attempts.max(1).to_string());
+                args.push(to_json("a restored output", &done.output)?);
+                args.push(opt(done.started_ms));
+                args.push(opt(done.finished_ms));
+            }
+            None => args.extend(["0", "0", "", "", ""].map(String::from)),
+        }
+    }
+    create_run(conn, &keys, pool, &SCRIPTS.restore, &args, config).await
+}
+
+/// What [`retry_run`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The run was Failed and is Running again; `steps` steps start over.
+    Retried { steps: usize },
+    /// The run was neither Failed nor Cancelled (e.g. already retried, or it succeeded);
+    /// nothing changed.
+    NotFailed(RunPhase),
+}
+
+/// Retry from failure: a Failed run (or a Cancelled one: the operator cancels a run that
+/// exceeded its deadline) goes back to Running; its Failed and Skipped steps start
+/// over with a fresh attempt budget, Succeeded steps keep their outputs and attempts. Steps
+/// whose dependencies all succeeded are queued on the run's pool at once.
+pub async fn retry_run(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    config: &EngineConfig,
+) -> Result<RetryOutcome, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    let r = eval(
+        conn,
+        &SCRIPTS.retry,
+        &keys.script_keys(),
+        &[],
+        "retrying the run",
+    )
+    .await?;
+    let protocol = |detail: String| EngineError::Protocol {
+        what: "retrying the run",
+        detail,
+    };
+    match r.first().map(String::as_str) {
+        Some("missing") | None => Err(EngineError::RunNotFound(run_id.to_owned())),
+        Some("not-failed") => {
+            let p = r.get(1).map(String::as_str).unwrap_or("");
+            parse_run_phase(p)
+                .map(RetryOutcome::NotFailed)
+                .ok_or_else(|| protocol(format!("phase {p:?}")))
+        }
+        Some("retried") => {
+            let pool = r.get(1).map(String::as_str).unwrap_or("");
+            let pool = PoolName::parse(pool).map_err(|e| EngineError::Corrupt {
+                what: format!("run {run_id}"),
+                detail: format!("pool: {e}"),
+            })?;
+            let reset: usize = r
+                .get(2)
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| protocol(format!("step count {:?}", r.get(2))))?;
+            let steps: Vec<String> = r.iter().skip(3).cloned().collect();
+            let cmd = pool_after_cmd(
+                &pool,
+                &config.breaker,
+                &[PoolAfter {
+                    run: run_id.to_owned(),
+                    ready: steps,
+                    ..PoolAfter::default()
+                }],
+            );
+            eval_pipeline(conn, vec![cmd], "queueing the retried steps").await?;
+            Ok(RetryOutcome::Retried { steps: reset })
+        }
+        Some(other) => Err(protocol(format!("reply {other:?}"))),
+    }
+}
+
+fn parse_phase(s: &str) -> Option<StepPhase> {
+    Some(match s {
+        "Pending" => StepPhase::Pending,
+        "Ready" => StepPhase::Ready,
+        "Running" => StepPhase::Running,
+        "Succeeded" => StepPhase::Succeeded,
+        "Failed" => StepPhase::Failed,
+        "Skipped" => StepPhase::Skipped,
+        _ => return None,
+    })
+}
+
+fn parse_run_phase(s: &str) -> Option<RunPhase> {
+    Some(match s {
+        "Pending" => RunPhase::Pending,
+        "Running" => RunPhase::Running,
+        "Succeeded" => RunPhase::Succeeded,
+        "Failed" => RunPhase::Failed,
+        "Cancelled" => RunPhase::Cancelled,
+        _ => return None,
+    })
+}
+
+fn hash(v: Value, what: &'static str) -> Result<HashMap<String, String>, EngineError> {
+    let flat = super::scripts::strings(v, what)?;
+    Ok(flat
+        .chunks_exact(2)
+        .map(|c| (c[0].clone(), c[1].clone()))
+        .collect())
+}
+
+/// The run as `crane-executor run` prints it, with full outputs.
+pub async fn run_report(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+) -> Result<RunReport, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    let (meta, steps, out): (Value, Value, Value) = redis::pipe()
+        .cmd("HGETALL")
+        .arg(keys.meta())
+        .cmd("HGETALL")
+        .arg(keys.steps())
+        .cmd("HGETALL")
+        .arg(keys.out())
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("reading the run"))?;
+    let meta = hash(meta, "reading the run")?;
+    let steps = hash(steps, "reading the run")?;
+    let out = hash(out, "reading the run")?;
+    if meta.is_empty() {
+        return Err(EngineError::RunNotFound(run_id.to_owned()));
+    }
+    build_report(run_id, &meta, &steps, &out)
+}
+
+fn build_report(
+    run_id: &str,
+    meta: &HashMap<String, String>,
+    steps: &HashMap<String, String>,
+    out: &HashMap<String, String>,
+) -> Result<RunReport, EngineError> {
+    let corrupt = |detail: String| EngineError::Corrupt {
+        what: format!("run {run_id}"),
+        detail,
+    };
+    let plan: Plan = serde_json::from_str(meta.get("plan").map(String::as_str).unwrap_or(""))
+        .map_err(|e| corrupt(format!("plan: {e}")))?;
+    let phase = meta
+        .get("phase")
+        .and_then(|p| parse_run_phase(p))
+        .ok_or_else(|| corrupt(format!("phase {:?}", meta.get("phase"))))?;
+    let field = |id: StepId, f: &str| steps.get(&format!("{id}:{f}"));
+    let time = |id: StepId, f: &str| {
+        field(id, f)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(rfc3339)
+    };
+    let mut outputs = BTreeMap::new();
+    let mut reports = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        let output = match out.get(&step.id.to_string()) {
+            Some(o) => Some(
+                serde_json::from_str::<Json>(o)
+                    .map_err(|e| corrupt(format!("output of step {}: {e}", step.id)))?,
+            ),
+            None => None,
+        };
+        if let Some(o) = &output {
+            outputs.insert(step.id, o.clone());
+        }
+        let sphase = field(step.id, "phase")
+            .and_then(|p| parse_phase(p))
+            .ok_or_else(|| corrupt(format!("phase of step {}", step.id)))?;
+        reports.push(StepReport {
+            id: step.id,
+            tool: step.tool.clone(),
+            phase: sphase,
+            attempts: field(step.id, "attempt")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            output,
+            error: field(step.id, "error").cloned(),
+            started_at: time(step.id, "started"),
+            finished_at: if sphase.is_terminal() {
+                time(step.id, "finished")
+            } else {
+                None
+            },
+        });
+    }
+    let result = (phase == RunPhase::Succeeded)
+        .then(|| result_from_sinks(&plan.sinks(), &outputs))
+        .flatten();
+    let error = match phase {
+        // The same wording as the in-process engine (crane_core::dag).
+        RunPhase::Failed => Some(
+            match meta
+                .get("first_failure")
+                .and_then(|id| id.parse::<StepId>().ok())
+                .and_then(|id| reports.iter().find(|r| r.id == id))
+            {
+                Some(step) => {
+                    let error = step.error.as_deref().unwrap_or("unknown error");
+                    if step.attempts > 1 {
+                        format!(
+                            "step {} ({}) failed after {} attempts: {error}",
+                            step.id, step.tool, step.attempts
+                        )
+                    } else {
+                        format!("step {} ({}) failed: {error}", step.id, step.tool)
+                    }
+                }
+                None => "run failed".to_owned(),
+            },
+        ),
+        RunPhase::Cancelled => {
+            let done = reports
+                .iter()
+                .filter(|s| s.phase == StepPhase::Succeeded)
+                .count();
+            Some(format!(
+                "run cancelled after {done} of {} steps succeeded",
+                reports.len()
+            ))
+        }
+        _ => None,
+    };
+    Ok(RunReport {
+        phase,
+        steps: reports,
+        result,
+        error,
+    })
+}
+
+/// The run's phase alone (cheap).
+pub async fn run_phase(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+) -> Result<RunPhase, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    let p: Option<String> = redis::cmd("HGET")
+        .arg(keys.meta())
+        .arg("phase")
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("reading the run phase"))?;
+    let p = p.ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))?;
+    parse_run_phase(&p).ok_or_else(|| EngineError::Corrupt {
+        what: format!("run {run_id}"),
+        detail: format!("phase {p:?}"),
+    })
+}
+
+/// Cancels a run: no new step starts, running steps finish. Returns the phase after it.
+pub async fn cancel_run(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+) -> Result<RunPhase, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    let r = eval(
+        conn,
+        &SCRIPTS.cancel,
+        &keys.script_keys(),
+        &[],
+        "cancelling the run",
+    )
+    .await?;
+    match r.first().map(String::as_str) {
+        Some("missing") | None => Err(EngineError::RunNotFound(run_id.to_owned())),
+        Some(p) => parse_run_phase(p).ok_or_else(|| EngineError::Protocol {
+            what: "cancelling the run",
+            detail: format!("phase {p:?}"),
+        }),
+    }
+}
+
+/// Deletes every key of a run (the operator's finalizer). Idempotent.
+pub async fn delete_run(conn: &mut ConnectionManager, run_id: &str) -> Result<(), EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    let pool: Option<String> = redis::cmd("HGET")
+        .arg(keys.meta())
+        .arg("pool")
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("reading the run's pool"))?;
+    redis::cmd("DEL")
+        .arg(&keys.script_keys()[..])
+        .query_async::<()>(conn)
+        .await
+        .map_err(EngineError::redis("deleting the run"))?;
+    if let Some(pool) = pool.and_then(|p| PoolName::parse(&p).ok()) {
+        redis::cmd("SREM")
+            .arg(pool.runs())
+            .arg(run_id)
+            .query_async::<()>(conn)
+            .await
+            .map_err(EngineError::redis("unregistering the run"))?;
+    }
+    Ok(())
+}
+
+/// Waits until the run is terminal, following its event stream (no polling), and returns its
+/// report. `client` gives a dedicated connection for the blocking reads.
+pub async fn wait_for_run(
+    client: &redis::Client,
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    timeout: Option<Duration>,
+) -> Result<RunReport, EngineError> {
+    let keys = RunKeys::new(run_id)?;
+    let block = Duration::from_millis(500);
+    let mut blocking = super::api::connect_with(client, block + Duration::from_secs(5)).await?;
+    let started = Instant::now();
+    let mut last = "0-0".to_owned();
+    let mut failures = 0u32;
+    loop {
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            return Err(EngineError::WaitTimeout(run_id.to_owned()));
+        }
+        match wait_step(conn, &mut blocking, run_id, &keys, &mut last, block).await {
+            Ok(Some(report)) => return Ok(report),
+            Ok(None) => failures = 0,
+            // Redis restarting or a dropped connection: the connection managers reconnect.
+            Err(EngineError::Redis { source, .. }) if is_transient(&source) && failures < 100 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a Redis error is worth retrying (connection trouble, a restarting server).
+pub fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+        )
+}
+
+async fn wait_step(
+    conn: &mut ConnectionManager,
+    blocking: &mut ConnectionManager,
+    run_id: &str,
+    keys: &RunKeys,
+    last: &mut String,
+    block: Duration,
+) -> Result<Option<RunReport>, EngineError> {
+    if run_phase(conn, run_id).await?.is_terminal() {
+        return run_report(conn, run_id).await.map(Some);
+    }
+    // Events are hints; the phase read above is the truth, so a lost event only costs one
+    // block interval.
+    let v: Value = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(1000)
+        .arg("BLOCK")
+        .arg(ms(block))
+        .arg("STREAMS")
+        .arg(keys.events())
+        .arg(last.as_str())
+        .query_async(blocking)
+        .await
+        .map_err(EngineError::redis("following run events"))?;
+    if let Some(id) = last_stream_id(&v) {
+        *last = id;
+    }
+    Ok(None)
+}
+
+/// The id of the last entry in an XREAD reply.
+fn last_stream_id(v: &Value) -> Option<String> {
+    let streams = match v {
+        Value::Array(s) => s,
+        Value::Map(m) => return m.first().and_then(|(_, entries)| last_entry_id(entries)),
+        _ => return None,
+    };
+    let Value::Array(stream) = streams.first()? else {
+        return None;
+    };
+    last_entry_id(stream.get(1)?)
+}
+
+fn last_entry_id(entries: &Value) -> Option<String> {
+    let Value::Array(entries) = entries else {
+        return None;
+    };
+    let Value::Array(entry) = entries.last()? else {
+        return None;
+    };
+    match entry.first()? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// An `Executor` that runs plans through Redis: submits the run to a pool and waits for the
+/// pool's workers (in this process or elsewhere) to finish it.
+#[derive(Clone)]
+pub struct RedisExecutor {
+    client: redis::Client,
+    conn: ConnectionManager,
+    pool: PoolName,
+    config: EngineConfig,
+    catalog: Catalog,
+    timeout: Option<Duration>,
+}
+
+impl RedisExecutor {
+    /// Plans are validated against `catalog` (what the pool's workers run) before anything is
+    /// stored.
+    pub fn new(
+        client: redis::Client,
+        conn: ConnectionManager,
+        pool: PoolName,
+        config: EngineConfig,
+        catalog: Catalog,
+    ) -> Self {
+        Self {
+            client,
+            conn,
+            pool,
+            config,
+            catalog,
+            timeout: None,
+        }
+    }
+
+    /// Gives up waiting (with `EngineError::WaitTimeout`) after this long.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Submits and waits.
+    pub async fn run(
+        &self,
+        run_id: &str,
+        namespace: &str,
+        plan: &Plan,
+        options: &RunOptions,
+    ) -> Result<RunReport, EngineError> {
+        let mut conn = self.conn.clone();
+        if init_run(
+            &mut conn,
+            run_id,
+            namespace,
+            &self.pool,
+            plan,
+            options,
+            &self.config,
+        )
+        .await?
+            == InitOutcome::AlreadyExists
+        {
+            return Err(EngineError::RunExists(run_id.to_owned()));
+        }
+        wait_for_run(&self.client, &mut conn, run_id, self.timeout).await
+    }
+}
+
+impl Executor for RedisExecutor {
+    fn execute<'a>(
+        &'a self,
+        run_id: &'a str,
+        namespace: &'a str,
+        plan: &'a Plan,
+        options: &'a RunOptions,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>> {
+        Box::pin(async move {
+            crane_core::validate::validate(plan, &self.catalog)
+                .map_err(|e| anyhow::anyhow!("invalid plan:\n{e}"))?;
+            Ok(self.run(run_id, namespace, plan, options).await?)
+        })
+    }
+}
+
+/// Re-exported for the worker: a pipeline-ready script call on a run's slot.
+pub(crate) fn run_cmd(script: &redis::Script, keys: &RunKeys, args: &[String]) -> redis::Cmd {
+    evalsha(script, &keys.script_keys(), args)
+}
+
+/// What a planner Job leaves for the operator: the plan and who made it, or the planner's
+/// own error message. Stored under the run's hash tag by [`store_planner_result`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum PlannerResult {
+    #[serde(rename_all = "camelCase")]
+    Planned {
+        plan: Plan,
+        source: crane_core::plan::PlanSource,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback_reason: Option<String>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// Largest stored planner result read back (a plan is at most `MAX_PLAN_BYTES`).
+const MAX_PLANNER_RESULT_BYTES: usize = crane_core::validate::MAX_PLAN_BYTES + 64 * 1024;
+
+/// `crane:{<run-id>}:planner`, in the run's slot.
+pub fn planner_key(run_id: &str) -> Result<String, EngineError> {
+    super::keys::validate_run_id(run_id)?;
+    Ok(format!("crane:{{{run_id}}}:planner"))
+}
+
+/// Stores a planner result for run `run_id`, expiring after `ttl`.
+pub async fn store_planner_result(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+    result: &PlannerResult,
+    ttl: Duration,
+) -> Result<(), EngineError> {
+    let key = planner_key(run_id)?;
+    let json = serde_json::to_string(result).map_err(|e| {
+        EngineError::InvalidPlan(format!("cannot serialise the planner result: {e}"))
+    })?;
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(json)
+        .arg("PX")
+        .arg(ms(ttl).max(1))
+        .query_async::<()>(conn)
+        .await
+        .map_err(EngineError::redis("storing the planner result"))
+}
+
+/// The planner result of run `run_id`, `None` when the planner has not stored one (yet).
+pub async fn load_planner_result(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+) -> Result<Option<PlannerResult>, EngineError> {
+    let key = planner_key(run_id)?;
+    let text: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("reading the planner result"))?;
+    let Some(text) = text else { return Ok(None) };
+    if text.len() > MAX_PLANNER_RESULT_BYTES {
+        return Err(EngineError::Corrupt {
+            what: key,
+            detail: format!("{} bytes, more than {MAX_PLANNER_RESULT_BYTES}", text.len()),
+        });
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| EngineError::Corrupt {
+            what: key,
+            detail: format!("planner result: {e}"),
+        })
+}
+
+/// Deletes a run's planner result (with [`delete_run`], by the operator's finalizer).
+pub async fn delete_planner_result(
+    conn: &mut ConnectionManager,
+    run_id: &str,
+) -> Result<(), EngineError> {
+    let key = planner_key(run_id)?;
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(conn)
+        .await
+        .map_err(EngineError::redis("deleting the planner result"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crane_core::plan::Step;
+
+    fn step(id: StepId, deps: &[StepId]) -> Step {
+        Step {
+            id,
+            tool: "calculator".into(),
+            input: Default::default(),
+            reasoning: String::new(),
+            depends_on: deps.to_vec(),
+        }
+    }
+
+    #[test]
+    fn structure_check_rejects_what_would_hang_or_confuse_the_scripts() {
+        let plan = |steps| Plan { steps };
+        assert!(check_structure(&plan(vec![])).is_err());
+        assert!(
+            check_structure(&plan(vec![step(1, &[]), step(1, &[])]))
+                .unwrap_err()
+                .to_string()
+                .contains("ids must be unique")
+        );
+        assert!(
+            check_structure(&plan(vec![step(1, &[7])]))
+                .unwrap_err()
+                .to_string()
+                .contains("step 7")
+        );
+        assert!(
+            check_structure(&plan(vec![step(1, &[2]), step(2, &[1])]))
+                .unwrap_err()
+                .to_string()
+                .contains("cycle")
+        );
+        assert!(
+            check_structure(&plan(vec![step(1, &[1])]))
+                .unwrap_err()
+                .to_string()
+                .contains("depends on itself")
+        );
+        assert!(check_structure(&plan(vec![step(0, &[])])).is_err());
+        let mut hostile = step(1, &[]);
+        hostile.tool = "calc|ulator".into();
+        assert!(
+            check_structure(&plan(vec![hostile]))
+                .unwrap_err()
+                .to_string()
+                .contains("tool name")
+        );
+        assert!(check_structure(&plan((1..=501).map(|i| step(i, &[])).collect())).is_err());
+        assert!(
+            check_structure(&plan(vec![
+                step(1, &[]),
+                step(2, &[1, 1]),
+                step(3, &[1, 2])
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn planner_results_round_trip_and_keys_reject_hostile_run_ids() {
+        let planned = PlannerResult::Planned {
+            plan: Plan {
+                steps: vec![step(1, &[])],
+            },
+            source: crane_core::plan::PlanSource::Rules,
+            fallback_reason: None,
+        };
+        let text = serde_json::to_string(&planned).unwrap();
+        assert!(text.contains("\"status\":\"planned\""), "{text}");
+        assert_eq!(
+            serde_json::from_str::<PlannerResult>(&text).unwrap(),
+            planned
+        );
+        let failed = PlannerResult::Failed {
+            error: "prompt is empty".into(),
+        };
+        let text = serde_json::to_string(&failed).unwrap();
+        assert_eq!(
+            serde_json::from_str::<PlannerResult>(&text).unwrap(),
+            failed
+        );
+        assert_eq!(planner_key("abc-1").unwrap(), "crane:{abc-1}:planner");
+        for bad in ["", "a}b", "a{b", "a b", "a|b"] {
+            assert!(planner_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_namespaces_are_rejected() {
+        for bad in ["", "A", "a/b", "{x}", "a b", &"a".repeat(64)] {
+            assert!(check_namespace(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_namespace("team-a").is_ok());
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_a_panic() {
+        let mut meta = HashMap::new();
+        meta.insert("plan".to_owned(), "{not json".to_owned());
+        meta.insert("phase".to_owned(), "Running".to_owned());
+        let err = build_report("r", &meta, &HashMap::new(), &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("plan"), "{err}");
+        meta.insert(
+            "plan".to_owned(),
+            serde_json::to_string(&Plan {
+                steps: vec![step(1, &[])],
+            })
+            .unwrap(),
+        );
+        meta.insert("phase".to_owned(), "Exploded".to_owned());
+        assert!(build_report("r", &meta, &HashMap::new(), &HashMap::new()).is_err());
+        meta.insert("phase".to_owned(), "Running".to_owned());
+        let mut steps = HashMap::new();
+        steps.insert("1:phase".to_owned(), "Succeeded".to_owned());
+        let mut out = HashMap::new();
+        out.insert("1".to_owned(), "{bad".to_owned());
+        assert!(
+            build_report("r", &meta, &steps, &out)
+                .unwrap_err()
+                .to_string()
+                .contains("output of step 1")
+        );
+    }
+}

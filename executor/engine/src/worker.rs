@@ -1,0 +1,1202 @@
+//! The worker: takes step hints from its pool's stream, starts steps through the start
+//! script, runs tools with the step timeout, reports outcomes through the completion script,
+//! heartbeats its leases, reclaims dead workers' steps, promotes due retries, sweeps for lost
+//! hints, honours the shared circuit breakers, and drains on shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use redis::Value;
+use redis::aio::ConnectionManager;
+use serde_json::Value as Json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::api::{connect, connect_with, run_cmd};
+use super::keys::{GLOBAL_EVENTS, PoolName, RunKeys};
+use super::metrics::{Metrics, StepLabels, ToolLabels};
+use super::queue::{
+    BreakerPhase, GROUP, PoolAfter, breaker_replies, breaker_states, ensure_group, pool_after_cmd,
+    promote_due,
+};
+use super::scripts::{SCRIPTS, eval_pipeline, eval_pipeline_rows};
+use super::{BreakerConfig, EngineConfig, EngineError, ms};
+use crane_core::plan::{Step, StepId};
+use crane_core::run::RunOptions;
+use crane_core::tool::{ToolContext, ToolError, Toolbox};
+
+/// How a worker behaves.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub pool: PoolName,
+    /// Steps run at once.
+    pub concurrency: usize,
+    /// Exit after this long with nothing to do (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// On shutdown, how long in-flight steps may take before they are released.
+    pub grace: Duration,
+    /// Longest `XREADGROUP BLOCK`; bounds how late shutdown and idle checks notice.
+    pub block: Duration,
+    /// Consumer name in the group; unique per worker process.
+    pub consumer: String,
+    pub engine: EngineConfig,
+}
+
+impl WorkerConfig {
+    pub fn new(pool: PoolName) -> Self {
+        Self {
+            pool,
+            concurrency: 8,
+            idle_timeout: Some(Duration::from_secs(30)),
+            grace: Duration::from_secs(20),
+            block: Duration::from_millis(1000),
+            consumer: default_consumer(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>-<random>`: unique even when pods reuse names.
+pub fn default_consumer() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(60)
+        .collect();
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    )
+}
+
+/// What a worker did, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerSummary {
+    /// Attempts this worker completed and the engine accepted.
+    pub completed: u64,
+    /// Steps given back on shutdown.
+    pub released: u64,
+}
+
+/// One hint read from the stream.
+#[derive(Clone, Debug)]
+struct Hint {
+    entry: String,
+    run: String,
+    step: String,
+    tool: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    New,
+    Reclaim,
+}
+
+/// Locally cached breaker: phase and when (local clock) an open one half-opens.
+#[derive(Clone, Copy)]
+struct CachedBreaker {
+    phase: BreakerPhase,
+    open_until: Instant,
+}
+
+struct Inner {
+    config: WorkerConfig,
+    conn: ConnectionManager,
+    toolbox: Arc<Toolbox>,
+    metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
+    /// Stream entries this worker holds a lease on (heartbeated).
+    in_flight: Mutex<HashMap<String, String>>,
+    breakers: Mutex<HashMap<String, CachedBreaker>>,
+    /// Flips to true when in-flight steps must be released.
+    release_tx: watch::Sender<bool>,
+    /// Finished attempts go to the completer task, which records them in batches.
+    completions: mpsc::UnboundedSender<Completion>,
+    completed: AtomicU64,
+    released: AtomicU64,
+    last_activity: Mutex<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these small maps cannot leave them inconsistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A worker of one pool.
+pub struct Worker {
+    inner: Arc<Inner>,
+    read_conn: ConnectionManager,
+}
+
+impl Worker {
+    /// Connects (two connections: one for blocking reads) and prepares the pool's group.
+    pub async fn new(
+        client: &redis::Client,
+        toolbox: Arc<Toolbox>,
+        config: WorkerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
+        let mut conn = connect(client).await?;
+        let read_conn = connect_with(client, config.block + Duration::from_secs(5)).await?;
+        ensure_group(&mut conn, &config.pool).await?;
+        SCRIPTS.load(&mut conn).await?;
+        let (release_tx, _) = watch::channel(false);
+        // The completer ends when the worker is gone (every sender dropped).
+        let (completions, rx) = mpsc::unbounded_channel();
+        tokio::spawn(completer(
+            conn.clone(),
+            config.pool.clone(),
+            config.engine.breaker,
+            rx,
+        ));
+        let inner = Inner {
+            completions,
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+            conn,
+            toolbox,
+            metrics,
+            in_flight: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(HashMap::new()),
+            release_tx,
+            completed: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            last_activity: Mutex::new(Instant::now()),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+            read_conn,
+        })
+    }
+
+    /// Runs until idle for the idle timeout, or until `shutdown` resolves; then stops reading,
+    /// lets in-flight steps finish within the grace period and releases the rest.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<WorkerSummary, EngineError> {
+        let inner = self.inner.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let maintenance = tokio::spawn(maintenance_loop(inner.clone(), stop_rx.clone()));
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        info!(pool = %inner.config.pool, consumer = %inner.config.consumer, concurrency = inner.config.concurrency, "worker started");
+        loop {
+            // Wait for a free slot, but wake up for shutdown.
+            let free = inner.slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    p = inner.slots.clone().acquire_owned() => drop(p),
+                    () = &mut shutdown => break,
+                    Some(_) = tasks.join_next() => {}
+                }
+                continue;
+            }
+            while tasks.try_join_next().is_some() {}
+            let read = read_hints(&mut self.read_conn, &inner.config, free);
+            let hints = tokio::select! {
+                r = read => r,
+                () = &mut shutdown => break,
+            };
+            match hints {
+                Ok(hints) if hints.is_empty() => {
+                    let idle_for = lock(&inner.last_activity).elapsed();
+                    let busy = inner.slots.available_permits() < inner.config.concurrency.max(1);
+                    if !busy && inner.config.idle_timeout.is_some_and(|t| idle_for >= t) {
+                        info!(idle_s = idle_for.as_secs(), "idle timeout reached, exiting");
+                        break;
+                    }
+                }
+                Ok(hints) => {
+                    *lock(&inner.last_activity) = Instant::now();
+                    // Slots are taken at read time, so the next read (which runs while this
+                    // batch is being started) asks only for what is still free.
+                    let permits: Vec<_> = hints
+                        .iter()
+                        .map_while(|_| inner.slots.clone().try_acquire_owned().ok())
+                        .collect();
+                    let inner = inner.clone();
+                    tasks.spawn(async move {
+                        let mut steps = tokio::task::JoinSet::new();
+                        handle_hints(&inner, hints, permits, Mode::New, &mut steps).await;
+                        while steps.join_next().await.is_some() {}
+                    });
+                }
+                Err(e) => {
+                    if let EngineError::Redis { source, .. } = &e
+                        && source.code() == Some("NOGROUP")
+                    {
+                        let mut conn = inner.conn.clone();
+                        if let Err(e) = ensure_group(&mut conn, &inner.config.pool).await {
+                            warn!(error = %e, "cannot recreate the consumer group");
+                        }
+                    } else {
+                        warn!(error = %e, "reading the queue failed; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        // Drain: no more reads; in-flight steps get the grace period, then are released.
+        info!(in_flight = tasks.len(), "draining");
+        let deadline = tokio::time::sleep(inner.config.grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = tasks.join_next() => if r.is_none() { break },
+                () = &mut deadline => {
+                    inner.release_tx.send_replace(true);
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        stop_tx.send_replace(true);
+        let _ = maintenance.await;
+        let summary = WorkerSummary {
+            completed: inner.completed.load(Ordering::Relaxed),
+            released: inner.released.load(Ordering::Relaxed),
+        };
+        info!(
+            completed = summary.completed,
+            released = summary.released,
+            "worker stopped"
+        );
+        Ok(summary)
+    }
+}
+
+async fn read_hints(
+    conn: &mut ConnectionManager,
+    config: &WorkerConfig,
+    count: usize,
+) -> Result<Vec<Hint>, EngineError> {
+    let v: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(&config.consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(ms(config.block))
+        .arg("STREAMS")
+        .arg(config.pool.queue())
+        .arg(">")
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("reading the queue"))?;
+    // [[stream, [entries]]]
+    let Value::Array(streams) = v else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        if let Value::Array(mut parts) = s
+            && parts.len() == 2
+            && let Some(entries) = parts.pop()
+        {
+            out.extend(parse_entries(entries));
+        }
+    }
+    Ok(out)
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Stream entries `[[id, [field, value, ...]], ...]` into hints; malformed ones are kept with
+/// empty fields so they still get acknowledged.
+fn parse_entries(v: Value) -> Vec<Hint> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let Value::Array(parts) = e else { return None };
+            let entry = text(parts.first()?)?;
+            let mut hint = Hint {
+                entry,
+                run: String::new(),
+                step: String::new(),
+                tool: String::new(),
+            };
+            if let Some(Value::Array(fields)) = parts.get(1) {
+                for kv in fields.chunks_exact(2) {
+                    let val = text(&kv[1]).unwrap_or_default();
+                    match text(&kv[0]).as_deref() {
+                        Some("r") => hint.run = val,
+                        Some("s") => hint.step = val,
+                        Some("t") => hint.tool = val,
+                        _ => {}
+                    }
+                }
+            }
+            Some(hint)
+        })
+        .collect()
+}
+
+fn owner_token(consumer: &str) -> String {
+    format!("{consumer}/{:016x}", rand::rng().random::<u64>())
+}
+
+/// Adds `item` to its run's group, keeping runs in order of first appearance: batch scripts
+/// take one call per run (a run's keys share one hash slot).
+fn push_to_run<T>(runs: &mut Vec<(RunKeys, Vec<T>)>, keys: RunKeys, item: T) {
+    match runs.iter_mut().find(|(k, _)| k.run_id() == keys.run_id()) {
+        Some((_, items)) => items.push(item),
+        None => runs.push((keys, vec![item])),
+    }
+}
+
+/// Starts a batch of hints (one start call per run, all in one pipelined round trip) and
+/// spawns the accepted steps.
+async fn handle_hints(
+    inner: &Arc<Inner>,
+    hints: Vec<Hint>,
+    mut permits: Vec<OwnedSemaphorePermit>,
+    mode: Mode,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let cfg = &inner.config;
+    let mut conn = inner.conn.clone();
+    let mut parked = Vec::new();
+    // Per run, in order of first appearance: the hints and their owner tokens.
+    let mut runs: Vec<(RunKeys, Vec<(Hint, String)>)> = Vec::new();
+    for hint in hints {
+        let Ok(keys) = RunKeys::new(&hint.run) else {
+            warn!(entry = %hint.entry, "dropping a malformed hint");
+            parked.push(PoolAfter {
+                ack: Some(hint.entry),
+                ..PoolAfter::default()
+            });
+            continue;
+        };
+        if let Some(until) = breaker_blocks(inner, &hint.tool) {
+            // The breaker is open: the step waits (not failed, no attempt used) until it
+            // half-opens.
+            let due =
+                super::time::now_ms() + ms(until.saturating_duration_since(Instant::now())).max(1);
+            parked.push(PoolAfter {
+                delay: Some((format!("{}|{}", hint.step, hint.tool), due)),
+                ack: Some(hint.entry),
+                run: hint.run,
+                ..PoolAfter::default()
+            });
+            continue;
+        }
+        let owner = owner_token(&cfg.consumer);
+        lock(&inner.in_flight).insert(hint.entry.clone(), hint.run.clone());
+        push_to_run(&mut runs, keys, (hint, owner));
+    }
+    if !parked.is_empty() {
+        let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &parked);
+        if let Err(e) = eval_pipeline(&mut conn, vec![cmd], "parking hints").await {
+            warn!(error = %e, "parking hints failed; they will be reclaimed");
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    let m = if mode == Mode::New { "new" } else { "reclaim" };
+    let cmds = runs
+        .iter()
+        .map(|(keys, batch)| {
+            let mut args = Vec::with_capacity(1 + 3 * batch.len());
+            args.push(m.to_owned());
+            for (hint, owner) in batch {
+                args.extend([hint.step.clone(), owner.clone(), hint.entry.clone()]);
+            }
+            run_cmd(&SCRIPTS.start, keys, &args)
+        })
+        .collect();
+    let replies = match eval_pipeline_rows(&mut conn, cmds, "starting steps").await {
+        Ok(r) => r,
+        Err(e) => {
+            // Leases run out and the hints are reclaimed; nothing is lost.
+            warn!(error = %e, "starting steps failed");
+            let mut f = lock(&inner.in_flight);
+            for (_, batch) in &runs {
+                for (h, _) in batch {
+                    f.remove(&h.entry);
+                }
+            }
+            return;
+        }
+    };
+    let mut acks = Vec::new();
+    for ((_, batch), rows) in runs.into_iter().zip(replies) {
+        let mut rows = rows.into_iter();
+        for (hint, owner) in batch {
+            // A missing row (a reply shorter than the batch) is treated like a drop.
+            let reply = rows.next().unwrap_or_default();
+            match reply.first().map(String::as_str) {
+                Some("ok") => {
+                    // Without a slot (a reclaim raced the reader) the started step runs
+                    // anyway: holding it unstarted would only waste its lease.
+                    let permit = permits
+                        .pop()
+                        .or_else(|| inner.slots.clone().try_acquire_owned().ok());
+                    spawn_step(inner, tasks, hint, owner, reply, permit);
+                }
+                status => {
+                    lock(&inner.in_flight).remove(&hint.entry);
+                    let (ready, run_done) = if status == Some("finished") {
+                        completion_parts(&reply)
+                    } else {
+                        debug!(run = %hint.run, step = %hint.step, why = reply.get(1).map(String::as_str).unwrap_or(""), "dropping hint");
+                        (Vec::new(), false)
+                    };
+                    acks.push(PoolAfter {
+                        ack: Some(hint.entry),
+                        run: hint.run,
+                        ready,
+                        run_done,
+                        ..PoolAfter::default()
+                    });
+                }
+            }
+        }
+    }
+    if acks.is_empty() {
+        return;
+    }
+    let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &acks);
+    if let Err(e) = eval_pipeline(&mut conn, vec![cmd], "acknowledging hints").await {
+        warn!(error = %e, "acknowledging hints failed; they will be reclaimed and dropped");
+    }
+}
+
+/// From a completion reply `{status, run_phase, retry_due, tool, ready...}`.
+fn completion_parts(reply: &[String]) -> (Vec<String>, bool) {
+    let ready = reply.iter().skip(4).cloned().collect();
+    let done = matches!(
+        reply.get(1).map(String::as_str),
+        Some("Succeeded" | "Failed" | "Cancelled")
+    );
+    (ready, done)
+}
+
+/// When the tool's breaker is open (per the local cache), until when.
+fn breaker_blocks(inner: &Inner, tool: &str) -> Option<Instant> {
+    let b = lock(&inner.breakers).get(tool).copied()?;
+    (b.phase == BreakerPhase::Open && b.open_until > Instant::now()).then_some(b.open_until)
+}
+
+fn cache_breaker(inner: &Inner, tool: &str, phase: BreakerPhase, remaining_ms: u64) {
+    let open_until = Instant::now() + Duration::from_millis(remaining_ms);
+    lock(&inner.breakers).insert(tool.to_owned(), CachedBreaker { phase, open_until });
+    inner.metrics.set_breaker(tool, phase);
+}
+
+fn spawn_step(
+    inner: &Arc<Inner>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    hint: Hint,
+    owner: String,
+    reply: Vec<String>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let span = info_span!("step", run = %hint.run, step = %hint.step, tool = %hint.tool);
+    let inner = inner.clone();
+    tasks.spawn(
+        async move {
+            run_step(&inner, &hint, &owner, reply).await;
+            lock(&inner.in_flight).remove(&hint.entry);
+            drop(permit);
+        }
+        .instrument(span),
+    );
+}
+
+/// What the start script gave us.
+struct Started {
+    attempt: u32,
+    step: Step,
+    namespace: String,
+    options: RunOptions,
+    outputs: HashMap<StepId, Json>,
+}
+
+fn parse_started(reply: &[String]) -> Result<Started, String> {
+    let attempt = reply
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .ok_or("missing attempt")?;
+    let step: Step = serde_json::from_str(reply.get(2).ok_or("missing step")?)
+        .map_err(|e| format!("step spec: {e}"))?;
+    let namespace = reply.get(3).cloned().ok_or("missing namespace")?;
+    let options: RunOptions = serde_json::from_str(reply.get(4).ok_or("missing options")?)
+        .map_err(|e| format!("run options: {e}"))?;
+    let mut outputs = HashMap::new();
+    for kv in reply.get(5..).unwrap_or_default().chunks_exact(2) {
+        let id: StepId = kv[0]
+            .parse()
+            .map_err(|_| format!("output id {:?}", kv[0]))?;
+        let v: Json =
+            serde_json::from_str(&kv[1]).map_err(|e| format!("output of step {id}: {e}"))?;
+        outputs.insert(id, v);
+    }
+    Ok(Started {
+        attempt,
+        step,
+        namespace,
+        options,
+        outputs,
+    })
+}
+
+async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<String>) {
+    let tool_label = if inner.toolbox.catalog().contains(&hint.tool) {
+        hint.tool.clone()
+    } else {
+        "unknown".to_owned()
+    };
+    inner.metrics.in_flight.inc();
+    let began = Instant::now();
+    let (attempt, result, retry_policy) = match parse_started(&reply) {
+        Ok(s) => {
+            let attempt = s.attempt;
+            let ctx = ToolContext {
+                namespace: s.namespace.clone(),
+                run_id: hint.run.clone(),
+                step_id: s.step.id,
+                attempt,
+            };
+            let timeout = Duration::from_millis(s.options.step_timeout_ms.max(1));
+            let outputs = s.outputs;
+            let call = async {
+                let input =
+                    crane_core::vars::resolve(&s.step.input, &|id| outputs.get(&id).cloned())
+                        .map_err(|e| ToolError::InvalidInput(e.to_string()))?;
+                match tokio::time::timeout(
+                    timeout,
+                    inner.toolbox.call(&ctx, &s.step.tool, Json::Object(input)),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ToolError::Timeout(timeout)),
+                }
+            };
+            let mut release_rx = inner.release_tx.subscribe();
+            let result = tokio::select! {
+                r = call => Some(r),
+                _ = release_rx.wait_for(|v| *v) => None,
+            };
+            (attempt, result, s.options.retry)
+        }
+        Err(e) => (
+            reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(1),
+            Some(Err(ToolError::InvalidInput(format!(
+                "corrupt step state: {e}"
+            )))),
+            Default::default(),
+        ),
+    };
+    inner.metrics.in_flight.dec();
+    let Some(result) = result else {
+        if let Ok(keys) = RunKeys::new(&hint.run) {
+            release(inner, &mut inner.conn.clone(), &keys, hint, owner, attempt).await;
+        }
+        return;
+    };
+    inner
+        .metrics
+        .duration
+        .get_or_create(&ToolLabels {
+            tool: tool_label.clone(),
+        })
+        .observe(began.elapsed().as_secs_f64());
+    let (ok, payload, retryable) = match &result {
+        Ok(v) => (true, v.to_string(), false),
+        Err(e) => (false, e.to_string(), e.is_retryable()),
+    };
+    // Full jitter: uniform in [0, exponential backoff].
+    let cap = retry_policy.backoff_ms(attempt + 1);
+    let backoff = if cap == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..=cap)
+    };
+    let (done, outcome_rx) = oneshot::channel();
+    let sent = inner.completions.send(Completion {
+        hint: hint.clone(),
+        owner: owner.to_owned(),
+        attempt,
+        ok,
+        payload,
+        retryable,
+        backoff,
+        done,
+    });
+    let Ok(Completed { reply, breaker }) = (match sent {
+        Ok(()) => outcome_rx.await.map_err(|_| ()),
+        Err(_) => Err(()),
+    }) else {
+        // The completer gave up (Redis unreachable for long): the lease runs out and another
+        // worker re-runs the step.
+        return;
+    };
+    if let Some((phase, remaining)) = breaker {
+        cache_breaker(inner, &hint.tool, phase, remaining);
+    }
+    let status = reply.first().map(String::as_str).unwrap_or("");
+    let label = match (&result, status) {
+        (_, "stale") => "stale".to_owned(),
+        (Ok(_), _) => "succeeded".to_owned(),
+        (Err(e), _) if reply.get(2).is_some_and(|d| d != "0") => {
+            inner
+                .metrics
+                .retries
+                .get_or_create(&ToolLabels {
+                    tool: tool_label.clone(),
+                })
+                .inc();
+            format!("retry_{}", e.metric_label())
+        }
+        (Err(e), _) => e.metric_label().to_owned(),
+    };
+    inner
+        .metrics
+        .steps
+        .get_or_create(&StepLabels {
+            tool: tool_label,
+            outcome: label,
+        })
+        .inc();
+    if status == "stale" {
+        debug!("late completion ignored; the step belongs to another attempt");
+        return;
+    }
+    inner.completed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A finished attempt on its way to the completer.
+struct Completion {
+    hint: Hint,
+    owner: String,
+    attempt: u32,
+    ok: bool,
+    /// The output (JSON) or the error message.
+    payload: String,
+    retryable: bool,
+    /// Delay before a retry, ms.
+    backoff: u64,
+    done: oneshot::Sender<Completed>,
+}
+
+impl Completion {
+    /// The `complete` script's arguments for this attempt (see `lua/complete.lua`).
+    fn args(&self) -> [String; 7] {
+        [
+            self.hint.step.clone(),
+            self.owner.clone(),
+            self.attempt.to_string(),
+            (if self.ok { "ok" } else { "err" }).to_owned(),
+            self.payload.clone(),
+            (if self.retryable { "1" } else { "0" }).to_owned(),
+            self.backoff.to_string(),
+        ]
+    }
+
+    /// What the tool's breaker records: a success, a retryable failure, or nothing (invalid
+    /// input and permanent failures are the plan's fault, not the tool's).
+    fn breaker_outcome(&self) -> Option<bool> {
+        if self.ok {
+            Some(true)
+        } else {
+            self.retryable.then_some(false)
+        }
+    }
+}
+
+/// What the engine made of a completion.
+struct Completed {
+    /// The `complete` script's reply for this attempt.
+    reply: Vec<String>,
+    /// The tool's breaker after the batch, when it was read.
+    breaker: Option<(BreakerPhase, u64)>,
+}
+
+/// Most completions one batch carries, and most output bytes: they bound how long one script
+/// call holds Redis's only thread.
+const MAX_COMPLETIONS: usize = 256;
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Records finished attempts in batches: whatever completed while the previous batch was in
+/// flight goes in one `complete` call per run and one `pool_after` call for all, pipelined.
+/// Under load this is what keeps Redis's single thread from paying a script call's fixed
+/// cost per step; when idle, a lone completion goes out at once.
+async fn completer(
+    mut conn: ConnectionManager,
+    pool: PoolName,
+    breaker: BreakerConfig,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.payload.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_COMPLETIONS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(c) => {
+                    bytes += c.payload.len();
+                    batch.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        complete_batch(&mut conn, &pool, &breaker, batch).await;
+    }
+}
+
+async fn complete_batch(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+    breaker: &BreakerConfig,
+    batch: Vec<Completion>,
+) {
+    // One `complete` call per run; hints were checked when they were started.
+    let mut runs: Vec<(RunKeys, Vec<Completion>)> = Vec::new();
+    for c in batch {
+        if let Ok(keys) = RunKeys::new(&c.hint.run) {
+            push_to_run(&mut runs, keys, c);
+        }
+    }
+    let cmds: Vec<_> = runs
+        .iter()
+        .map(|(keys, cs)| {
+            let args: Vec<String> = cs.iter().flat_map(Completion::args).collect();
+            run_cmd(&SCRIPTS.complete, keys, &args)
+        })
+        .collect();
+    let Some(replies) = complete_with_retry(conn, cmds).await else {
+        return;
+    };
+    let mut done = Vec::new();
+    let mut afters = Vec::new();
+    let mut notify = Vec::new();
+    for ((keys, cs), rows) in runs.into_iter().zip(replies) {
+        let mut rows = rows.into_iter();
+        let mut run_ended = None;
+        // The operator only needs to know which run moved: one notification per run and batch
+        // (naming the batch's last accepted step and the run's phase after it).
+        let mut last_accepted = None;
+        for c in cs {
+            let reply = rows.next().unwrap_or_default();
+            let hint = &c.hint;
+            match reply.first().map(String::as_str) {
+                // Another attempt holds the step (our lease expired): leave its entry alone.
+                Some("stale") if reply.get(1).map(String::as_str) == Some("1") => {}
+                // A missing row should not happen; the lease expiring is the safe way out.
+                None => {}
+                Some("stale") => afters.push(PoolAfter {
+                    ack: Some(hint.entry.clone()),
+                    run: hint.run.clone(),
+                    ..PoolAfter::default()
+                }),
+                Some(_) => {
+                    let (ready, run_done) = completion_parts(&reply);
+                    if run_done {
+                        run_ended = reply.get(1).cloned();
+                    }
+                    let retry_due: u64 = reply.get(2).and_then(|d| d.parse().ok()).unwrap_or(0);
+                    afters.push(PoolAfter {
+                        ack: Some(hint.entry.clone()),
+                        run: hint.run.clone(),
+                        ready,
+                        delay: (retry_due > 0)
+                            .then(|| (format!("{}|{}", hint.step, hint.tool), retry_due)),
+                        breaker: Some((hint.tool.clone(), c.breaker_outcome())),
+                        run_done,
+                    });
+                    last_accepted = Some((hint.step.clone(), reply.get(1).cloned()));
+                }
+            }
+            done.push((c, reply));
+        }
+        if let Some((step, phase)) = last_accepted {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(GLOBAL_EVENTS)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(100_000)
+                .arg("*")
+                .arg("run")
+                .arg(keys.run_id())
+                .arg("step")
+                .arg(step)
+                .arg("phase")
+                .arg(phase.unwrap_or_default());
+            notify.push(cmd);
+        }
+        if let Some(phase) = run_ended {
+            info!(run = %keys.run_id(), phase = %phase, "run finished");
+        }
+    }
+    let mut states: HashMap<String, (BreakerPhase, u64)> = HashMap::new();
+    if !afters.is_empty() {
+        let mut cmds = vec![pool_after_cmd(pool, breaker, &afters)];
+        cmds.extend(notify);
+        match eval_pipeline(conn, cmds, "queueing the next steps").await {
+            Ok(r) => {
+                for (tool, phase, remaining) in
+                    breaker_replies(r.first().map_or(&[], Vec::as_slice))
+                {
+                    states.insert(tool.to_owned(), (phase, remaining));
+                }
+            }
+            // The sweeper re-enqueues ready steps and due retries this missed.
+            Err(e) => {
+                warn!(error = %e, "queueing follow-ups failed; the sweeper will recover them");
+            }
+        }
+    }
+    for (c, reply) in done {
+        let breaker = states.get(&c.hint.tool).copied();
+        let _ = c.done.send(Completed { reply, breaker });
+    }
+}
+
+/// Completions survive short Redis outages (a restart): the calls are retried for a while; a
+/// retry after an applied-but-unanswered call comes back `stale` and is harmless.
+async fn complete_with_retry(
+    conn: &mut ConnectionManager,
+    cmds: Vec<redis::Cmd>,
+) -> Option<Vec<Vec<Vec<String>>>> {
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..40 {
+        match eval_pipeline_rows(conn, cmds.clone(), "completing steps").await {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                warn!(error = %e, "completing steps failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    // Give up: the leases run out and other workers re-run the steps.
+    None
+}
+
+/// Gives a step back (shutdown past the grace period) so another worker takes it at once.
+async fn release(
+    inner: &Inner,
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+    hint: &Hint,
+    owner: &str,
+    attempt: u32,
+) {
+    let cfg = &inner.config;
+    let args = [hint.step.clone(), owner.to_owned(), attempt.to_string()];
+    let reply = match eval_pipeline(
+        conn,
+        vec![run_cmd(&SCRIPTS.release, keys, &args)],
+        "releasing a step",
+    )
+    .await
+    {
+        Ok(mut r) => r.pop().unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, "releasing failed; the lease will expire instead");
+            return;
+        }
+    };
+    let ready = if reply.first().map(String::as_str) == Some("released") {
+        inner.released.fetch_add(1, Ordering::Relaxed);
+        vec![format!("{}|{}", hint.step, hint.tool)]
+    } else {
+        Vec::new()
+    };
+    let cmd = pool_after_cmd(
+        &cfg.pool,
+        &cfg.engine.breaker,
+        &[PoolAfter {
+            ack: Some(hint.entry.clone()),
+            run: hint.run.clone(),
+            ready,
+            ..PoolAfter::default()
+        }],
+    );
+    if let Err(e) = eval_pipeline(conn, vec![cmd], "requeueing a released step").await {
+        warn!(error = %e, "requeueing a released step failed; the sweeper will recover it");
+    }
+    info!("step released");
+}
+
+/// Heartbeats, reclaims, promotion of due retries, breaker refresh and the sweeper.
+async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let cfg = &inner.config;
+    let lease = cfg.engine.lease;
+    let heartbeat_every = (lease / 3).max(Duration::from_millis(50));
+    let reclaim_every = (lease / 2).max(Duration::from_millis(50));
+    let mut conn = inner.conn.clone();
+    let mut last_heartbeat = Instant::now();
+    let mut last_reclaim = Instant::now();
+    let mut last_breakers = Instant::now() - Duration::from_secs(10);
+    let mut last_sweep = Instant::now();
+    let mut reclaim_tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = tokio::time::sleep(Duration::from_millis(25)) => {}
+        }
+        while reclaim_tasks.try_join_next().is_some() {}
+        if let Err(e) = promote_due(&mut conn, &cfg.pool, 500).await {
+            debug!(error = %e, "promoting retries failed");
+        }
+        if last_heartbeat.elapsed() >= heartbeat_every {
+            last_heartbeat = Instant::now();
+            heartbeat(&inner, &mut conn).await;
+        }
+        if last_breakers.elapsed() >= Duration::from_secs(1) {
+            last_breakers = Instant::now();
+            if let Ok(states) = breaker_states(&mut conn, &cfg.pool, &cfg.engine.breaker).await {
+                for s in states {
+                    cache_breaker(&inner, &s.tool, s.phase, s.remaining_open_ms);
+                }
+            }
+        }
+        if last_reclaim.elapsed() >= reclaim_every && !*inner.release_tx.borrow() {
+            last_reclaim = Instant::now();
+            let free = inner.slots.available_permits();
+            if free > 0 {
+                match reclaim(&mut conn, cfg, free).await {
+                    Ok(hints) if !hints.is_empty() => {
+                        info!(count = hints.len(), "reclaiming steps of a lost worker");
+                        *lock(&inner.last_activity) = Instant::now();
+                        handle_hints(&inner, hints, Vec::new(), Mode::Reclaim, &mut reclaim_tasks)
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(error = %e, "reclaim failed"),
+                }
+            }
+        }
+        if last_sweep.elapsed() >= cfg.engine.sweep_interval {
+            last_sweep = Instant::now();
+            if let Err(e) = sweep(&inner, &mut conn).await {
+                debug!(error = %e, "sweep failed");
+            }
+        }
+    }
+    // Steps taken over from dead workers drain like the others: the grace period, then release.
+    let deadline = tokio::time::sleep(cfg.grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = reclaim_tasks.join_next() => if r.is_none() { break },
+            () = &mut deadline => {
+                inner.release_tx.send_replace(true);
+                while reclaim_tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+}
+
+async fn heartbeat(inner: &Inner, conn: &mut ConnectionManager) {
+    let ids: Vec<String> = lock(&inner.in_flight).keys().cloned().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let cfg = &inner.config;
+    let res: Result<Value, _> = redis::cmd("XCLAIM")
+        .arg(cfg.pool.queue())
+        .arg(GROUP)
+        .arg(&cfg.consumer)
+        .arg(0)
+        .arg(&ids)
+        .arg("JUSTID")
+        .query_async(conn)
+        .await;
+    if let Err(e) = res {
+        warn!(error = %e, "heartbeat failed");
+    }
+}
+
+async fn reclaim(
+    conn: &mut ConnectionManager,
+    cfg: &WorkerConfig,
+    count: usize,
+) -> Result<Vec<Hint>, EngineError> {
+    let v: Value = redis::cmd("XAUTOCLAIM")
+        .arg(cfg.pool.queue())
+        .arg(GROUP)
+        .arg(&cfg.consumer)
+        .arg(ms(cfg.engine.lease))
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("reclaiming expired leases"))?;
+    let Value::Array(mut parts) = v else {
+        return Ok(Vec::new());
+    };
+    if parts.len() < 2 {
+        return Ok(Vec::new());
+    }
+    Ok(parse_entries(parts.swap_remove(1)))
+}
+
+/// One worker per pool at a time (SET NX PX): re-enqueue what a crash between the two slots
+/// (or lost Redis writes) left unqueued, and forget finished runs.
+async fn sweep(inner: &Inner, conn: &mut ConnectionManager) -> Result<(), EngineError> {
+    let cfg = &inner.config;
+    let got: Option<String> = redis::cmd("SET")
+        .arg(cfg.pool.sweep_lock())
+        .arg(&cfg.consumer)
+        .arg("NX")
+        .arg("PX")
+        .arg(ms(cfg.engine.sweep_interval).max(100))
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("taking the sweep lock"))?;
+    if got.is_none() {
+        return Ok(());
+    }
+    let runs: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(cfg.pool.runs())
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("listing active runs"))?;
+    for chunk in runs.chunks(100) {
+        let mut cmds = Vec::new();
+        let mut valid = Vec::new();
+        for run in chunk {
+            match RunKeys::new(run) {
+                Ok(keys) => {
+                    cmds.push(run_cmd(
+                        &SCRIPTS.sweep,
+                        &keys,
+                        &[
+                            ms(cfg.engine.sweep_threshold).to_string(),
+                            ms(cfg.engine.lease).to_string(),
+                        ],
+                    ));
+                    valid.push(run.clone());
+                }
+                Err(_) => {
+                    let _: Result<(), _> = redis::cmd("SREM")
+                        .arg(cfg.pool.runs())
+                        .arg(run)
+                        .query_async(conn)
+                        .await;
+                }
+            }
+        }
+        let replies = eval_pipeline(conn, cmds, "sweeping").await?;
+        let mut follow = Vec::new();
+        for (run, reply) in valid.into_iter().zip(replies) {
+            let status = reply.first().map(String::as_str).unwrap_or("");
+            let run_done = status != "active";
+            let ready: Vec<String> = reply.into_iter().skip(1).collect();
+            if run_done || !ready.is_empty() {
+                if !ready.is_empty() {
+                    info!(run = %run, steps = ?ready, "sweeper re-enqueues steps");
+                }
+                follow.push(PoolAfter {
+                    run,
+                    ready,
+                    run_done,
+                    ..PoolAfter::default()
+                });
+            }
+        }
+        if !follow.is_empty() {
+            let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &follow);
+            eval_pipeline(conn, vec![cmd], "re-enqueueing swept steps").await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_stream_entries_and_tolerates_garbage() {
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![
+                    bulk("r"),
+                    bulk("run"),
+                    bulk("s"),
+                    bulk("3"),
+                    bulk("t"),
+                    bulk("calculator"),
+                ]),
+            ]),
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+            Value::Int(7),
+        ]);
+        let hints = parse_entries(v);
+        assert_eq!(hints.len(), 2);
+        assert_eq!(
+            (
+                hints[0].run.as_str(),
+                hints[0].step.as_str(),
+                hints[0].tool.as_str()
+            ),
+            ("run", "3", "calculator")
+        );
+        assert_eq!(hints[1].entry, "2-0");
+        assert!(hints[1].run.is_empty());
+    }
+
+    #[test]
+    fn started_reply_errors_name_the_bad_part() {
+        let ok = vec![
+            "ok".to_owned(),
+            "2".to_owned(),
+            r#"{"id":3,"tool":"calculator","input":{"expression":"{step_1_output}"}}"#.to_owned(),
+            "default".to_owned(),
+            serde_json::to_string(&RunOptions::default()).unwrap_or_default(),
+            "1".to_owned(),
+            "42".to_owned(),
+        ];
+        let s = parse_started(&ok).unwrap();
+        assert_eq!(
+            (s.attempt, s.step.id, s.outputs.get(&1)),
+            (2, 3, Some(&serde_json::json!(42)))
+        );
+        let mut bad = ok.clone();
+        bad[2] = "{".into();
+        assert!(
+            parse_started(&bad)
+                .err()
+                .unwrap_or_default()
+                .contains("step spec")
+        );
+        let mut bad = ok.clone();
+        bad[6] = "not json".into();
+        assert!(
+            parse_started(&bad)
+                .err()
+                .unwrap_or_default()
+                .contains("output of step 1")
+        );
+        assert!(parse_started(&ok[..2]).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! Support for the Redis engine tests: a real redis-server per test (crane-testkit), fast
+//! engine timings, and in-process workers that stop on request.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crane_core::plan::Plan;
+use crane_core::run::RunOptions;
+use crane_core::tool::Toolbox;
+use crane_engine::api::InitOutcome;
+use crane_engine::metrics::Metrics;
+use crane_engine::{EngineConfig, EngineError, PoolName, RedisExecutor, Worker, WorkerConfig, api};
+use crane_testkit::RedisServer;
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const POOL: &str = "scenarios/default";
+
+/// Short leases and sweeps so recovery happens within a second or two.
+pub fn fast_config() -> EngineConfig {
+    EngineConfig {
+        lease: Duration::from_millis(1000),
+        sweep_interval: Duration::from_millis(200),
+        sweep_threshold: Duration::from_millis(1000),
+        ..EngineConfig::default()
+    }
+}
+
+pub struct Engine {
+    pub server: RedisServer,
+    pub client: redis::Client,
+    pub conn: ConnectionManager,
+    pub pool: PoolName,
+}
+
+pub async fn engine(aof: bool) -> Engine {
+    let server = match RedisServer::builder().aof(aof).start() {
+        Ok(s) => s,
+        Err(e) => panic!("cannot start redis-server: {e}"),
+    };
+    let client = api::client(&server.url(), None).unwrap_or_else(|e| panic!("{e}"));
+    let conn = api::connect(&client)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = PoolName::parse(POOL).unwrap_or_else(|e| panic!("{e}"));
+    Engine {
+        server,
+        client,
+        conn,
+        pool,
+    }
+}
+
+impl Engine {
+    pub fn executor(&self, toolbox: Arc<Toolbox>) -> RedisExecutor {
+        RedisExecutor::new(
+            self.client.clone(),
+            self.conn.clone(),
+            self.pool.clone(),
+            fast_config(),
+            toolbox.catalog().clone(),
+        )
+        .with_timeout(Duration::from_secs(120))
+    }
+
+    /// Creates run `run` on this engine's pool, in namespace `default` with the default
+    /// engine settings.
+    pub async fn init(
+        &mut self,
+        run: &str,
+        plan: &Plan,
+        options: &RunOptions,
+    ) -> Result<InitOutcome, EngineError> {
+        api::init_run(
+            &mut self.conn,
+            run,
+            "default",
+            &self.pool,
+            plan,
+            options,
+            &EngineConfig::default(),
+        )
+        .await
+    }
+
+    pub fn worker_config(&self, concurrency: usize) -> WorkerConfig {
+        let mut c = WorkerConfig::new(self.pool.clone());
+        c.concurrency = concurrency;
+        c.idle_timeout = None;
+        c.block = Duration::from_millis(200);
+        c.engine = fast_config();
+        c
+    }
+
+    /// `n` in-process workers sharing one toolbox (so test tools count calls across them).
+    pub async fn spawn_workers(
+        &self,
+        n: usize,
+        config: WorkerConfig,
+        toolbox: Arc<Toolbox>,
+    ) -> Workers {
+        let (tx, rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        for i in 0..n {
+            let mut c = config.clone();
+            c.consumer = format!("{}-{i}", c.consumer);
+            let w = Worker::new(&self.client, toolbox.clone(), c, Arc::new(Metrics::new()))
+                .await
+                .unwrap_or_else(|e| panic!("worker: {e}"));
+            let mut rx = rx.clone();
+            handles.push(tokio::spawn(async move {
+                w.run(async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }));
+        }
+        Workers { tx, handles }
+    }
+}
+
+pub struct Workers {
+    tx: watch::Sender<bool>,
+    handles: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Workers {
+    pub async fn stop(self) {
+        self.tx.send_replace(true);
+        for h in self.handles {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("worker failed: {e}"),
+                Err(e) => panic!("worker panicked: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The engine's scripts and pool operations against a real Redis: duplicate and late
+//! completions, lease reclaim, queue depth, circuit breakers, cancel, TTLs, hostile ids.
+
+mod common;
+mod redis_common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crane_core::plan::Plan;
+use crane_core::run::{RetryPolicy, RunOptions, RunPhase, StepPhase};
+use crane_core::tool::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec};
+use crane_engine::api::{InitOutcome, init_run, run_report};
+use crane_engine::queue::{BreakerPhase, PoolAfter, pool_after_cmd};
+use crane_engine::scripts::{SCRIPTS, eval_pipeline, eval_pipeline_rows, evalsha};
+use crane_engine::{
+    BreakerConfig, EngineConfig, EngineError, RunKeys, breaker_states, cancel_run, delete_run,
+    queue_depth,
+};
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+
+fn plan(steps: Value) -> Plan {
+    serde_json::from_value(json!({ "steps": steps })).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn start(
+    conn: &mut ConnectionManager,
+    run: &str,
+    step: &str,
+    owner: &str,
+    entry: &str,
+    mode: &str,
+) -> Vec<String> {
+    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let args = [
+        mode.to_owned(),
+        step.to_owned(),
+        owner.to_owned(),
+        entry.to_owned(),
+    ];
+    one_row(conn, evalsha(&SCRIPTS.start, &keys.script_keys(), &args)).await
+}
+
+/// The single row a batch script returns for a batch of one.
+async fn one_row(conn: &mut ConnectionManager, cmd: redis::Cmd) -> Vec<String> {
+    let mut rows = eval_pipeline_rows(conn, vec![cmd], "test batch of one")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows.remove(0)
+}
+
+async fn complete(
+    conn: &mut ConnectionManager,
+    run: &str,
+    step: &str,
+    owner: &str,
+    attempt: u32,
+    output: &str,
+) -> Vec<String> {
+    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let args = [
+        step.to_owned(),
+        owner.to_owned(),
+        attempt.to_string(),
+        "ok".into(),
+        output.to_owned(),
+        "0".into(),
+        "0".into(),
+    ];
+    one_row(conn, evalsha(&SCRIPTS.complete, &keys.script_keys(), &args)).await
+}
+
+#[tokio::test]
+async fn duplicate_and_late_completions_are_ignored() {
+    let mut e = redis_common::engine(false).await;
+    let p = plan(json!([
+        {"id": 1, "tool": "calculator", "input": {"expression": "1"}},
+        {"id": 2, "tool": "calculator", "input": {"expression": "2"}, "dependsOn": [1]},
+    ]));
+    let created = e.init("dup", &p, &RunOptions::default()).await;
+    assert_eq!(created.ok(), Some(InitOutcome::Created));
+    // Initialising again is idempotent, never a second run.
+    let again = e.init("dup", &p, &RunOptions::default()).await;
+    assert_eq!(again.ok(), Some(InitOutcome::AlreadyExists));
+
+    // Step 2 is not ready: a hint for it is dropped.
+    assert_eq!(
+        start(&mut e.conn, "dup", "2", "a", "1-1", "new").await[0],
+        "drop"
+    );
+    let s = start(&mut e.conn, "dup", "1", "a", "1-1", "new").await;
+    assert_eq!((s[0].as_str(), s[1].as_str()), ("ok", "1"), "{s:?}");
+    // A duplicated hint of a running step does not start it twice.
+    assert_eq!(
+        start(&mut e.conn, "dup", "1", "b", "1-2", "new").await[0],
+        "drop"
+    );
+    // A completion by someone who does not own the step is ignored.
+    assert_eq!(
+        complete(&mut e.conn, "dup", "1", "b", 1, "99").await[0],
+        "stale"
+    );
+    let c = complete(&mut e.conn, "dup", "1", "a", 1, "1").await;
+    assert_eq!(c[0], "accepted");
+    assert_eq!(
+        c.get(4).map(String::as_str),
+        Some("2|calculator"),
+        "step 2 became ready: {c:?}"
+    );
+    // The same completion delivered twice is ignored, and does not overwrite the output.
+    assert_eq!(
+        complete(&mut e.conn, "dup", "1", "a", 1, "7").await,
+        vec!["stale".to_owned(), "0".to_owned()]
+    );
+    let r = run_report(&mut e.conn, "dup")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.steps[0].output, Some(json!(1)));
+    assert_eq!(r.steps[0].attempts, 1);
+    assert_eq!(r.steps[1].phase, StepPhase::Ready);
+}
+
+/// Workers start and complete a whole batch of a run's steps in one script call; each item
+/// is judged on its own, in order, so a bad one never spoils its neighbours.
+#[tokio::test]
+async fn batched_starts_and_completions_judge_each_step_on_its_own() {
+    let mut e = redis_common::engine(false).await;
+    let p = plan(json!([
+        {"id": 1, "tool": "calculator", "input": {"expression": "1"}},
+        {"id": 2, "tool": "calculator", "input": {"expression": "2"}},
+        {"id": 3, "tool": "calculator", "input": {"expression": "3"}, "dependsOn": [1, 2]},
+    ]));
+    e.init("batch", &p, &RunOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys = RunKeys::new("batch").unwrap_or_else(|e| panic!("{e}"));
+    let args: Vec<String> = [
+        "new", "1", "a", "1-1", // ready: starts
+        "3", "a", "1-2", // waits for 1 and 2: dropped
+        "1", "b", "1-3", // the same step again in the same batch: dropped
+        "2", "a", "1-4", // ready: starts
+        "9", "a", "1-5", // not in the plan: dropped
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows = eval_pipeline_rows(
+        &mut e.conn,
+        vec![evalsha(&SCRIPTS.start, &keys.script_keys(), &args)],
+        "test batch start",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .remove(0);
+    let status: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(status, ["ok", "drop", "drop", "ok", "drop"], "{rows:?}");
+    assert_eq!(rows[2][1], "step is Running");
+    assert_eq!(rows[4][1], "no such step");
+
+    let done =
+        |id: &str, owner: &str, out: &str| [id, owner, "1", "ok", out, "0", "0"].map(String::from);
+    let args: Vec<String> = [
+        done("1", "b", "10"),
+        done("1", "a", "1"),
+        done("2", "a", "2"),
+    ]
+    .concat();
+    let rows = eval_pipeline_rows(
+        &mut e.conn,
+        vec![evalsha(&SCRIPTS.complete, &keys.script_keys(), &args)],
+        "test batch complete",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .remove(0);
+    // Step 1 belongs to owner a: b's completion is stale (and a holds the entry), a's counts.
+    assert_eq!(rows[0], ["stale", "1"]);
+    assert_eq!(&rows[1][..2], ["accepted", "Running"]);
+    assert_eq!(rows[1].len(), 4, "step 3 still waits for step 2: {rows:?}");
+    // The last completion of the batch frees step 3.
+    assert_eq!(rows[2].get(4).map(String::as_str), Some("3|calculator"));
+    let r = run_report(&mut e.conn, "batch")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.steps[0].output, Some(json!(1)));
+    assert_eq!(r.steps[1].output, Some(json!(2)));
+    assert_eq!(r.steps[2].phase, StepPhase::Ready);
+}
+
+#[tokio::test]
+async fn a_reclaimed_step_counts_an_attempt_and_the_old_owner_is_ignored() {
+    let mut e = redis_common::engine(false).await;
+    let p = plan(json!([{"id": 1, "tool": "calculator", "input": {"expression": "1"}}]));
+    let options = RunOptions {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        },
+        ..RunOptions::default()
+    };
+    e.init("reclaim", &p, &options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        start(&mut e.conn, "reclaim", "1", "a", "5-0", "new").await[1],
+        "1"
+    );
+    // Another worker reclaims the entry after the lease: a new attempt, a new owner.
+    assert_eq!(
+        start(&mut e.conn, "reclaim", "1", "b", "9-9", "reclaim").await[0],
+        "drop",
+        "wrong entry"
+    );
+    let s = start(&mut e.conn, "reclaim", "1", "b", "5-0", "reclaim").await;
+    assert_eq!((s[0].as_str(), s[1].as_str()), ("ok", "2"));
+    // The old owner's late completion is ignored and it must not acknowledge the entry.
+    assert_eq!(
+        complete(&mut e.conn, "reclaim", "1", "a", 1, "1").await,
+        vec!["stale".to_owned(), "1".to_owned()]
+    );
+    // With the attempts used up, one more reclaim fails the step for good.
+    let f = start(&mut e.conn, "reclaim", "1", "c", "5-0", "reclaim").await;
+    assert_eq!(
+        (f[0].as_str(), f[1].as_str()),
+        ("finished", "Failed"),
+        "{f:?}"
+    );
+    let r = run_report(&mut e.conn, "reclaim")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.phase, RunPhase::Failed);
+    let err = r.error.unwrap_or_default();
+    assert!(
+        err.contains("lease expired")
+            && err.starts_with("step 1 (calculator) failed after 2 attempts"),
+        "{err}"
+    );
+    // Finished runs expire.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(
+            RunKeys::new("reclaim")
+                .map(|k| k.meta())
+                .unwrap_or_default(),
+        )
+        .query_async(&mut e.conn)
+        .await
+        .unwrap_or(-3);
+    assert!(ttl > 0, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn queue_depth_counts_waiting_and_running() {
+    let mut e = redis_common::engine(false).await;
+    let empty = queue_depth(&mut e.conn, &e.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(empty.total(), 0);
+    let p = plan(json!(
+        (1..=5)
+            .map(|i| json!({"id": i, "tool": "calculator", "input": {"expression": "1"}}))
+            .collect::<Vec<_>>()
+    ));
+    e.init("depth", &p, &RunOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = queue_depth(&mut e.conn, &e.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((d.queued, d.running, d.delayed), (5, 0, 0));
+    crane_engine::queue::ensure_group(&mut e.conn, &e.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("t")
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(e.pool.queue())
+        .arg(">")
+        .query_async(&mut e.conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = queue_depth(&mut e.conn, &e.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((d.queued, d.running, d.total()), (3, 2, 5));
+}
+
+#[tokio::test]
+async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
+    let mut e = redis_common::engine(false).await;
+    let p = plan(json!([
+        {"id": 1, "tool": "wait", "input": {"ms": 10}},
+        {"id": 2, "tool": "wait", "input": {"ms": 10}, "dependsOn": [1]},
+    ]));
+    e.init("cancel", &p, &RunOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        start(&mut e.conn, "cancel", "1", "a", "1-0", "new").await[0],
+        "ok"
+    );
+    // Step 1 runs on: the run is not over until it ends.
+    assert_eq!(
+        cancel_run(&mut e.conn, "cancel").await.ok(),
+        Some(RunPhase::Running)
+    );
+    let c = complete(&mut e.conn, "cancel", "1", "a", 1, "{}").await;
+    assert_eq!(
+        (c[0].as_str(), c[1].as_str(), c.len()),
+        ("accepted", "Cancelled", 4),
+        "nothing new starts: {c:?}"
+    );
+    let r = run_report(&mut e.conn, "cancel")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (r.steps[0].phase, r.steps[1].phase),
+        (StepPhase::Succeeded, StepPhase::Skipped)
+    );
+    assert_eq!(
+        r.error.as_deref(),
+        Some("run cancelled after 1 of 2 steps succeeded")
+    );
+    delete_run(&mut e.conn, "cancel")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        run_report(&mut e.conn, "cancel").await,
+        Err(EngineError::RunNotFound(_))
+    ));
+    assert!(matches!(
+        cancel_run(&mut e.conn, "cancel").await,
+        Err(EngineError::RunNotFound(_))
+    ));
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(e.pool.runs())
+        .query_async(&mut e.conn)
+        .await
+        .unwrap_or_default();
+    assert!(members.is_empty(), "{members:?}");
+}
+
+#[tokio::test]
+async fn hostile_ids_never_reach_redis() {
+    let mut e = redis_common::engine(false).await;
+    let p = plan(json!([{"id": 1, "tool": "calculator", "input": {"expression": "1"}}]));
+    for bad in ["a}b", "{x}", "a|b", "", "x y", "a\nb"] {
+        let r = e.init(bad, &p, &RunOptions::default()).await;
+        assert!(
+            matches!(r, Err(EngineError::InvalidRunId { .. })),
+            "{bad:?}: {r:?}"
+        );
+        assert!(matches!(
+            run_report(&mut e.conn, bad).await,
+            Err(EngineError::InvalidRunId { .. })
+        ));
+    }
+    let r = init_run(
+        &mut e.conn,
+        "ok",
+        "Bad NS",
+        &e.pool,
+        &p,
+        &RunOptions::default(),
+        &EngineConfig::default(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(EngineError::InvalidNamespace { .. })),
+        "{r:?}"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut e.conn)
+        .await
+        .unwrap_or_default();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+fn breaker_cfg() -> BreakerConfig {
+    BreakerConfig {
+        failure_threshold: 2,
+        cooldown: Duration::from_millis(300),
+        success_threshold: 2,
+    }
+}
+
+async fn record(e: &mut redis_common::Engine, ok: bool) -> Vec<String> {
+    let after = PoolAfter {
+        run: "r".into(),
+        breaker: Some(("wait".into(), Some(ok))),
+        ..PoolAfter::default()
+    };
+    let cmd = pool_after_cmd(&e.pool, &breaker_cfg(), &[after]);
+    let reply = eval_pipeline(&mut e.conn, vec![cmd], "test breaker")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    // One section naming one tool: {tool, state, remaining_open_ms}.
+    assert_eq!(reply.first().map(String::as_str), Some("wait"), "{reply:?}");
+    reply.into_iter().skip(1).collect()
+}
+
+async fn phase_of(e: &mut redis_common::Engine) -> BreakerPhase {
+    let states = breaker_states(&mut e.conn, &e.pool, &breaker_cfg())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    states
+        .iter()
+        .find(|s| s.tool == "wait")
+        .map(|s| s.phase)
+        .unwrap_or_default()
+}
+
+async fn until_half_open(e: &mut redis_common::Engine) {
+    while phase_of(e).await != BreakerPhase::HalfOpen {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn breaker_opens_half_opens_and_closes() {
+    let mut e = redis_common::engine(false).await;
+    assert_eq!(record(&mut e, false).await[0], "closed");
+    // A success resets the consecutive count.
+    record(&mut e, true).await;
+    assert_eq!(record(&mut e, false).await[0], "closed");
+    let opened = record(&mut e, false).await;
+    assert_eq!(opened[0], "open");
+    assert!(opened[1].parse::<u64>().unwrap_or(0) > 0, "{opened:?}");
+    assert_eq!(phase_of(&mut e).await, BreakerPhase::Open);
+    until_half_open(&mut e).await;
+    // A failed probe re-opens it.
+    assert_eq!(record(&mut e, false).await[0], "open");
+    until_half_open(&mut e).await;
+    assert_eq!(record(&mut e, true).await[0], "half_open");
+    assert_eq!(record(&mut e, true).await[0], "closed");
+    assert_eq!(phase_of(&mut e).await, BreakerPhase::Closed);
+}
+
+/// `gate`: fails transiently while the switch is on (a dependency that is down).
+struct Gate(Arc<AtomicBool>);
+
+impl Tool for Gate {
+    fn execute<'a>(&'a self, _ctx: &'a ToolContext, _input: Value) -> ToolFuture<'a> {
+        Box::pin(async move {
+            if self.0.load(Ordering::SeqCst) {
+                Err(ToolError::Transient("gate is shut".into()))
+            } else {
+                Ok(json!("open"))
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
+    let mut e = redis_common::engine(false).await;
+    let shut = Arc::new(AtomicBool::new(true));
+    let gate = ToolSpec::new(
+        "gate",
+        "Fails while the test holds the gate shut.",
+        json!({"type": "object", "properties": {}, "additionalProperties": false}),
+    );
+    let toolbox = Arc::new(
+        crane_tools::in_memory().with([(gate, Arc::new(Gate(shut.clone())) as Arc<dyn Tool>)]),
+    );
+    let mut config = e.worker_config(4);
+    config.engine.breaker = BreakerConfig {
+        failure_threshold: 2,
+        cooldown: Duration::from_millis(2000),
+        success_threshold: 1,
+    };
+    let workers = e.spawn_workers(1, config.clone(), toolbox).await;
+    let options = RunOptions {
+        retry: RetryPolicy {
+            max_attempts: 20,
+            initial_backoff_ms: 1,
+            max_backoff_ms: 1,
+        },
+        ..RunOptions::default()
+    };
+    // Two failures open the breaker (each step fails once, then waits for a retry).
+    let p = plan(
+        json!([{"id": 1, "tool": "gate", "input": {}}, {"id": 2, "tool": "gate", "input": {}}]),
+    );
+    init_run(
+        &mut e.conn,
+        "gated",
+        "default",
+        &e.pool,
+        &p,
+        &options,
+        &config.engine,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    loop {
+        let states = breaker_states(&mut e.conn, &e.pool, &config.engine.breaker)
+            .await
+            .unwrap_or_default();
+        if states
+            .iter()
+            .any(|s| s.tool == "gate" && s.phase == BreakerPhase::Open)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The next hints are parked until the breaker half-opens (due far later than any 1 ms
+    // retry backoff), and nothing fails meanwhile.
+    loop {
+        let (secs, _): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut e.conn)
+            .await
+            .unwrap_or((0, 0));
+        let parked: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(e.pool.delayed())
+            .arg(secs * 1000 + 500)
+            .arg("+inf")
+            .query_async(&mut e.conn)
+            .await
+            .unwrap_or_default();
+        if !parked.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = run_report(&mut e.conn, "gated")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.phase, RunPhase::Running, "{r:#?}");
+    assert!(
+        r.steps
+            .iter()
+            .all(|s| s.phase != StepPhase::Failed && s.attempts < 20),
+        "{r:#?}"
+    );
+    shut.store(false, Ordering::SeqCst);
+    let r = crane_engine::wait_for_run(
+        &e.client,
+        &mut e.conn,
+        "gated",
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
+    assert_eq!(r.result, Some(json!({"step_1": "open", "step_2": "open"})));
+    workers.stop().await;
+}
