@@ -5,12 +5,12 @@
 
 pub mod agentrun;
 pub mod context;
+pub mod controller;
 pub mod leader;
 pub mod metrics;
-pub mod security;
+pub mod pod;
 pub mod workerpool;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,32 +20,12 @@ use kube::Api;
 use kube::runtime::wait::{await_condition, conditions};
 
 pub use context::{Config, Context, FIELD_MANAGER, SecretKeyRef};
+pub use controller::Shutdown;
 pub use crane_api::{
     AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, BreakerState, BreakerStatus,
     PlannerSpec, StepStatus, WorkerPool, WorkerPoolSpec, WorkerPoolStatus, WorkerTemplate,
 };
 pub use metrics::Metrics;
-
-/// A future that resolves when the operator is asked to stop; cloneable so every task gets
-/// one.
-#[derive(Clone)]
-pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
-
-impl Shutdown {
-    /// A trigger and its first receiver.
-    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, Self(rx))
-    }
-
-    /// Resolves once shutdown was requested (or the trigger was dropped).
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
-        let mut rx = self.0.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    }
-}
 
 /// JSON logs on stderr, filtered by `RUST_LOG` (default info).
 pub fn init_logging() {
@@ -168,7 +148,7 @@ async fn run_controllers(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Resul
     tracing::info!("starting controllers");
     let (ar, wp) = tokio::join!(
         agentrun::run(ctx.clone(), shutdown.clone()),
-        workerpool::run(ctx.clone(), shutdown.wait()),
+        workerpool::run(ctx.clone(), shutdown.clone()),
     );
     ar.context("agentrun controller")?;
     wp.context("workerpool controller")?;

@@ -21,17 +21,19 @@ use std::collections::BTreeMap;
 
 use crane_core::plan::{Plan, StepId};
 use crane_core::run::{RunPhase, StepPhase};
+use crane_engine::EngineConfig;
 use crane_engine::api::{InitOutcome, run_report};
 use crane_engine::{EngineError, PoolName, RestoredStep, RetryOutcome, restore_run, retry_run};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::runtime::controller::Action;
+use redis::aio::ConnectionManager;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::{Ctrl, Error, RESYNC, build, engine_err};
+use super::build;
+use super::error::{Error, engine_err};
 use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus, CONDITION_COMPLETE, CONDITION_FAILED};
-use crane_core::text::truncate;
+use crane_core::text::{prefix, truncate};
 
 /// Annotation that asks for a retry of a Failed run; its value is any new token.
 pub const RETRY_ANNOTATION: &str = "crane.dev/retry";
@@ -47,18 +49,9 @@ pub fn retry_requested(run: &AgentRun) -> Option<String> {
     if value.is_empty() {
         return None;
     }
-    let token = cut(value, MAX_RETRY_TOKEN_BYTES);
+    let token = prefix(value, MAX_RETRY_TOKEN_BYTES).to_owned();
     let handled = run.status.as_ref().and_then(|s| s.retry_token.as_deref());
     (handled != Some(token.as_str())).then_some(token)
-}
-
-/// `s` cut to at most `max` bytes at a character boundary (no ellipsis: it is an identity).
-fn cut(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 /// Whether a mirrored output is the stub `truncate_json` leaves for a large output.
@@ -142,7 +135,12 @@ fn plan_of(run: &AgentRun) -> Option<Plan> {
 
 /// Re-creates the run in Redis from its status (Redis lost it). Returns whether a plan was
 /// there to rebuild from.
-async fn rebuild_in_engine(run: &AgentRun, ctrl: &Ctrl, uid: &str) -> Result<bool, Error> {
+async fn rebuild_in_engine(
+    run: &AgentRun,
+    redis: &mut ConnectionManager,
+    engine: &EngineConfig,
+    uid: &str,
+) -> Result<bool, Error> {
     let Some(plan) = plan_of(run) else {
         return Ok(false);
     };
@@ -150,16 +148,15 @@ async fn rebuild_in_engine(run: &AgentRun, ctrl: &Ctrl, uid: &str) -> Result<boo
     let pool = PoolName::parse(&format!("{ns}/{}", run.spec.worker_pool))
         .map_err(engine_err("naming the run's pool"))?;
     let completed = completed_from_status(&run.status.clone().unwrap_or_default(), &plan);
-    let mut redis = ctrl.ctx.redis();
     let outcome = restore_run(
-        &mut redis,
+        redis,
         uid,
         &ns,
         &pool,
         &plan,
         &build::run_options(run),
         &completed,
-        &ctrl.engine,
+        engine,
     )
     .await
     .map_err(engine_err("rebuilding the run from its status"))?;
@@ -175,41 +172,36 @@ async fn rebuild_in_engine(run: &AgentRun, ctrl: &Ctrl, uid: &str) -> Result<boo
 }
 
 /// Running, but Redis has no such run: rebuild it from the status and mirror the result.
-pub(super) async fn rebuild(
+pub async fn rebuild(
     run: &AgentRun,
-    ctrl: &Ctrl,
+    redis: &mut ConnectionManager,
+    engine: &EngineConfig,
     uid: &str,
     now: &Time,
-) -> Result<(AgentRunStatus, Action), Error> {
-    if !rebuild_in_engine(run, ctrl, uid).await? {
-        return Ok((
-            build::failed_early(
-                run,
-                build::REASON_PLANNER_FAILED,
-                "the run is missing from redis and no plan is left to rebuild it from",
-                now,
-            ),
-            Action::await_change(),
+) -> Result<AgentRunStatus, Error> {
+    if !rebuild_in_engine(run, redis, engine, uid).await? {
+        return Ok(build::failed_early(
+            run,
+            build::REASON_PLANNER_FAILED,
+            "the run is missing from redis and no plan is left to rebuild it from",
+            now,
         ));
     }
-    let mut redis = ctrl.ctx.redis();
-    let report = run_report(&mut redis, uid)
+    let report = run_report(redis, uid)
         .await
         .map_err(engine_err("reading the rebuilt run"))?;
-    Ok((
-        build::from_report(run, &report, false, now)?,
-        Action::requeue(RESYNC),
-    ))
+    Ok(build::from_report(run, &report, false, now)?)
 }
 
 /// Failed, and a new retry token is set: re-run the failed and skipped steps.
-pub(super) async fn retry(
+pub async fn retry(
     run: &AgentRun,
-    ctrl: &Ctrl,
+    redis: &mut ConnectionManager,
+    engine: &EngineConfig,
     uid: &str,
     token: &str,
     now: &Time,
-) -> Result<(AgentRunStatus, Action), Error> {
+) -> Result<AgentRunStatus, Error> {
     let old = run.status.clone().unwrap_or_default();
     if build::is_invalid_plan(&old) || plan_of(run).is_none() || !ran_steps(&old) {
         warn!(
@@ -218,15 +210,14 @@ pub(super) async fn retry(
         );
         let mut status = old;
         status.retry_token = Some(token.to_owned());
-        return Ok((status, Action::await_change()));
+        return Ok(status);
     }
-    let mut redis = ctrl.ctx.redis();
-    match retry_run(&mut redis, uid, &ctrl.engine).await {
+    match retry_run(redis, uid, engine).await {
         Ok(RetryOutcome::Retried { steps }) => info!(token, steps, "retrying the failed run"),
         // An earlier retry reached Redis but not the status: mirror what it became.
         Ok(RetryOutcome::NotFailed(phase)) => info!(token, ?phase, "the run was already retried"),
         Err(EngineError::RunNotFound(_)) => {
-            rebuild_in_engine(run, ctrl, uid).await?;
+            rebuild_in_engine(run, redis, engine, uid).await?;
             info!(
                 token,
                 "retrying the failed run from its status (redis lost it)"
@@ -234,7 +225,7 @@ pub(super) async fn retry(
         }
         Err(e) => return Err(engine_err("retrying the run")(e)),
     }
-    let report = run_report(&mut redis, uid)
+    let report = run_report(redis, uid)
         .await
         .map_err(engine_err("reading the retried run"))?;
     let mut status = build::from_report(run, &report, false, now)?;
@@ -243,7 +234,7 @@ pub(super) async fn retry(
     } else {
         status.retry_token = Some(token.to_owned());
     }
-    Ok((status, Action::requeue(RESYNC)))
+    Ok(status)
 }
 
 /// Whether the run got as far as the engine (its status lists steps).

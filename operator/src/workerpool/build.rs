@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use crane_engine::queue::BreakerPhase;
 use crane_engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
 use crate::context::{Config, SecretKeyRef};
-use crate::security::{restricted_container_security, restricted_pod_security};
+use crate::controller::set_condition;
+use crate::pod::hardened_pod;
 use crane_api::{BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolStatus};
 
 /// Label every worker Job and pod carries: `app.kubernetes.io/name=crane-worker`.
@@ -34,8 +35,6 @@ const MAX_JOB_NAME: usize = 63;
 /// Longest breaker list kept in status; tools are a bounded set, this guards the object
 /// size against a Redis hash filled by something else.
 pub const MAX_BREAKERS_IN_STATUS: usize = 100;
-/// Longest condition message, in bytes.
-const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Why a WorkerPool cannot be served as written; shown in its Ready condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,9 +211,13 @@ pub fn worker_job(
         ]),
         env: (!env.is_empty()).then_some(env),
         resources: template.resources,
-        security_context: Some(restricted_container_security()),
         ..Container::default()
     };
+    let mut pod = hardened_pod(labels.clone(), container);
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_selector = template.node_selector;
+        spec.tolerations = template.tolerations;
+    }
 
     Job {
         metadata: ObjectMeta {
@@ -231,22 +234,7 @@ pub fn worker_job(
             completions: Some(1),
             parallelism: Some(1),
             ttl_seconds_after_finished: Some(FINISHED_JOB_TTL_SECONDS),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".to_owned()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(restricted_pod_security()),
-                    node_selector: template.node_selector,
-                    tolerations: template.tolerations,
-                    containers: vec![container],
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod,
             ..JobSpec::default()
         }),
         status: None,
@@ -392,16 +380,14 @@ pub fn status(
             )
         }
     };
-    new.conditions = set_condition(
-        &old.conditions,
-        Condition {
-            type_: CONDITION_READY.to_owned(),
-            status: if ready { "True" } else { "False" }.to_owned(),
-            reason: why.to_owned(),
-            message: crane_core::text::truncate(&message, MAX_MESSAGE_BYTES),
-            observed_generation: pool.meta().generation,
-            last_transition_time: now.clone(),
-        },
+    set_condition(
+        &mut new.conditions,
+        CONDITION_READY,
+        ready,
+        why,
+        &message,
+        pool.meta().generation,
+        now,
     );
     new
 }
@@ -411,31 +397,4 @@ fn latest<'a>(a: Option<&'a Time>, b: Option<&'a Time>) -> Option<&'a Time> {
         (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
         (a, b) => a.or(b),
     }
-}
-
-/// `conditions` with `cond` replacing the one of its type; the old `lastTransitionTime` is
-/// kept when the status did not change.
-pub fn set_condition(conditions: &[Condition], mut cond: Condition) -> Vec<Condition> {
-    let mut out: Vec<Condition> = conditions
-        .iter()
-        .filter(|c| c.type_ != cond.type_)
-        .cloned()
-        .collect();
-    if let Some(prev) = conditions.iter().find(|c| c.type_ == cond.type_)
-        && prev.status == cond.status
-    {
-        cond.last_transition_time = prev.last_transition_time.clone();
-    }
-    out.push(cond);
-    out.sort_by(|a, b| a.type_.cmp(&b.type_));
-    out
-}
-
-/// Ready reason of a status, if any (for logs and the requeue decision).
-pub fn ready_reason(status: &WorkerPoolStatus) -> Option<&str> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_READY)
-        .map(|c| c.reason.as_str())
 }

@@ -31,12 +31,11 @@ pub mod build;
 mod tests;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crane_engine::{BreakerConfig, EngineError, PoolName, QueueDepth};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -51,15 +50,15 @@ use serde_json::json;
 
 use self::build::{Observation, SpecError, WorkerSettings};
 use crate::context::{Context, FIELD_MANAGER};
+use crate::controller::{Backoff, Shutdown, apply_status, set_condition};
 use crate::metrics::Controller as MetricsController;
-use crane_api::{AgentRun, WorkerPool, WorkerPoolStatus};
+use crane_api::{AgentRun, WorkerPool};
 
 /// How often every pool's queue depth is read: the autoscaler's reaction time to steps that
 /// arrive without an AgentRun event. One cheap Redis script call per pool.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// First and largest per-object backoff after a transient error.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
 
 /// Everything that can fail in one reconcile; one variant per step.
 #[derive(Debug, thiserror::Error)]
@@ -122,16 +121,16 @@ impl Error {
     }
 }
 
-/// The controller's state: the shared context, per-object error counts for backoff, and
-/// each pool's last scale-up (by uid) so a stale cached pool cannot erase it from status.
-struct State {
+/// The controller's state: the shared context, per-object backoff, and each pool's last
+/// scale-up (by uid) so a stale cached pool cannot erase it from status.
+struct Reconciler {
     ctx: Arc<Context>,
     settings: WorkerSettings,
-    failures: Mutex<HashMap<(String, String), u32>>,
+    backoff: Backoff,
     scaled_at: Mutex<HashMap<String, Time>>,
 }
 
-impl State {
+impl Reconciler {
     fn last_scale(&self, pool: &WorkerPool) -> Option<Time> {
         let uid = pool.meta().uid.as_deref()?;
         let map = self.scaled_at.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,34 +147,17 @@ impl State {
             None => map.remove(&uid),
         };
     }
-
-    fn record(&self, key: (String, String), failed: bool) -> u32 {
-        // A poisoned lock only means another reconcile panicked; the counts stay usable.
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failed {
-            let n = map.entry(key).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        } else {
-            map.remove(&key);
-            0
-        }
-    }
 }
 
 /// Runs the controller (one watch per configured namespace, or cluster-wide) until
 /// `shutdown` resolves and in-flight reconciles have finished.
-pub async fn run(
-    ctx: Arc<Context>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
-    let state = Arc::new(State {
+pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
+    let reconciler = Arc::new(Reconciler {
         settings: WorkerSettings::from_config(&ctx.config),
         ctx: ctx.clone(),
-        failures: Mutex::new(HashMap::new()),
+        backoff: Backoff::new(BACKOFF.0, BACKOFF.1),
         scaled_at: Mutex::new(HashMap::new()),
     });
-    let shutdown = shutdown.shared();
     let scopes: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
         vec![None]
     } else {
@@ -209,8 +191,8 @@ pub async fn run(
             // queue changes: reconcile the pool at once instead of at the next idle poll.
             .watches(runs, watcher::Config::default().any_semantic(), pool_of_run)
             .with_config(config)
-            .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile, error_policy, state.clone())
+            .graceful_shutdown_on(shutdown.wait())
+            .run(reconcile, error_policy, reconciler.clone())
             .for_each(|res| async move {
                 match res {
                     Ok((obj, action)) => tracing::debug!(object = %obj, ?action, "reconciled"),
@@ -238,21 +220,21 @@ fn pool_of_run(run: DeserializeGuard<AgentRun>) -> Option<ObjectRef<DeserializeG
 #[tracing::instrument(skip_all, fields(namespace, pool))]
 async fn reconcile(
     guard: Arc<DeserializeGuard<WorkerPool>>,
-    state: Arc<State>,
+    reconciler: Arc<Reconciler>,
 ) -> Result<Action, Error> {
     let started = Instant::now();
-    let key = (guard.namespace().unwrap_or_default(), guard.name_any());
+    let (namespace, name) = (guard.namespace().unwrap_or_default(), guard.name_any());
     tracing::Span::current()
-        .record("namespace", key.0.as_str())
-        .record("pool", key.1.as_str());
-    let result = reconcile_pool(&guard, &state).await;
-    state.ctx.metrics.reconciled(
+        .record("namespace", namespace.as_str())
+        .record("pool", name.as_str());
+    let result = reconcile_pool(&guard, &reconciler).await;
+    reconciler.ctx.metrics.reconciled(
         MetricsController::workerpool,
         result.as_ref().map_or_else(Error::metric_label, |_| "ok"),
         started.elapsed(),
     );
     if result.is_ok() {
-        state.record(key, false);
+        reconciler.backoff.succeeded(&format!("{namespace}/{name}"));
     }
     result
 }
@@ -260,36 +242,27 @@ async fn reconcile(
 fn error_policy(
     guard: Arc<DeserializeGuard<WorkerPool>>,
     err: &Error,
-    state: Arc<State>,
+    reconciler: Arc<Reconciler>,
 ) -> Action {
     if err.awaits_change() {
         tracing::warn!(error = %err, "waiting for the WorkerPool to change");
         return Action::await_change();
     }
-    let n = state.record(
-        (guard.namespace().unwrap_or_default(), guard.name_any()),
-        true,
+    let key = format!(
+        "{}/{}",
+        guard.namespace().unwrap_or_default(),
+        guard.name_any()
     );
-    let delay = backoff(n);
+    let delay = reconciler.backoff.failed(&key);
     tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
     Action::requeue(delay)
 }
 
-/// Exponential backoff for the `n`th consecutive failure (n ≥ 1), with up to 25 % jitter so
-/// pools failing together (Redis down) do not retry in lockstep.
-fn backoff(n: u32) -> Duration {
-    let base = BACKOFF_MIN
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX);
-    let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 4);
-    base + Duration::from_millis(jitter)
-}
-
 async fn reconcile_pool(
     guard: &DeserializeGuard<WorkerPool>,
-    state: &State,
+    reconciler: &Reconciler,
 ) -> Result<Action, Error> {
-    let ctx = &state.ctx;
+    let ctx = &reconciler.ctx;
     // read
     let pool = match &guard.0 {
         Ok(pool) => pool,
@@ -309,12 +282,12 @@ async fn reconcile_pool(
         }
     };
     if pool.meta().deletion_timestamp.is_some() {
-        state.set_last_scale(pool, None);
+        reconciler.set_last_scale(pool, None);
         // Worker Jobs go with the pool through their owner references.
         return Ok(Action::await_change());
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let mut last_scale = state.last_scale(pool);
+    let mut last_scale = reconciler.last_scale(pool);
 
     // validate
     let engine_pool = match build::validate(pool) {
@@ -323,12 +296,7 @@ async fn reconcile_pool(
             let obs = Observation::Invalid {
                 message: err.to_string(),
             };
-            write_status(
-                ctx,
-                pool,
-                &build::status(pool, &obs, &now, last_scale.as_ref()),
-            )
-            .await?;
+            write_status(ctx, pool, &obs, &now, last_scale.as_ref()).await?;
             return Err(err.into());
         }
     };
@@ -361,12 +329,7 @@ async fn reconcile_pool(
                 active,
                 message: source.to_string(),
             };
-            write_status(
-                ctx,
-                pool,
-                &build::status(pool, &obs, &now, last_scale.as_ref()),
-            )
-            .await?;
+            write_status(ctx, pool, &obs, &now, last_scale.as_ref()).await?;
             return Err(Error::Redis {
                 pool: engine_pool.to_string(),
                 source,
@@ -387,11 +350,11 @@ async fn reconcile_pool(
     // apply
     let mut created = 0;
     for _ in 0..missing {
-        match create_worker(ctx, &jobs_api, pool, &engine_pool, &state.settings).await {
+        match create_worker(ctx, &jobs_api, pool, &engine_pool, &reconciler.settings).await {
             Ok(()) => {
                 created += 1;
                 if created == 1 {
-                    state.set_last_scale(pool, Some(now.clone()));
+                    reconciler.set_last_scale(pool, Some(now.clone()));
                     last_scale = Some(now.clone());
                 }
             }
@@ -402,12 +365,7 @@ async fn reconcile_pool(
                     desired,
                     message: err.to_string(),
                 };
-                write_status(
-                    ctx,
-                    pool,
-                    &build::status(pool, &obs, &now, last_scale.as_ref()),
-                )
-                .await?;
+                write_status(ctx, pool, &obs, &now, last_scale.as_ref()).await?;
                 return Err(err);
             }
         }
@@ -432,12 +390,7 @@ async fn reconcile_pool(
         desired,
         created,
     };
-    write_status(
-        ctx,
-        pool,
-        &build::status(pool, &obs, &now, last_scale.as_ref()),
-    )
-    .await?;
+    write_status(ctx, pool, &obs, &now, last_scale.as_ref()).await?;
 
     Ok(Action::requeue(POLL_INTERVAL))
 }
@@ -477,32 +430,21 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Writes `status` with server-side apply when it differs from what the object holds.
+/// Writes the status `obs` leads to, with server-side apply, when it differs from what the
+/// object holds.
 async fn write_status(
     ctx: &Context,
     pool: &WorkerPool,
-    status: &WorkerPoolStatus,
+    obs: &Observation,
+    now: &Time,
+    last_scale: Option<&Time>,
 ) -> Result<(), Error> {
-    if pool.status.as_ref() == Some(status) {
+    let status = build::status(pool, obs, now, last_scale);
+    if pool.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<WorkerPool> =
-        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": WorkerPool::api_version(&()),
-        "kind": WorkerPool::kind(&()),
-        "status": status,
-    });
-    let res = api
-        .patch_status(
-            &pool.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
-    ctx.metrics
-        .api_write(MetricsController::workerpool, "apply_status");
-    res.map(|_| ()).map_err(Error::Status)
+    let ns = pool.namespace().unwrap_or_default();
+    apply_pool_status(ctx, &ns, &pool.name_any(), &status).await
 }
 
 /// Marks a pool that cannot be deserialized as not Ready, naming the problem.
@@ -515,30 +457,30 @@ async fn patch_malformed(
     if namespace.is_empty() || name.is_empty() {
         return Ok(());
     }
+    let mut conditions = Vec::new();
+    set_condition(
+        &mut conditions,
+        crane_api::CONDITION_READY,
+        false,
+        build::reason::INVALID_SPEC,
+        message,
+        None,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    apply_pool_status(ctx, namespace, name, &json!({ "conditions": conditions })).await
+}
+
+async fn apply_pool_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), Error> {
     let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), namespace);
-    let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        type_: crane_api::CONDITION_READY.to_owned(),
-        status: "False".to_owned(),
-        reason: build::reason::INVALID_SPEC.to_owned(),
-        message: crane_core::text::truncate(message, 1024),
-        observed_generation: None,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-    };
-    let patch = json!({
-        "apiVersion": WorkerPool::api_version(&()),
-        "kind": WorkerPool::kind(&()),
-        "status": { "conditions": [condition] },
-    });
-    let res = api
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
+    let res = apply_status(&api, name, status).await;
     ctx.metrics
         .api_write(MetricsController::workerpool, "apply_status");
-    res.map(|_| ()).map_err(Error::Status)
+    res.map_err(Error::Status)
 }
 
 /// A `ScaledUp` Event on the pool; best effort (an Event lost is not worth a retry).

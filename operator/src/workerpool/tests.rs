@@ -11,7 +11,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::ResourceExt;
 
-use super::backoff;
 use super::build::{self, Observation, SpecError, WorkerSettings, reason};
 use crate::context::SecretKeyRef;
 use crane_api::{BreakerState, CONDITION_READY, WorkerPool, WorkerPoolSpec, WorkerTemplate};
@@ -666,19 +665,6 @@ fn invalid_and_failed_creates_are_reported_with_bounded_messages() {
         ("False", reason::JOB_CREATE_FAILED)
     );
     assert!(m.contains("forbidden"), "{m}");
-}
-
-#[test]
-fn backoff_grows_and_is_capped() {
-    let ms = |n| backoff(n).as_millis();
-    assert!((500..=625).contains(&ms(1)), "{}", ms(1));
-    assert!((1000..=1250).contains(&ms(2)), "{}", ms(2));
-    assert!((60_000..=75_000).contains(&ms(40)), "{}", ms(40));
-    assert!(
-        (60_000..=75_000).contains(&ms(u32::MAX)),
-        "{}",
-        ms(u32::MAX)
-    );
 }
 
 #[test]

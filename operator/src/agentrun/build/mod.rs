@@ -6,15 +6,14 @@ use std::collections::BTreeMap;
 
 use crane_core::run::{RunOptions, RunReport, StepPhase};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 
 use crate::context::Config;
-use crate::security::{restricted_container_security, restricted_pod_security};
+pub use crate::controller::set_condition;
+use crate::pod::hardened_pod;
 use crane_api::{
     AgentRun, AgentRunPhase, AgentRunStatus, ApiError, CONDITION_COMPLETE, CONDITION_FAILED,
     CONDITION_PLANNED, MAX_ERROR_BYTES, MAX_RESULT_BYTES, REASON_INVALID_PLAN, StepStatus,
@@ -31,7 +30,6 @@ pub const REASON_DEADLINE: &str = "DeadlineExceeded";
 pub const REASON_CANCELLED: &str = "Cancelled";
 pub const REASON_STEP_FAILED: &str = "StepFailed";
 pub const REASON_SUCCEEDED: &str = "Succeeded";
-pub const REASON_RUNNING: &str = "Running";
 
 /// Env var carrying the prompt into the planner pod (never the command line: prompts may be
 /// long or sensitive, and command lines show up in `ps` and pod specs' args listings).
@@ -173,7 +171,6 @@ pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
             ])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(restricted_container_security()),
         ..Container::default()
     };
     Ok(Job {
@@ -189,20 +186,7 @@ pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
             active_deadline_seconds: Some(i64::from(
                 run.spec.active_deadline_seconds.min(MAX_PLANNER_SECONDS),
             )),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".to_owned()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(restricted_pod_security()),
-                    containers: vec![container],
-                    ..PodSpec::default()
-                }),
-            },
+            template: hardened_pod(labels, container),
             ..JobSpec::default()
         }),
         status: None,
@@ -233,43 +217,9 @@ pub fn job_failed(job: &Job) -> Option<String> {
     }
 }
 
-/// Sets condition `type_` in standard form; `lastTransitionTime` moves only when the status
-/// value changes (a new reason or message alone keeps it).
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    now: &Time,
-) {
-    let status = if status { "True" } else { "False" }.to_owned();
-    let message = truncate(message, 1024);
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = now.clone();
-            }
-            c.status = status;
-            c.reason = reason.to_owned();
-            c.message = message;
-            c.observed_generation = generation;
-        }
-        None => conditions.push(Condition {
-            type_: type_.to_owned(),
-            status,
-            reason: reason.to_owned(),
-            message,
-            observed_generation: generation,
-            last_transition_time: now.clone(),
-        }),
-    }
-}
-
-/// The condition `type_`, if set.
+/// The condition `type_` of a run's status, if set.
 pub fn condition<'a>(status: &'a AgentRunStatus, type_: &str) -> Option<&'a Condition> {
-    status.conditions.iter().find(|c| c.type_ == type_)
+    crate::controller::condition(&status.conditions, type_)
 }
 
 /// Common start of every status the controller writes: the current one with the generation
@@ -371,24 +321,7 @@ pub fn failed_early(run: &AgentRun, reason: &str, message: &str, now: &Time) -> 
         run.metadata.generation,
         now,
     );
-    set_condition(
-        &mut s.conditions,
-        CONDITION_FAILED,
-        true,
-        reason,
-        message,
-        run.metadata.generation,
-        now,
-    );
-    set_condition(
-        &mut s.conditions,
-        CONDITION_COMPLETE,
-        false,
-        reason,
-        "the run did not succeed",
-        run.metadata.generation,
-        now,
-    );
+    ended_unsuccessfully(&mut s, reason, message, false, run.metadata.generation, now);
     s
 }
 
@@ -399,25 +332,50 @@ pub fn cancelled_early(run: &AgentRun, now: &Time) -> AgentRunStatus {
     s.error = Some("run cancelled before any step started (spec.cancel)".to_owned());
     s.finished_at.get_or_insert_with(|| now.clone());
     let generation = run.metadata.generation;
-    set_condition(
-        &mut s.conditions,
-        CONDITION_FAILED,
-        true,
+    ended_unsuccessfully(
+        &mut s,
         REASON_CANCELLED,
         "spec.cancel is true",
-        generation,
-        now,
-    );
-    set_condition(
-        &mut s.conditions,
-        CONDITION_COMPLETE,
-        false,
-        REASON_CANCELLED,
-        "the run was cancelled",
+        true,
         generation,
         now,
     );
     s
+}
+
+/// The run ended without succeeding: Failed=True with `message`, Complete=False, both with
+/// `reason`.
+fn ended_unsuccessfully(
+    s: &mut AgentRunStatus,
+    reason: &str,
+    message: &str,
+    cancelled: bool,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    set_condition(
+        &mut s.conditions,
+        CONDITION_FAILED,
+        true,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    let complete = if cancelled {
+        "the run was cancelled"
+    } else {
+        "the run did not succeed"
+    };
+    set_condition(
+        &mut s.conditions,
+        CONDITION_COMPLETE,
+        false,
+        reason,
+        complete,
+        generation,
+        now,
+    );
 }
 
 /// `"done/total"`: steps that reached Succeeded, Failed or Skipped.
@@ -505,24 +463,7 @@ pub fn from_report(
                     )
                 };
             s.error = Some(truncate(&message, MAX_ERROR_BYTES * 4));
-            set_condition(
-                &mut s.conditions,
-                CONDITION_FAILED,
-                true,
-                reason,
-                &message,
-                generation,
-                now,
-            );
-            set_condition(
-                &mut s.conditions,
-                CONDITION_COMPLETE,
-                false,
-                reason,
-                "the run did not succeed",
-                generation,
-                now,
-            );
+            ended_unsuccessfully(&mut s, reason, &message, false, generation, now);
         }
         AgentRunPhase::Cancelled => {
             let message = report
@@ -530,24 +471,7 @@ pub fn from_report(
                 .clone()
                 .unwrap_or_else(|| "run cancelled".to_owned());
             s.error = Some(truncate(&message, MAX_ERROR_BYTES * 4));
-            set_condition(
-                &mut s.conditions,
-                CONDITION_FAILED,
-                true,
-                REASON_CANCELLED,
-                &message,
-                generation,
-                now,
-            );
-            set_condition(
-                &mut s.conditions,
-                CONDITION_COMPLETE,
-                false,
-                REASON_CANCELLED,
-                "the run was cancelled",
-                generation,
-                now,
-            );
+            ended_unsuccessfully(&mut s, REASON_CANCELLED, &message, true, generation, now);
         }
         AgentRunPhase::Pending | AgentRunPhase::Planning | AgentRunPhase::Running => {}
     }

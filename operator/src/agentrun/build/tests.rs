@@ -153,43 +153,6 @@ fn planner_job_names_stay_valid_for_long_run_names() {
 }
 
 #[test]
-fn conditions_move_last_transition_time_only_when_status_changes() {
-    let t1 = time("2026-01-01T00:00:00Z");
-    let t2 = time("2026-01-01T00:05:00Z");
-    let mut c = Vec::new();
-    set_condition(
-        &mut c,
-        "Planned",
-        false,
-        "Planning",
-        "planner running",
-        Some(1),
-        &t1,
-    );
-    set_condition(
-        &mut c,
-        "Planned",
-        false,
-        "WorkerPoolNotFound",
-        "other reason",
-        Some(2),
-        &t2,
-    );
-    assert_eq!(c.len(), 1);
-    assert_eq!(c[0].last_transition_time, t1, "same status keeps the time");
-    assert_eq!(
-        (c[0].reason.as_str(), c[0].observed_generation),
-        ("WorkerPoolNotFound", Some(2))
-    );
-    set_condition(&mut c, "Planned", true, "Planned", "ok", Some(2), &t2);
-    assert_eq!(c[0].last_transition_time, t2);
-    assert_eq!(c[0].status, "True");
-    // Huge messages are cut.
-    set_condition(&mut c, "Failed", true, "X", &"é".repeat(5000), None, &t2);
-    assert!(c[1].message.len() <= 1024);
-}
-
-#[test]
 fn status_from_a_succeeded_report() {
     let r = run(
         json!({"plan": {"steps": [{"id": 1, "tool": "calculator", "input": {"expression": "1+1"}}]}}),

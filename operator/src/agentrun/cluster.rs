@@ -1,0 +1,79 @@
+//! What the AgentRun phases ask of the Kubernetes API besides their own object, behind one
+//! small trait: the real implementation talks to the apiserver (and counts its writes), and
+//! the phases' unit tests use an in-memory one, so every phase runs without a cluster.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+
+use super::error::{Error, kube_err};
+use crate::context::FIELD_MANAGER;
+use crate::metrics::{Controller, Metrics};
+use crane_api::{AgentRun, WorkerPool};
+
+/// The cluster as the phases see it.
+pub trait Cluster: Send + Sync {
+    /// Whether WorkerPool `name` exists in `ns` (read as metadata: a pool that does not
+    /// deserialise still exists).
+    fn pool_exists(&self, ns: &str, name: &str)
+    -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Creates or updates a Job by server-side apply.
+    fn apply_job(&self, job: &Job) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Job `name` in `ns`, if it exists.
+    fn job(&self, ns: &str, name: &str) -> impl Future<Output = Result<Option<Job>, Error>> + Send;
+    /// Deletes AgentRun `name` in `ns` (absent is fine).
+    fn delete_run(&self, ns: &str, name: &str) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// The real cluster.
+pub struct KubeCluster {
+    pub client: kube::Client,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Cluster for KubeCluster {
+    async fn pool_exists(&self, ns: &str, name: &str) -> Result<bool, Error> {
+        let pools: Api<WorkerPool> = Api::namespaced(self.client.clone(), ns);
+        Ok(pools
+            .get_metadata_opt(name)
+            .await
+            .map_err(kube_err("reading the WorkerPool"))?
+            .is_some())
+    }
+
+    async fn apply_job(&self, job: &Job) -> Result<(), Error> {
+        let ns = job.namespace().unwrap_or_default();
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+        jobs.patch(
+            &job.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(job),
+        )
+        .await
+        .map_err(kube_err("applying the planner Job"))?;
+        self.metrics.api_write(Controller::agentrun, "apply");
+        Ok(())
+    }
+
+    async fn job(&self, ns: &str, name: &str) -> Result<Option<Job>, Error> {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        jobs.get_opt(name)
+            .await
+            .map_err(kube_err("reading the planner Job"))
+    }
+
+    async fn delete_run(&self, ns: &str, name: &str) -> Result<(), Error> {
+        let api: Api<AgentRun> = Api::namespaced(self.client.clone(), ns);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {
+                self.metrics.api_write(Controller::agentrun, "delete");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(kube_err("deleting the expired AgentRun")(e)),
+        }
+    }
+}

@@ -1,0 +1,709 @@
+//! One pass over a live AgentRun: what its phase asks for next (wait for the pool, start the
+//! planner Job, read the plan back, start the run in the engine, mirror its report, cancel,
+//! time out, retry, delete after the TTL), returned as the status to write and when to look
+//! again. The phases talk to the engine through Redis and to Kubernetes through [`Cluster`];
+//! building objects and statuses is [`build`]'s (pure), rebuilding lost runs [`recovery`]'s.
+//! Writing the status is the caller's: a phase never writes.
+
+use std::time::Duration;
+
+use crane_core::plan::{Plan, PlanSource};
+use crane_core::tool::Catalog;
+use crane_engine::api::{PlannerResult, load_planner_result};
+use crane_engine::{EngineConfig, EngineError, PoolName};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use redis::aio::ConnectionManager;
+use tracing::info;
+
+use super::build::{self, REASON_PLANNER_FAILED};
+use super::cluster::Cluster;
+use super::error::{Error, engine_err};
+use super::recovery;
+use crate::context::Config;
+use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus, REASON_INVALID_PLAN};
+
+/// A running run is re-read this often even without notifications.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// While the planner Job runs, its result is looked for this often (the Job's completion
+/// also triggers a reconcile through `.owns`).
+pub const PLANNING_POLL: Duration = Duration::from_secs(5);
+/// A run whose pool is missing is re-checked this often (pool creation also triggers).
+pub const POOL_RECHECK: Duration = Duration::from_secs(60);
+
+/// What the phases work with besides the run itself.
+pub struct Env<'a, C> {
+    pub cluster: &'a C,
+    pub redis: ConnectionManager,
+    /// What plans are validated against.
+    pub catalog: &'a Catalog,
+    pub engine: &'a EngineConfig,
+    pub config: &'a Config,
+}
+
+/// The status to write (equal to the old one when nothing changed) and when to look again.
+pub type Next = (AgentRunStatus, Action);
+
+/// One pass of the pipeline for a live AgentRun with engine run id `uid`.
+pub async fn advance<C: Cluster>(
+    run: &AgentRun,
+    env: &Env<'_, C>,
+    uid: &str,
+    now: &Time,
+) -> Result<Next, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let old = run.status.clone().unwrap_or_default();
+    let phase = old.phase.unwrap_or_default();
+    let retry = (phase == AgentRunPhase::Failed)
+        .then(|| recovery::retry_requested(run))
+        .flatten();
+    let (status, action) = if let Some(token) = retry {
+        let mut redis = env.redis.clone();
+        let status = recovery::retry(run, &mut redis, env.engine, uid, &token, now).await?;
+        (status, Action::requeue(RESYNC))
+    } else if phase.is_terminal() {
+        return Ok((old, finished(run, env.cluster).await?));
+    } else if run.spec.cancel && matches!(phase, AgentRunPhase::Pending | AgentRunPhase::Planning) {
+        let status = build::cancelled_early(run, now);
+        return Ok((status, Action::requeue(Duration::from_secs(1))));
+    } else {
+        match phase {
+            AgentRunPhase::Pending => pending(run, env, uid, &ns, now).await?,
+            AgentRunPhase::Planning => planning(run, env, uid, &ns, now).await?,
+            _ => running(run, env, uid, now).await?,
+        }
+    };
+    // A terminal status is followed by the TTL check on the write's own watch event.
+    let action = if status.phase.is_some_and(AgentRunPhase::is_terminal) {
+        Action::await_change()
+    } else {
+        action
+    };
+    Ok((status, action))
+}
+
+/// Pending: wait for the pool; then plan (Job) or start (spec.plan).
+async fn pending<C: Cluster>(
+    run: &AgentRun,
+    env: &Env<'_, C>,
+    uid: &str,
+    ns: &str,
+    now: &Time,
+) -> Result<Next, Error> {
+    if !env.cluster.pool_exists(ns, &run.spec.worker_pool).await? {
+        return Ok((build::pool_missing(run, now), Action::requeue(POOL_RECHECK)));
+    }
+    match &run.spec.plan {
+        Some(plan) => start(run, env, uid, ns, plan.clone(), PlanSource::Spec, now).await,
+        None => {
+            let job = build::planner_job(run, env.config)?;
+            env.cluster.apply_job(&job).await?;
+            let name = job.name_any();
+            info!(job = %name, "planner Job applied");
+            Ok((
+                build::planning(run, &name, now),
+                Action::requeue(PLANNING_POLL),
+            ))
+        }
+    }
+}
+
+/// Validates a plan and initialises the run in the engine.
+async fn start<C: Cluster>(
+    run: &AgentRun,
+    env: &Env<'_, C>,
+    uid: &str,
+    ns: &str,
+    plan: Plan,
+    source: PlanSource,
+    now: &Time,
+) -> Result<Next, Error> {
+    let refuse = |reason: &str, message: &str| {
+        Ok((
+            build::failed_early(run, reason, message, now),
+            Action::await_change(),
+        ))
+    };
+    if let Err(e) = crane_core::validate::validate(&plan, env.catalog) {
+        return refuse(
+            REASON_INVALID_PLAN,
+            &build::invalid_plan_message(&e.to_string()),
+        );
+    }
+    let pool = match PoolName::parse(&format!("{ns}/{}", run.spec.worker_pool)) {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!("spec.workerPool {:?}: {e}", run.spec.worker_pool);
+            return refuse("InvalidWorkerPool", &message);
+        }
+    };
+    let mut redis = env.redis.clone();
+    let init = crane_engine::init_run(
+        &mut redis,
+        uid,
+        ns,
+        &pool,
+        &plan,
+        &build::run_options(run),
+        env.engine,
+    )
+    .await;
+    match init {
+        Ok(outcome) => info!(
+            ?outcome,
+            steps = plan.steps.len(),
+            "run initialised in the engine"
+        ),
+        // What the validator let through but the engine refuses is still the plan's fault.
+        Err(EngineError::InvalidPlan(m)) => {
+            return refuse(REASON_INVALID_PLAN, &build::invalid_plan_message(&m));
+        }
+        Err(e) => return Err(engine_err("initialising the run")(e)),
+    }
+    let status_plan = (source != PlanSource::Spec).then_some(plan);
+    let started = build::started(run, status_plan, source, now);
+    // A short run may already be over (or this is a repeat on a stale cached object): then
+    // the terminal status is the first status write, not Running followed by it.
+    let report = crane_engine::run_report(&mut redis, uid)
+        .await
+        .map_err(engine_err("reading the run report"))?;
+    if report.phase.is_terminal() {
+        let mut ran = run.clone();
+        ran.status = Some(started);
+        let status = build::from_report(&ran, &report, false, now)?;
+        return Ok((status, Action::await_change()));
+    }
+    Ok((started, Action::requeue(RESYNC)))
+}
+
+/// Planning: read the planner's result back, or notice the Job failed without one.
+async fn planning<C: Cluster>(
+    run: &AgentRun,
+    env: &Env<'_, C>,
+    uid: &str,
+    ns: &str,
+    now: &Time,
+) -> Result<Next, Error> {
+    let fail = |reason: &str, message: &str| {
+        Ok((
+            build::failed_early(run, reason, message, now),
+            Action::await_change(),
+        ))
+    };
+    let failed = |message: &str| fail(REASON_PLANNER_FAILED, message);
+    let mut redis = env.redis.clone();
+    match load_planner_result(&mut redis, uid).await {
+        Ok(Some(PlannerResult::Planned { plan, source, .. })) => {
+            return start(run, env, uid, ns, plan, source, now).await;
+        }
+        Ok(Some(PlannerResult::Failed { error })) => {
+            return failed(&format!("planner failed: {error}"));
+        }
+        Err(EngineError::Corrupt { detail, .. }) => {
+            return failed(&format!("the planner's result is unreadable: {detail}"));
+        }
+        Err(e) => return Err(engine_err("reading the planner result")(e)),
+        Ok(None) => {}
+    }
+    let name = build::planner_job_name(&run.name_any());
+    let job = env.cluster.job(ns, &name).await?;
+    let failure = match &job {
+        None => Some(format!(
+            "planner Job {name} disappeared before it stored a plan"
+        )),
+        Some(job) => build::job_failed(job)
+            .map(|why| {
+                format!(
+                    "planner Job {name} failed without storing a plan ({why}); see its pod's logs"
+                )
+            })
+            // The planner stores before it exits, and the result was read above: a Job that
+            // completed without one lost it (Redis flushed or restarted).
+            .or_else(|| {
+                job.status
+                    .as_ref()
+                    .and_then(|s| s.succeeded)
+                    .is_some_and(|n| n > 0)
+                    .then(|| format!("planner Job {name} completed but its plan is not in Redis (was Redis restarted or flushed?)"))
+            }),
+    };
+    if let Some(message) = failure {
+        return failed(&message);
+    }
+    let status = run.status.clone().unwrap_or_default();
+    if deadline_passed(run, &status) {
+        let message = format!(
+            "the run exceeded activeDeadlineSeconds ({} s) while planning",
+            run.spec.active_deadline_seconds
+        );
+        return fail(build::REASON_DEADLINE, &message);
+    }
+    let wait = until_deadline(run, &status).min(PLANNING_POLL);
+    Ok((status, Action::requeue(wait)))
+}
+
+/// Running: cancel or time out if asked, then mirror the engine's report.
+async fn running<C: Cluster>(
+    run: &AgentRun,
+    env: &Env<'_, C>,
+    uid: &str,
+    now: &Time,
+) -> Result<Next, Error> {
+    let mut redis = env.redis.clone();
+    let old = run.status.clone().unwrap_or_default();
+    let deadline = deadline_passed(run, &old);
+    if run.spec.cancel || deadline {
+        match crane_engine::cancel_run(&mut redis, uid).await {
+            Ok(_) | Err(EngineError::RunNotFound(_)) => {}
+            Err(e) => return Err(engine_err("cancelling the run")(e)),
+        }
+    }
+    let report = match crane_engine::run_report(&mut redis, uid).await {
+        Ok(r) => r,
+        // Redis lost the run (restart without persistence): rebuild it from the status.
+        Err(EngineError::RunNotFound(_)) => {
+            let status = recovery::rebuild(run, &mut redis, env.engine, uid, now).await?;
+            return Ok((status, Action::requeue(RESYNC)));
+        }
+        Err(e) => return Err(engine_err("reading the run report")(e)),
+    };
+    let status = build::from_report(run, &report, deadline, now)?;
+    Ok((
+        status,
+        Action::requeue(until_deadline(run, &old).min(RESYNC)),
+    ))
+}
+
+/// Terminal: delete after ttlSecondsAfterFinished.
+async fn finished<C: Cluster>(run: &AgentRun, cluster: &C) -> Result<Action, Error> {
+    let Some(finished) = run.status.as_ref().and_then(|s| s.finished_at.as_ref()) else {
+        return Ok(Action::await_change());
+    };
+    let left = time_left(finished, run.spec.ttl_seconds_after_finished);
+    if !left.is_zero() {
+        return Ok(Action::requeue(left + Duration::from_millis(100)));
+    }
+    if run.metadata.deletion_timestamp.is_none() {
+        info!("ttlSecondsAfterFinished passed; deleting the AgentRun");
+        cluster
+            .delete_run(&run.namespace().unwrap_or_default(), &run.name_any())
+            .await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Time from now until `seconds` after `from` (zero when already past).
+fn time_left(from: &Time, seconds: u32) -> Duration {
+    let at = from.0 + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds));
+    let left = k8s_openapi::jiff::Timestamp::now().duration_until(at);
+    Duration::try_from(left).unwrap_or(Duration::ZERO)
+}
+
+/// Time left before activeDeadlineSeconds (from startedAt), so the run is re-read then.
+fn until_deadline(run: &AgentRun, status: &AgentRunStatus) -> Duration {
+    match &status.started_at {
+        Some(started) => {
+            time_left(started, run.spec.active_deadline_seconds) + Duration::from_millis(200)
+        }
+        None => RESYNC,
+    }
+}
+
+fn deadline_passed(run: &AgentRun, status: &AgentRunStatus) -> bool {
+    status
+        .started_at
+        .as_ref()
+        .is_some_and(|t| time_left(t, run.spec.active_deadline_seconds).is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every phase through [`advance`], against a real Redis and an in-memory cluster: what a
+    //! reconcile decides, without an apiserver.
+
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+
+    use crane_engine::api::{PlannerResult, client, connect, store_planner_result};
+    use crane_engine::metrics::Metrics;
+    use crane_engine::{Worker, WorkerConfig};
+    use crane_testkit::RedisServer;
+    use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crane_api::{CONDITION_FAILED, CONDITION_PLANNED};
+
+    /// Pools, Jobs and deletions, in memory.
+    #[derive(Default)]
+    struct FakeCluster {
+        pools: Mutex<HashSet<(String, String)>>,
+        jobs: Mutex<HashMap<(String, String), Job>>,
+        deleted: Mutex<Vec<(String, String)>>,
+    }
+
+    impl FakeCluster {
+        fn add_pool(&self, ns: &str, name: &str) {
+            self.pools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((ns.into(), name.into()));
+        }
+        fn jobs(&self) -> Vec<Job> {
+            self.jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect()
+        }
+        fn set_job(&self, job: Job) {
+            let key = (job.namespace().unwrap_or_default(), job.name_any());
+            self.jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, job);
+        }
+    }
+
+    impl Cluster for FakeCluster {
+        async fn pool_exists(&self, ns: &str, name: &str) -> Result<bool, Error> {
+            Ok(self
+                .pools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(ns.into(), name.into())))
+        }
+        async fn apply_job(&self, job: &Job) -> Result<(), Error> {
+            self.set_job(job.clone());
+            Ok(())
+        }
+        async fn job(&self, ns: &str, name: &str) -> Result<Option<Job>, Error> {
+            Ok(self
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(ns.into(), name.into()))
+                .cloned())
+        }
+        async fn delete_run(&self, ns: &str, name: &str) -> Result<(), Error> {
+            self.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((ns.into(), name.into()));
+            Ok(())
+        }
+    }
+
+    struct World {
+        _redis: RedisServer,
+        client: redis::Client,
+        redis: ConnectionManager,
+        cluster: FakeCluster,
+        catalog: Catalog,
+        engine: EngineConfig,
+        config: Config,
+    }
+
+    impl World {
+        async fn new() -> World {
+            let server = RedisServer::builder()
+                .start()
+                .unwrap_or_else(|e| panic!("redis-server: {e}"));
+            let client = client(&server.url(), None).unwrap_or_else(|e| panic!("{e}"));
+            let redis = connect(&client).await.unwrap_or_else(|e| panic!("{e}"));
+            World {
+                config: Config::new(server.url()),
+                _redis: server,
+                client,
+                redis,
+                cluster: FakeCluster::default(),
+                catalog: Catalog::builtins(),
+                engine: EngineConfig::default(),
+            }
+        }
+
+        /// One reconcile pass; the status it decides is stored on `run`, as the apiserver
+        /// would after the write.
+        async fn advance(&self, run: &mut AgentRun) -> Action {
+            let env = Env {
+                cluster: &self.cluster,
+                redis: self.redis.clone(),
+                catalog: &self.catalog,
+                engine: &self.engine,
+                config: &self.config,
+            };
+            let uid = run.metadata.uid.clone().unwrap_or_default();
+            let (status, action) = advance(run, &env, &uid, &now())
+                .await
+                .unwrap_or_else(|e| panic!("advance: {e}"));
+            run.status = Some(status);
+            action
+        }
+
+        /// Runs workers on `ns/default` until `uid` is finished in the engine.
+        async fn work_until_finished(&self, uid: &str) {
+            let pool = PoolName::parse("team-a/default").unwrap_or_else(|e| panic!("{e}"));
+            let mut config = WorkerConfig::new(pool);
+            config.idle_timeout = None;
+            config.block = Duration::from_millis(100);
+            let worker = Worker::new(
+                &self.client,
+                Arc::new(crane_tools::in_memory()),
+                config,
+                Arc::new(Metrics::new()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("worker: {e}"));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let handle = tokio::spawn(worker.run(async move {
+                let _ = stopped.await;
+            }));
+            let mut redis = self.redis.clone();
+            let report = crane_engine::wait_for_run(
+                &self.client,
+                &mut redis,
+                uid,
+                Some(Duration::from_secs(60)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("wait: {e}"));
+            assert!(report.phase.is_terminal());
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::now())
+    }
+
+    fn agent_run(spec: Value) -> AgentRun {
+        serde_json::from_value(json!({
+            "apiVersion": "crane.dev/v1alpha1", "kind": "AgentRun",
+            "metadata": {"name": "r", "namespace": "team-a", "uid": format!("uid-{}", rand_suffix()), "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap_or_else(|e| panic!("fixture: {e}"))
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(1);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn phase(run: &AgentRun) -> AgentRunPhase {
+        run.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+
+    fn reason(run: &AgentRun, type_: &str) -> String {
+        run.status
+            .as_ref()
+            .and_then(|s| build::condition(s, type_))
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    }
+
+    fn one_step_plan() -> Value {
+        json!({"steps": [{"id": 1, "tool": "calculator", "input": {"expression": "6*7"}}]})
+    }
+
+    #[tokio::test]
+    async fn pending_waits_for_its_pool_then_starts_the_planner_job() {
+        let w = World::new().await;
+        let mut run = agent_run(json!({"prompt": "calculate 2+3"}));
+        let action = w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Pending);
+        assert_eq!(
+            reason(&run, CONDITION_PLANNED),
+            build::REASON_POOL_NOT_FOUND
+        );
+        assert_eq!(action, Action::requeue(POOL_RECHECK));
+        assert!(w.cluster.jobs().is_empty());
+
+        w.cluster.add_pool("team-a", "default");
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Planning);
+        let jobs = w.cluster.jobs();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].name_any(), "r-planner");
+    }
+
+    #[tokio::test]
+    async fn a_plan_in_the_spec_starts_in_the_engine_and_mirrors_to_the_end() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run = agent_run(json!({"plan": one_step_plan()}));
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Running);
+        let status = run.status.clone().unwrap_or_default();
+        assert_eq!(status.progress.as_deref(), Some("0/1"));
+        assert!(status.plan.is_none(), "a spec plan is not copied to status");
+
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        w.work_until_finished(&uid).await;
+        let action = w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Succeeded);
+        assert_eq!(
+            run.status.as_ref().and_then(|s| s.result.clone()),
+            Some(json!(42))
+        );
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_plan_fails_before_anything_runs() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run =
+            agent_run(json!({"plan": {"steps": [{"id": 1, "tool": "shell", "input": {}}]}}));
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Failed);
+        assert_eq!(reason(&run, CONDITION_FAILED), REASON_INVALID_PLAN);
+        let error = run.status.and_then(|s| s.error).unwrap_or_default();
+        assert!(error.contains("unknown tool \"shell\""), "{error}");
+    }
+
+    #[tokio::test]
+    async fn planning_takes_the_planners_plan_or_its_failure() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut redis = w.redis.clone();
+
+        // Still planning: the Job runs and nothing is stored yet.
+        let mut run = agent_run(json!({"prompt": "what is 6*7"}));
+        w.advance(&mut run).await;
+        let action = w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Planning);
+        assert!(action != Action::await_change());
+
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        let plan: Plan = serde_json::from_value(one_step_plan()).unwrap_or_default();
+        let planned = PlannerResult::Planned {
+            plan: plan.clone(),
+            source: PlanSource::Rules,
+            fallback_reason: None,
+        };
+        store_planner_result(&mut redis, &uid, &planned, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Running);
+        let status = run.status.clone().unwrap_or_default();
+        assert_eq!(status.plan, Some(plan));
+        assert_eq!(status.plan_source, Some(PlanSource::Rules));
+
+        // The planner's own error becomes the run's.
+        let mut run = agent_run(json!({"prompt": "sing a song"}));
+        w.advance(&mut run).await;
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        let failed = PlannerResult::Failed {
+            error: "the rules planner cannot plan this prompt".into(),
+        };
+        store_planner_result(&mut redis, &uid, &failed, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Failed);
+        assert_eq!(reason(&run, CONDITION_FAILED), REASON_PLANNER_FAILED);
+    }
+
+    #[tokio::test]
+    async fn a_planner_job_that_failed_without_a_plan_fails_the_run() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run = agent_run(json!({"prompt": "what is 6*7"}));
+        w.advance(&mut run).await;
+        let mut job = w.cluster.jobs().remove(0);
+        job.status = Some(JobStatus {
+            failed: Some(1),
+            conditions: Some(vec![JobCondition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                reason: Some("BackoffLimitExceeded".into()),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        });
+        w.cluster.set_job(job);
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Failed);
+        let error = run.status.and_then(|s| s.error).unwrap_or_default();
+        assert!(error.contains("BackoffLimitExceeded"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_run_redis_lost_is_rebuilt_from_its_status() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run = agent_run(json!({"plan": one_step_plan()}));
+        w.advance(&mut run).await;
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        let mut redis = w.redis.clone();
+        crane_engine::delete_run(&mut redis, &uid)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(crane_engine::run_report(&mut redis, &uid).await.is_err());
+
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Running);
+        assert!(
+            crane_engine::run_report(&mut redis, &uid).await.is_ok(),
+            "the run is back in redis"
+        );
+        w.work_until_finished(&uid).await;
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_retry_token_reruns_a_failed_run_once() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run = agent_run(json!({
+            "plan": {"steps": [{"id": 1, "tool": "calculator", "input": {"expression": "1/0"}}]},
+            "retry": {"maxAttempts": 1}
+        }));
+        w.advance(&mut run).await;
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        w.work_until_finished(&uid).await;
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Failed);
+
+        run.metadata.annotations =
+            Some([(recovery::RETRY_ANNOTATION.to_owned(), "1".to_owned())].into());
+        let action = w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Running);
+        assert_eq!(action, Action::requeue(RESYNC));
+        assert_eq!(
+            run.status.as_ref().and_then(|s| s.retry_token.as_deref()),
+            Some("1")
+        );
+        w.work_until_finished(&uid).await;
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Failed, "1/0 fails again");
+        // The same token does not retry twice.
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Failed);
+    }
+
+    #[tokio::test]
+    async fn cancel_before_planning_and_ttl_deletion() {
+        let w = World::new().await;
+        let mut run = agent_run(
+            json!({"prompt": "calculate 1+1", "cancel": true, "ttlSecondsAfterFinished": 0}),
+        );
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Cancelled);
+        w.advance(&mut run).await;
+        assert_eq!(
+            *w.cluster.deleted.lock().unwrap_or_else(|e| e.into_inner()),
+            vec![("team-a".to_owned(), "r".to_owned())]
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Writing an AgentRun's status and telling people about it: one server-side-apply status
+//! patch, skipped when nothing changed (also when the cached object has not yet caught up
+//! with this operator's own last write), and an Event on every phase change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kube::api::Api;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::{Instrument, info, warn};
+
+use super::build;
+use super::error::{Error, kube_err};
+use crate::context::Context;
+use crate::controller::apply_status;
+use crate::metrics::{Controller, PhaseLabels};
+use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus};
+
+/// Writes statuses and their Events.
+pub struct StatusWriter {
+    ctx: Arc<Context>,
+    /// Per run uid: the resourceVersion a status write was based on and a hash of what was
+    /// written, so a reconcile on a cached object that has not seen that write yet does not
+    /// write the same status again.
+    written: Mutex<HashMap<String, (String, u64)>>,
+}
+
+impl StatusWriter {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets a deleted run.
+    pub fn forget(&self, uid: &str) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    /// Server-side-applies `status` when it differs from `old` (what the object holds);
+    /// publishes an Event on a phase change.
+    pub async fn write(
+        &self,
+        run: &AgentRun,
+        old: &AgentRunStatus,
+        status: AgentRunStatus,
+    ) -> Result<(), Error> {
+        if &status == old {
+            return Ok(());
+        }
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        let base = run.metadata.resource_version.clone().unwrap_or_default();
+        let hash = status_hash(&status);
+        {
+            let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            if written
+                .get(&uid)
+                .is_some_and(|(rv, h)| *rv == base && *h == hash)
+            {
+                return Ok(());
+            }
+        }
+        let api: Api<AgentRun> = Api::namespaced(
+            self.ctx.client.clone(),
+            &run.namespace().unwrap_or_default(),
+        );
+        apply_status(&api, &run.name_any(), &status)
+            .await
+            .map_err(kube_err("writing the status"))?;
+        self.ctx
+            .metrics
+            .api_write(Controller::agentrun, "apply_status");
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, (base, hash));
+        if status.phase != old.phase {
+            let phase = status.phase.unwrap_or_default();
+            // A run whose steps ran before its Running status was written still went through
+            // Running: its Event is published all the same.
+            if phase.is_terminal()
+                && !status.steps.is_empty()
+                && old
+                    .phase
+                    .is_none_or(|p| matches!(p, AgentRunPhase::Pending | AgentRunPhase::Planning))
+            {
+                self.publish(run, AgentRunPhase::Running, &status).await;
+            }
+            if phase.is_terminal() {
+                self.ctx
+                    .metrics
+                    .runs_finished
+                    .get_or_create(&PhaseLabels {
+                        phase: phase_label(phase),
+                    })
+                    .inc();
+            }
+            info!(phase = phase_label(phase), "phase changed");
+            self.publish(run, phase, &status).await;
+        }
+        Ok(())
+    }
+
+    /// An Event for a phase change; a failure to publish is logged, never fatal.
+    async fn publish(&self, run: &AgentRun, phase: AgentRunPhase, status: &AgentRunStatus) {
+        let (type_, reason, note) = match phase {
+            AgentRunPhase::Failed => (
+                EventType::Warning,
+                build::failed_reason(status).unwrap_or("Failed").to_owned(),
+                status.error.clone(),
+            ),
+            AgentRunPhase::Succeeded => (
+                EventType::Normal,
+                "Succeeded".to_owned(),
+                Some(format!(
+                    "{} steps succeeded",
+                    status.progress.as_deref().unwrap_or("?")
+                )),
+            ),
+            AgentRunPhase::Pending | AgentRunPhase::Planning => (
+                EventType::Normal,
+                phase_label(phase).to_owned(),
+                build::condition(status, crane_api::CONDITION_PLANNED).map(|c| c.message.clone()),
+            ),
+            p => (
+                EventType::Normal,
+                phase_label(p).to_owned(),
+                status.progress.clone().map(|p| format!("progress {p}")),
+            ),
+        };
+        let event = KubeEvent {
+            type_,
+            reason,
+            note: note.map(|n| crane_core::text::truncate(&n, 1000)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        match self
+            .ctx
+            .publish_unique(&event, &run.object_ref(&()))
+            .instrument(tracing::Span::current())
+            .await
+        {
+            Ok(()) => self.ctx.metrics.api_write(Controller::agentrun, "event"),
+            Err(e) => warn!(error = %e, "cannot publish the Event"),
+        }
+    }
+}
+
+/// A hash of a status as it is written (serialised), to recognise a repeated write.
+fn status_hash(status: &AgentRunStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(status).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+pub fn phase_label(phase: AgentRunPhase) -> &'static str {
+    match phase {
+        AgentRunPhase::Pending => "Pending",
+        AgentRunPhase::Planning => "Planning",
+        AgentRunPhase::Running => "Running",
+        AgentRunPhase::Succeeded => "Succeeded",
+        AgentRunPhase::Failed => "Failed",
+        AgentRunPhase::Cancelled => "Cancelled",
+    }
+}
