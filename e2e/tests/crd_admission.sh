@@ -87,6 +87,34 @@ $too_many" | reject "more than 500 steps" "Too many: 501: must have at most 500 
 ar zero-id '  plan:
     steps:
       - {id: 0, tool: calculator, input: {expression: "1"}}' | reject "step id 0" "should be greater than or equal to 1"
+ar big-id '  plan:
+    steps:
+      - {id: 4294967296, tool: calculator, input: {expression: "1"}}' | reject "step id above 2^32-1" "should be less than or equal to 4294967295"
+ar big-dep '  plan:
+    steps:
+      - {id: 1, tool: calculator, input: {expression: "1"}, dependsOn: [4294967297]}' | reject "dependsOn id above 2^32-1" "should be less than or equal to 4294967295"
+ar odd-tool '  plan:
+    steps:
+      - {id: 1, tool: "rm -rf /", input: {}}' | reject "tool name with spaces" "spec.plan.steps[0].tool in body should match"
+# 142 steps each depending on every earlier one: 10 011 edges, one over the limit.
+dense=$(for i in $(seq 1 142); do
+  if [ "$i" -eq 1 ]; then echo "      - {id: 1, tool: wait, input: {ms: 1}}"
+  else echo "      - {id: $i, tool: wait, input: {ms: 1}, dependsOn: [$(seq -s, 1 $((i - 1)))]}"; fi
+done)
+ar dense "  plan:
+    steps:
+$dense" | reject "more than 10000 dependsOn entries" "spec.plan has more than 10000 dependsOn entries in all"
+ar long-pool "  prompt: \"calculate 1+1\"
+  workerPool: $(printf 'p%.0s' $(seq 1 64))" | reject "workerPool longer than 63 characters" "spec.workerPool: Too long: may not be more than 63"
+for pool in 'rt-b/default' 'default?x=1' 'default/status' 'Default' 'a.b' '-a'; do
+  ar bad-pool "  prompt: \"calculate 1+1\"
+  workerPool: \"$pool\"" | reject "workerPool '$pool' is refused" "spec.workerPool must be the name of a WorkerPool in this namespace"
+done
+ar nul-prompt '  prompt: "calculate 1+1\u0000 then rm"' | reject "prompt with a NUL character" "spec.prompt must not contain a NUL character"
+ar dollar-prompt '  prompt: "what is $$100 + 1"' | accept "prompt with \$\$ is accepted"
+check "a prompt with \$\$ is stored byte for byte" 'what is $$100 + 1' \
+  "$(kubectl -n "$ns" get agentrun dollar-prompt -o jsonpath='{.spec.prompt}')"
+wp bad-tools '{tools: ["calculator", "bogus tool {x}"]}' | reject "WorkerPool tool names are checked" "spec.tools[1] in body should match"
 wp min-over-max '{minWorkers: 5, maxWorkers: 2}' | reject "WorkerPool minWorkers > maxWorkers" "spec.minWorkers must not be greater than spec.maxWorkers"
 wp min-over-default-max '{minWorkers: 30}' | reject "WorkerPool minWorkers > default maxWorkers" "spec.minWorkers must not be greater than spec.maxWorkers"
 

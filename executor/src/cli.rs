@@ -406,6 +406,10 @@ pub struct WorkArgs {
     /// Steps run at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
+    /// Serve only these tools (comma-separated; the WorkerPool's spec.tools); a step naming
+    /// another tool fails. Unset: every tool.
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Vec<String>,
     /// Exit 0 after this many seconds with nothing to do (0: never).
     #[arg(long, default_value_t = 30)]
     pub idle_timeout: u64,

@@ -10,6 +10,11 @@ use serde_json::{Map, Value};
 /// same number at admission.
 pub const MAX_STEPS: usize = 500;
 
+/// The most `dependsOn` entries one plan may have in all. A step lists its direct
+/// dependencies only, so real plans stay far below; the bound keeps validation, the engine's
+/// counters and the CRD's admission rules cheap (the CRD enforces the same number).
+pub const MAX_DEPENDENCIES: usize = 10_000;
+
 /// A step's identifier: a positive integer, unique in its plan.
 pub type StepId = u32;
 

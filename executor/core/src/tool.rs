@@ -319,10 +319,7 @@ impl Catalog {
                 _ => problems.push(InputProblem {
                     pointer,
                     is_type_error: false,
-                    message: format!(
-                        "{place}: {}",
-                        text::truncate(&error.to_string(), 4 * MAX_VALUE_IN_MESSAGE)
-                    ),
+                    message: format!("{place}: {}", value_then_reason(&error)),
                 }),
             }
             if problems.len() >= MAX_INPUT_PROBLEMS {
@@ -335,6 +332,21 @@ impl Catalog {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// A schema error as "<value> <reason>" with the value cut, never the reason: jsonschema puts
+/// the (possibly huge) offending value first, and a plain cut would lose why it is wrong.
+fn value_then_reason(error: &jsonschema::ValidationError<'_>) -> String {
+    let full = error.to_string();
+    let value = error.instance().to_string();
+    match full.strip_prefix(value.as_str()) {
+        Some(reason) => format!(
+            "{} {}",
+            text::truncate(&value, MAX_VALUE_IN_MESSAGE),
+            text::truncate(reason.trim_start(), 3 * MAX_VALUE_IN_MESSAGE)
+        ),
+        None => text::truncate(&full, 4 * MAX_VALUE_IN_MESSAGE),
     }
 }
 
@@ -386,6 +398,18 @@ impl Toolbox {
             .filter_map(|s| Some((s.clone(), self.tools.get(&s.name)?.clone())));
         let all: Vec<_> = existing.chain(more).collect();
         Toolbox::new(all)
+    }
+
+    /// Only the tools `keep` accepts (e.g. what a WorkerPool serves): the others are unknown
+    /// to it, so a step that names one fails instead of running.
+    pub fn filtered(&self, keep: impl Fn(&ToolSpec) -> bool) -> Toolbox {
+        let kept: Vec<_> = self
+            .catalog
+            .specs()
+            .filter(|s| keep(s))
+            .filter_map(|s| Some((s.clone(), self.tools.get(&s.name)?.clone())))
+            .collect();
+        Toolbox::new(kept)
     }
 
     /// What this toolbox can run, as validation and planners see it.
@@ -566,6 +590,28 @@ mod tests {
 
     #[test]
     fn hostile_inputs_give_short_bounded_messages() {
+        let long = "y".repeat(5000);
+        let msgs = problems("calc", json!({"expression": long}));
+        assert!(
+            msgs.is_empty(),
+            "calc's test schema has no maxLength: {msgs:?}"
+        );
+        let capped = Catalog::new([spec(
+            "capped",
+            json!({"type": "object", "properties": {"t": {"type": "string", "maxLength": 10}}}),
+        )]);
+        let msgs = capped
+            .check_input("capped", &json!({"t": long}))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(msgs.len(), 1);
+        assert!(msgs[0].len() < 400, "{}", msgs[0]);
+        assert!(
+            msgs[0].ends_with("is longer than 10 characters"),
+            "the reason survives: {}",
+            msgs[0]
+        );
+
         let huge = "x".repeat(1 << 20);
         let msgs = problems("pause", json!({"ms": huge}));
         assert_eq!(msgs.len(), 1);
@@ -670,6 +716,7 @@ mod tests {
             1,
             "invalid calls never reach the tool"
         );
+        assert!(tb.filtered(|s| s.name != "echo").catalog().is_empty());
         let more = tb.with([(
             spec("x", json!({"type": "object"})),
             Arc::new(Echo(calls.clone())) as Arc<dyn Tool>,

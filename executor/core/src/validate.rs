@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::plan::{MAX_STEPS, Plan, StepId};
+use crate::plan::{MAX_DEPENDENCIES, MAX_STEPS, Plan, StepId};
 use crate::tool::Catalog;
 use crate::vars;
 
@@ -30,6 +30,11 @@ pub enum PlanError {
     Empty,
     #[error("plan has {count} steps; the limit is {max}")]
     TooManySteps { count: usize, max: usize },
+    #[error(
+        "plan has {count} dependsOn entries in all; the limit is {max} (list only direct \
+         dependencies: a step already waits for its dependencies' own dependencies)"
+    )]
+    TooManyDependencies { count: usize, max: usize },
     #[error("step at index {index}: id must be a positive integer, not 0")]
     ZeroId { index: usize },
     #[error("step {id}: id used by {count} steps; ids must be unique")]
@@ -44,6 +49,15 @@ pub enum PlanError {
     UnknownTool { step: StepId, message: String },
     #[error("step {step}: {message}")]
     InvalidInput { step: StepId, message: String },
+    #[error(
+        "step {step}: tool \"{tool}\" is not served by WorkerPool \"{pool}\" (its spec.tools: {served})"
+    )]
+    ToolNotServed {
+        step: StepId,
+        tool: String,
+        pool: String,
+        served: String,
+    },
     #[error("step {step}: {location} refers to step {target}, which does not exist")]
     VariableUnknownStep {
         step: StepId,
@@ -231,6 +245,30 @@ pub fn validate(plan: &Plan, catalog: &Catalog) -> Result<(), PlanErrors> {
     }
 }
 
+/// Checks that every step's tool is one a pool serves (`served`, from the WorkerPool's
+/// spec.tools; an empty list serves everything). Run after [`validate`].
+pub fn check_served(plan: &Plan, pool: &str, served: &[String]) -> Result<(), PlanErrors> {
+    if served.is_empty() {
+        return Ok(());
+    }
+    let errors: Vec<PlanError> = plan
+        .steps
+        .iter()
+        .filter(|s| !served.contains(&s.tool))
+        .map(|s| PlanError::ToolNotServed {
+            step: s.id,
+            tool: crate::text::truncate(&s.tool, 80),
+            pool: pool.to_owned(),
+            served: crate::text::truncate(&served.join(", "), 400),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanErrors(errors))
+    }
+}
+
 /// Checks only the plan's shape (size, ids, dependencies, cycles), without a catalog: what the
 /// engine relies on so a run can never hang. Same messages as [`validate`].
 pub fn check_structure(plan: &Plan) -> Result<(), PlanErrors> {
@@ -266,6 +304,14 @@ fn graph(plan: &Plan) -> Result<Graph, PlanErrors> {
         return Err(PlanError::TooManySteps {
             count: steps.len(),
             max: MAX_STEPS,
+        }
+        .into());
+    }
+    let edges: usize = steps.iter().map(|s| s.depends_on.len()).sum();
+    if edges > MAX_DEPENDENCIES {
+        return Err(PlanError::TooManyDependencies {
+            count: edges,
+            max: MAX_DEPENDENCIES,
         }
         .into());
     }
@@ -596,8 +642,9 @@ mod tests {
             })
             .collect();
         assert!(errors(chain).is_empty());
-        let all: Vec<StepId> = (1..500).collect();
-        let dense: Vec<Step> = (1..=500)
+        // As dense as the dependency limit allows: 141 steps, 9 870 edges.
+        let all: Vec<StepId> = (1..141).collect();
+        let dense: Vec<Step> = (1..=141)
             .map(|i| calc(i, "{step_1_output}", &all[..(i as usize - 1)]))
             .collect();
         let errs = errors(dense);
@@ -685,5 +732,37 @@ mod tests {
 
         let ok = parse_plan("{\"steps\": [{\"id\": 1, \"tool\": \"list\", \"dependsOn\": []}]}");
         assert_eq!(ok.map(|p| p.steps.len()), Ok(1));
+    }
+
+    #[test]
+    fn a_dense_plan_is_refused_by_its_number_of_dependencies() {
+        // 150 steps each depending on every earlier one: 11 175 edges.
+        let steps: Vec<Step> = (1..=150)
+            .map(|i| calc(i, "1", &(1..i).collect::<Vec<_>>()))
+            .collect();
+        let errs = errors(steps);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("plan has 11175 dependsOn entries in all; the limit is 10000"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn tools_a_pool_does_not_serve_are_named() {
+        let plan = Plan {
+            steps: vec![calc(1, "1", &[]), step(2, "pause", json!({"ms": 1}), &[1])],
+        };
+        assert_eq!(check_served(&plan, "any", &[]), Ok(()));
+        let served = vec!["calc".to_owned()];
+        let err = check_served(&plan, "calc-only", &served)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "step 2: tool \"pause\" is not served by WorkerPool \"calc-only\" (its spec.tools: calc)"
+            )
+        );
     }
 }

@@ -305,24 +305,18 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// Renders a value into text: strings without quotes, integral numbers without `.0`, the rest
+/// Renders a value into text: strings without quotes, numbers in plain decimal (shortest
+/// digits that round-trip, never an exponent, no `.0` on integers: the notation the
+/// calculator reads, so `1e21` from one step can feed the next step's expression), the rest
 /// as compact JSON.
 fn render(value: &Value, out: &mut String) {
     match value {
         Value::String(s) => out.push_str(s),
-        Value::Number(n) => {
-            if n.is_i64() || n.is_u64() {
-                out.push_str(&n.to_string());
-            } else if let Some(f) = n.as_f64()
-                && f.fract() == 0.0
-                && f.abs() < 1e16
-            {
-                // Display of an integral f64 prints no fraction and no exponent.
-                out.push_str(&format!("{f}"));
-            } else {
-                out.push_str(&n.to_string());
-            }
-        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => out.push_str(&n.to_string()),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) => out.push_str(&crate::calc::format_number(f)),
+            None => out.push_str(&n.to_string()),
+        },
         other => out.push_str(&other.to_string()),
     }
 }
@@ -563,5 +557,24 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.starts_with("/v: ") && err.contains("bytes"), "{err}");
+    }
+
+    #[test]
+    fn numbers_render_in_the_notation_the_calculator_reads() {
+        for (value, text) in [
+            (json!(1e21), "1000000000000000000000"),
+            (json!(1e-7), "0.0000001"),
+            (json!(-2.5), "-2.5"),
+            (json!(300), "300"),
+            (json!(0.30000000000000004), "0.30000000000000004"),
+        ] {
+            let input = obj(json!({"expression": "{step_1_output} + 1"}));
+            let out = resolve(&input, &|_| Some(value.clone())).unwrap_or_default();
+            assert_eq!(out["expression"], json!(format!("{text} + 1")));
+            assert!(
+                crate::calc::evaluate(&format!("{text} + 1")).is_ok(),
+                "the calculator refuses {text}"
+            );
+        }
     }
 }

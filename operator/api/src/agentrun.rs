@@ -80,6 +80,7 @@ pub struct AgentRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_PROMPT_CHARS))]
     #[x_kube(validation = Rule::new("self.trim().size() > 0").message("spec.prompt must not be empty or blank; give a request, or leave prompt out and give spec.plan"))]
+    #[x_kube(validation = Rule::new("!self.contains('\\u0000')").message("spec.prompt must not contain a NUL character (\\u0000)"))]
     pub prompt: Option<String>,
 
     /// A ready plan: a DAG of at most 500 tool steps with unique ids. When present no
@@ -88,10 +89,12 @@ pub struct AgentRunSpec {
     #[schemars(schema_with = "spec_plan_schema")]
     pub plan: Option<Plan>,
 
-    /// Name of the WorkerPool, in the same namespace, whose workers run the steps. The run
+    /// Name of the WorkerPool, in the same namespace, whose workers run the steps: a
+    /// DNS-1123 label (lowercase letters, digits and '-', at most 63 characters). The run
     /// stays Pending until the pool exists.
     #[serde(default = "default_worker_pool")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.workerPool must be the name of a WorkerPool in this namespace: lowercase letters, digits and '-', starting and ending with a letter or digit (a DNS-1123 label)"))]
     pub worker_pool: String,
 
     /// How to plan the prompt when spec.plan is absent.

@@ -14,7 +14,7 @@ pub use agentrun::{
     AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, CONDITION_COMPLETE, CONDITION_FAILED,
     CONDITION_PLANNED, PlannerSpec, REASON_INVALID_PLAN, StepStatus,
 };
-pub use schema::{MAX_REASONING_CHARS, MAX_TOOL_NAME_CHARS};
+pub use schema::{MAX_REASONING_CHARS, MAX_TOOL_NAME_CHARS, TOOL_NAME_PATTERN};
 pub use workerpool::{
     BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
     WorkerTemplate,

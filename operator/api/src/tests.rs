@@ -100,14 +100,20 @@ fn plan_schema_is_bounded_and_input_is_kept() {
         assert_eq!(step["input"].get("additionalProperties"), None);
         assert_eq!(step["dependsOn"]["maxItems"], json!(500));
         assert_eq!(step["tool"]["maxLength"], json!(128));
-        assert_eq!(step["reasoning"]["maxLength"], json!(4096));
+        assert_eq!(step["tool"]["pattern"], json!(TOOL_NAME_PATTERN));
+        assert_eq!(step["reasoning"]["maxLength"], json!(1024));
         assert_eq!(step["id"]["minimum"], json!(1.0));
+        assert_eq!(step["id"]["maximum"], json!(f64::from(u32::MAX)));
+        assert_eq!(
+            step["dependsOn"]["items"]["maximum"],
+            json!(f64::from(u32::MAX))
+        );
     }
     let spec_plan = &schema["properties"]["spec"]["properties"]["plan"];
     assert_eq!(
         rules(spec_plan).len(),
-        2,
-        "unique ids and existing dependencies"
+        3,
+        "unique ids, existing dependencies, at most 10 000 of them"
     );
     assert!(rules(&schema["properties"]["status"]["properties"]["plan"]).is_empty());
 }
@@ -161,8 +167,13 @@ fn spec_rules_and_defaults() {
     );
     let p = &spec["properties"];
     assert_eq!(p["prompt"]["maxLength"], json!(10000));
-    assert_eq!(rules(&p["prompt"]), ["self.trim().size() > 0"]);
+    assert_eq!(
+        rules(&p["prompt"]),
+        ["self.trim().size() > 0", "!self.contains('\\u0000')"]
+    );
     assert_eq!(p["workerPool"]["default"], "default");
+    assert_eq!(p["workerPool"]["maxLength"], json!(63));
+    assert!(rules(&p["workerPool"])[0].contains("[a-z0-9]([-a-z0-9]*[a-z0-9])?"));
     assert_eq!(p["planner"]["default"], json!({"mode": "auto"}));
     assert_eq!(
         p["retry"]["default"],

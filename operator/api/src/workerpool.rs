@@ -81,10 +81,17 @@ pub struct WorkerPoolSpec {
     #[schemars(range(min = 1, max = 86400))]
     pub idle_timeout_seconds: u32,
 
-    /// The tools this pool serves, e.g. [calculator, todo_store.add]; absent means every
-    /// built-in tool.
+    /// The tools this pool serves, e.g. [calculator, todo_store.add]; absent means every tool
+    /// of the namespace's catalog. A run whose plan uses another tool fails with reason
+    /// InvalidPlan, and the pool's workers refuse to run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 128)))]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 128),
+            regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+        )
+    )]
     pub tools: Option<Vec<String>>,
 
     /// Overrides for the worker pods.

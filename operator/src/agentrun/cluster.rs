@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 
 use super::error::{Error, kube_err};
 use crate::context::FIELD_MANAGER;
@@ -16,10 +17,13 @@ use crane_api::{AgentRun, WorkerPool};
 
 /// The cluster as the phases see it.
 pub trait Cluster: Send + Sync {
-    /// Whether WorkerPool `name` exists in `ns` (read as metadata: a pool that does not
-    /// deserialise still exists).
-    fn pool_exists(&self, ns: &str, name: &str)
-    -> impl Future<Output = Result<bool, Error>> + Send;
+    /// WorkerPool `name` in `ns`, if it exists: the tools it serves (empty: any). A pool
+    /// that does not deserialise still exists (its own status says what is wrong).
+    fn pool_tools(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, Error>> + Send;
     /// Creates or updates a Job by server-side apply.
     fn apply_job(&self, job: &Job) -> impl Future<Output = Result<(), Error>> + Send;
     /// Job `name` in `ns`, if it exists.
@@ -35,13 +39,13 @@ pub struct KubeCluster {
 }
 
 impl Cluster for KubeCluster {
-    async fn pool_exists(&self, ns: &str, name: &str) -> Result<bool, Error> {
-        let pools: Api<WorkerPool> = Api::namespaced(self.client.clone(), ns);
-        Ok(pools
-            .get_metadata_opt(name)
+    async fn pool_tools(&self, ns: &str, name: &str) -> Result<Option<Vec<String>>, Error> {
+        let pools: Api<DeserializeGuard<WorkerPool>> = Api::namespaced(self.client.clone(), ns);
+        let pool = pools
+            .get_opt(name)
             .await
-            .map_err(kube_err("reading the WorkerPool"))?
-            .is_some())
+            .map_err(kube_err("reading the WorkerPool"))?;
+        Ok(pool.map(|p| p.0.ok().and_then(|p| p.spec.tools).unwrap_or_default()))
     }
 
     async fn apply_job(&self, job: &Job) -> Result<(), Error> {

@@ -91,7 +91,12 @@ async fn pending<C: Cluster>(
     ns: &str,
     now: &Time,
 ) -> Result<Next, Error> {
-    if !env.cluster.pool_exists(ns, &run.spec.worker_pool).await? {
+    if env
+        .cluster
+        .pool_tools(ns, &run.spec.worker_pool)
+        .await?
+        .is_none()
+    {
         return Ok((build::pool_missing(run, now), Action::requeue(POOL_RECHECK)));
     }
     match &run.spec.plan {
@@ -125,7 +130,14 @@ async fn start<C: Cluster>(
             Action::await_change(),
         ))
     };
-    if let Err(e) = crane_core::validate::validate(&plan, env.catalog) {
+    let served = env
+        .cluster
+        .pool_tools(ns, &run.spec.worker_pool)
+        .await?
+        .unwrap_or_default();
+    let checked = crane_core::validate::validate(&plan, env.catalog)
+        .and_then(|()| crane_core::validate::check_served(&plan, &run.spec.worker_pool, &served));
+    if let Err(e) = checked {
         return refuse(
             REASON_INVALID_PLAN,
             &build::invalid_plan_message(&e.to_string()),
@@ -322,7 +334,7 @@ mod tests {
     //! Every phase through [`advance`], against a real Redis and an in-memory cluster: what a
     //! reconcile decides, without an apiserver.
 
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
     use crane_engine::api::{PlannerResult, client, connect, store_planner_result};
@@ -338,17 +350,20 @@ mod tests {
     /// Pools, Jobs and deletions, in memory.
     #[derive(Default)]
     struct FakeCluster {
-        pools: Mutex<HashSet<(String, String)>>,
+        pools: Mutex<HashMap<(String, String), Vec<String>>>,
         jobs: Mutex<HashMap<(String, String), Job>>,
         deleted: Mutex<Vec<(String, String)>>,
     }
 
     impl FakeCluster {
         fn add_pool(&self, ns: &str, name: &str) {
-            self.pools
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((ns.into(), name.into()));
+            self.add_pool_serving(ns, name, &[]);
+        }
+        fn add_pool_serving(&self, ns: &str, name: &str, tools: &[&str]) {
+            self.pools.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                (ns.into(), name.into()),
+                tools.iter().map(|t| (*t).to_owned()).collect(),
+            );
         }
         fn jobs(&self) -> Vec<Job> {
             self.jobs
@@ -368,12 +383,13 @@ mod tests {
     }
 
     impl Cluster for FakeCluster {
-        async fn pool_exists(&self, ns: &str, name: &str) -> Result<bool, Error> {
+        async fn pool_tools(&self, ns: &str, name: &str) -> Result<Option<Vec<String>>, Error> {
             Ok(self
                 .pools
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&(ns.into(), name.into())))
+                .get(&(ns.into(), name.into()))
+                .cloned())
         }
         async fn apply_job(&self, job: &Job) -> Result<(), Error> {
             self.set_job(job.clone());
@@ -567,6 +583,23 @@ mod tests {
         assert_eq!(reason(&run, CONDITION_FAILED), REASON_INVALID_PLAN);
         let error = run.status.and_then(|s| s.error).unwrap_or_default();
         assert!(error.contains("unknown tool \"shell\""), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_tool_the_pool_does_not_serve_is_an_invalid_plan() {
+        let w = World::new().await;
+        w.cluster.add_pool_serving("team-a", "default", &["wait"]);
+        let mut run = agent_run(json!({"plan": one_step_plan()}));
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Failed);
+        assert_eq!(reason(&run, CONDITION_FAILED), REASON_INVALID_PLAN);
+        let error = run.status.and_then(|s| s.error).unwrap_or_default();
+        assert!(
+            error.contains(
+                "tool \"calculator\" is not served by WorkerPool \"default\" (its spec.tools: wait)"
+            ),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -192,23 +192,27 @@ pub fn worker_job(
     }
     env.extend(template.env.unwrap_or_default());
 
+    let mut command = vec![
+        "crane-executor".to_owned(),
+        "work".to_owned(),
+        "--redis".to_owned(),
+        settings.redis_url.clone(),
+        "--pool".to_owned(),
+        engine_pool.to_string(),
+        "--concurrency".to_owned(),
+        spec.concurrency.max(1).to_string(),
+        "--idle-timeout".to_owned(),
+        // 0 would mean "never exit", and scale-in relies on workers exiting.
+        spec.idle_timeout_seconds.max(1).to_string(),
+    ];
+    if let Some(tools) = spec.tools.as_ref().filter(|t| !t.is_empty()) {
+        command.extend(["--tools".to_owned(), tools.join(",")]);
+    }
     let container = Container {
         name: "worker".to_owned(),
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
-        command: Some(vec![
-            "crane-executor".to_owned(),
-            "work".to_owned(),
-            "--redis".to_owned(),
-            settings.redis_url.clone(),
-            "--pool".to_owned(),
-            engine_pool.to_string(),
-            "--concurrency".to_owned(),
-            spec.concurrency.max(1).to_string(),
-            "--idle-timeout".to_owned(),
-            // 0 would mean "never exit", and scale-in relies on workers exiting.
-            spec.idle_timeout_seconds.max(1).to_string(),
-        ]),
+        command: Some(command),
         env: (!env.is_empty()).then_some(env),
         resources: template.resources,
         ..Container::default()

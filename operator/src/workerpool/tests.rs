@@ -698,3 +698,23 @@ fn last_scale_time_survives_a_stale_cached_pool() {
     );
     assert_eq!(st.last_scale_time, Some(t1));
 }
+
+#[test]
+fn a_pool_that_lists_its_tools_has_workers_that_serve_only_those() {
+    let command = |pool: &WorkerPool| {
+        job_of(pool, &settings())
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].command.clone().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    assert!(!command(&pool()).contains(&"--tools".to_owned()));
+    let mut limited = pool();
+    limited.spec.tools = Some(vec!["calculator".into(), "todo_store.add".into()]);
+    let cmd = command(&limited);
+    let at = cmd.iter().position(|a| a == "--tools");
+    assert_eq!(
+        at.and_then(|i| cmd.get(i + 1)).map(String::as_str),
+        Some("calculator,todo_store.add")
+    );
+}
