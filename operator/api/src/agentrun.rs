@@ -24,6 +24,11 @@ pub const CONDITION_COMPLETE: &str = "Complete";
 pub const CONDITION_FAILED: &str = "Failed";
 /// Condition reason on `Failed` when the plan is invalid (cycle, unknown tool, bad input…).
 pub const REASON_INVALID_PLAN: &str = "InvalidPlan";
+/// Condition type: parts of the status were left out to keep the object within its size
+/// limit (the message says which; full outputs stay in the engine).
+pub const CONDITION_STATUS_TRUNCATED: &str = "StatusTruncated";
+/// Condition reason on `Failed` when even a reduced status cannot be written.
+pub const REASON_STATUS_TOO_LARGE: &str = "StatusTooLarge";
 
 /// What to run: a natural-language prompt, a ready plan, or both (the plan wins; the prompt
 /// is then kept for people reading the object).

@@ -12,7 +12,8 @@ mod workerpool;
 
 pub use agentrun::{
     AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, CONDITION_COMPLETE, CONDITION_FAILED,
-    CONDITION_PLANNED, PlannerSpec, REASON_INVALID_PLAN, StepStatus,
+    CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, PlannerSpec, REASON_INVALID_PLAN,
+    REASON_STATUS_TOO_LARGE, StepStatus,
 };
 pub use schema::{MAX_REASONING_CHARS, MAX_TOOL_NAME_CHARS, TOOL_NAME_PATTERN};
 pub use workerpool::{
@@ -30,6 +31,10 @@ use serde_json::{Value, json};
 pub const MAX_STEP_OUTPUT_BYTES: usize = 256;
 /// Largest run result kept whole in status, in bytes of JSON.
 pub const MAX_RESULT_BYTES: usize = 4096;
+/// What an AgentRun (spec, metadata and status, as JSON) may take before the operator leaves
+/// parts of the status out: well inside etcd's 1.5 MiB request limit, leaving room for
+/// managedFields and the apiserver's own additions.
+pub const MAX_OBJECT_BYTES: usize = 1_000_000;
 /// Longest error message kept in status, in bytes (cut at a character boundary).
 pub const MAX_ERROR_BYTES: usize = 256;
 

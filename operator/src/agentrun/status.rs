@@ -2,9 +2,10 @@
 //! patch, skipped when nothing changed (also when the cached object has not yet caught up
 //! with this operator's own last write), and an Event on every phase change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
@@ -20,6 +21,8 @@ use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus};
 /// Writes statuses and their Events.
 pub struct StatusWriter {
     ctx: Arc<Context>,
+    /// Runs whose status could not be written even reduced: stopped, and not tried again.
+    given_up: Mutex<HashSet<String>>,
     /// Per run uid: the resourceVersion a status write was based on and a hash of what was
     /// written, so a reconcile on a cached object that has not seen that write yet does not
     /// write the same status again.
@@ -30,6 +33,7 @@ impl StatusWriter {
     pub fn new(ctx: Arc<Context>) -> Self {
         Self {
             ctx,
+            given_up: Mutex::new(HashSet::new()),
             written: Mutex::new(HashMap::new()),
         }
     }
@@ -40,20 +44,34 @@ impl StatusWriter {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
+        self.given_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
     }
 
-    /// Server-side-applies `status` when it differs from `old` (what the object holds);
-    /// publishes an Event on a phase change.
+    /// Server-side-applies `status` — reduced to fit the object's size limit — when it
+    /// differs from `old` (what the object holds); publishes an Event on a phase change.
     pub async fn write(
         &self,
         run: &AgentRun,
         old: &AgentRunStatus,
         status: AgentRunStatus,
     ) -> Result<(), Error> {
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        if self
+            .given_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&uid)
+        {
+            return Ok(());
+        }
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let status = build::fit(status, rest_bytes(run), run.metadata.generation, &now);
         if &status == old {
             return Ok(());
         }
-        let uid = run.metadata.uid.clone().unwrap_or_default();
         let base = run.metadata.resource_version.clone().unwrap_or_default();
         let hash = status_hash(&status);
         {
@@ -69,9 +87,11 @@ impl StatusWriter {
             self.ctx.client.clone(),
             &run.namespace().unwrap_or_default(),
         );
-        apply_status(&api, &run.name_any(), &status)
-            .await
-            .map_err(kube_err("writing the status"))?;
+        match apply_status(&api, &run.name_any(), &status).await {
+            Ok(()) => {}
+            Err(e) if is_too_large(&e) => return self.give_up(run, &api, &uid, &e, &now).await,
+            Err(e) => return Err(kube_err("writing the status")(e)),
+        }
         self.ctx
             .metrics
             .api_write(Controller::agentrun, "apply_status");
@@ -103,6 +123,35 @@ impl StatusWriter {
             info!(phase = phase_label(phase), "phase changed");
             self.publish(run, phase, &status).await;
         }
+        Ok(())
+    }
+
+    /// The apiserver refuses the object as too large even with a reduced status: stop the
+    /// run in the engine, write the smallest status that says why, and publish it as an
+    /// Event too (an Event is its own object, so it gets through when the status cannot).
+    async fn give_up(
+        &self,
+        run: &AgentRun,
+        api: &Api<AgentRun>,
+        uid: &str,
+        error: &kube::Error,
+        now: &Time,
+    ) -> Result<(), Error> {
+        self.given_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_owned());
+        let mut redis = self.ctx.redis();
+        if let Err(e) = crane_engine::cancel_run(&mut redis, uid).await {
+            warn!(error = %e, "cannot stop the run whose status is too large");
+        }
+        let why = crane_core::text::truncate(&error.to_string(), 300);
+        let last = build::too_large(run, &why, now);
+        warn!(error = %why, "the status does not fit the object; the run is stopped");
+        if let Err(e) = apply_status(api, &run.name_any(), &last).await {
+            warn!(error = %e, "even the smallest status cannot be written");
+        }
+        self.publish(run, AgentRunPhase::Failed, &last).await;
         Ok(())
     }
 
@@ -149,6 +198,21 @@ impl StatusWriter {
             Ok(()) => self.ctx.metrics.api_write(Controller::agentrun, "event"),
             Err(e) => warn!(error = %e, "cannot publish the Event"),
         }
+    }
+}
+
+/// JSON bytes of the object without its status (spec, metadata as cached).
+fn rest_bytes(run: &AgentRun) -> usize {
+    let mut rest = run.clone();
+    rest.status = None;
+    serde_json::to_vec(&rest).map_or(0, |v| v.len())
+}
+
+/// Whether the apiserver (or etcd behind it) refused a write for its size.
+fn is_too_large(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(e) => e.code == 413 || e.message.to_lowercase().contains("too large"),
+        _ => false,
     }
 }
 

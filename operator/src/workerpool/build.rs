@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crane_engine::queue::BreakerPhase;
 use crane_engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
@@ -266,6 +266,43 @@ pub fn breakers(states: &[EngineBreaker]) -> Vec<BreakerStatus> {
     out
 }
 
+/// Container waiting reasons that mean a worker will not start without a change (a missing
+/// Secret, an image that cannot be pulled, a process that keeps crashing).
+const STUCK_REASONS: [&str; 7] = [
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "RunContainerError",
+];
+
+/// Whether any active worker Job has a ready pod (the Job controller counts them).
+pub fn any_worker_ready(jobs: &[Job]) -> bool {
+    jobs.iter()
+        .any(|j| j.status.as_ref().and_then(|s| s.ready).unwrap_or(0) > 0)
+}
+
+/// The first worker pod stuck for a reason of [`STUCK_REASONS`], as
+/// `pod <name>: <reason>: <message>`.
+pub fn stuck_reason(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            STUCK_REASONS.contains(&reason).then(|| {
+                let message = waiting.message.as_deref().unwrap_or("");
+                let message = crane_core::text::truncate(message, 300);
+                format!("pod {}: {reason}: {message}", pod.name_any())
+                    .trim_end_matches([':', ' '])
+                    .to_owned()
+            })
+        })
+    })
+}
+
 /// What one reconcile found out, from which the status is built.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
@@ -276,6 +313,8 @@ pub enum Observation {
         active: u32,
         desired: u32,
         created: u32,
+        /// Why no active worker has started, when none has (a pod's waiting reason).
+        not_starting: Option<String>,
     },
     /// Queue depth could not be read; the numbers in status stay as they were.
     RedisUnavailable { active: u32, message: String },
@@ -298,6 +337,7 @@ pub mod reason {
     pub const REDIS_UNAVAILABLE: &str = "RedisUnavailable";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const JOB_CREATE_FAILED: &str = "JobCreateFailed";
+    pub const WORKERS_NOT_STARTING: &str = "WorkersNotStarting";
 }
 
 /// The new status of `pool` after `obs`, at `now`. Numbers the observation does not cover
@@ -323,6 +363,7 @@ pub fn status(
             active,
             desired,
             created,
+            not_starting,
         } => {
             new.queue_depth = depth.queued;
             new.running = depth.running;
@@ -333,7 +374,13 @@ pub fn status(
                 new.last_scale_time = Some(now.clone());
             }
             let load = depth.total() + depth.delayed;
-            if *active > 0 {
+            if let Some(why) = not_starting.as_ref().filter(|_| *active > 0) {
+                (
+                    false,
+                    reason::WORKERS_NOT_STARTING,
+                    format!("{active} worker(s) created but none could start: {why}"),
+                )
+            } else if *active > 0 {
                 (
                     true,
                     reason::WORKERS_ACTIVE,

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use crane_engine::{BreakerConfig, EngineError, PoolName, QueueDepth};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -306,12 +307,29 @@ async fn reconcile_pool(
         .list(&ListParams::default().labels(&build::worker_selector(&pool.name_any())))
         .await
         .map_err(Error::ListJobs)?;
-    let active = jobs
+    let active_jobs: Vec<Job> = jobs
         .items
-        .iter()
+        .into_iter()
         .filter(|j| build::is_worker_of(j, pool) && build::is_active(j))
-        .count();
-    let active = u32::try_from(active).unwrap_or(u32::MAX);
+        .collect();
+    let active = u32::try_from(active_jobs.len()).unwrap_or(u32::MAX);
+    // Only when workers exist and none is ready are their pods looked at: a healthy pool
+    // costs no pod list.
+    let not_starting = if !active_jobs.is_empty() && !build::any_worker_ready(&active_jobs) {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        match pods
+            .list(&ListParams::default().labels(&build::worker_selector(&pool.name_any())))
+            .await
+        {
+            Ok(list) => build::stuck_reason(&list.items),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the worker pods");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let mut redis = ctx.redis();
     let observed = async {
@@ -389,6 +407,7 @@ async fn reconcile_pool(
         active: active.saturating_add(created),
         desired,
         created,
+        not_starting,
     };
     write_status(ctx, pool, &obs, &now, last_scale.as_ref()).await?;
 

@@ -533,6 +533,7 @@ fn scaled(q: u64, r: u64, active: u32, desired: u32, created: u32) -> Observatio
         active,
         desired,
         created,
+        not_starting: None,
     }
 }
 
@@ -717,4 +718,61 @@ fn a_pool_that_lists_its_tools_has_workers_that_serve_only_those() {
         at.and_then(|i| cmd.get(i + 1)).map(String::as_str),
         Some("calculator,todo_store.add")
     );
+}
+
+#[test]
+fn a_pool_whose_workers_cannot_start_is_not_ready_and_says_why() {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodStatus,
+    };
+    let pod = |reason: &str, message: &str| Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("fast-worker-x7k2q-abcde".into()),
+            ..Default::default()
+        },
+        status: Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "worker".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: Some(message.into()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(build::stuck_reason(&[pod("ContainerCreating", "")]), None);
+    let why = build::stuck_reason(&[
+        pod("ContainerCreating", ""),
+        pod(
+            "CreateContainerConfigError",
+            "secret \"crane-redis\" not found",
+        ),
+    ]);
+    assert_eq!(
+        why.as_deref(),
+        Some(
+            "pod fast-worker-x7k2q-abcde: CreateContainerConfigError: secret \"crane-redis\" not found"
+        )
+    );
+    let obs = Observation::Scaled {
+        depth: depth(3, 0, 0),
+        breakers: vec![],
+        active: 1,
+        desired: 1,
+        created: 0,
+        not_starting: why,
+    };
+    let st = build::status(&pool(), &obs, &time("2026-01-01T00:00:00Z"), None);
+    let (s, r, m, _) = ready(&st);
+    assert_eq!(
+        (s.as_str(), r.as_str()),
+        ("False", reason::WORKERS_NOT_STARTING)
+    );
+    assert!(m.contains("CreateContainerConfigError"), "{m}");
 }

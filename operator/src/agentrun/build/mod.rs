@@ -16,8 +16,8 @@ pub use crate::controller::set_condition;
 use crate::pod::hardened_pod;
 use crane_api::{
     AgentRun, AgentRunPhase, AgentRunStatus, ApiError, CONDITION_COMPLETE, CONDITION_FAILED,
-    CONDITION_PLANNED, MAX_ERROR_BYTES, MAX_RESULT_BYTES, REASON_INVALID_PLAN, StepStatus,
-    truncate_json,
+    CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, MAX_ERROR_BYTES, MAX_OBJECT_BYTES,
+    MAX_RESULT_BYTES, REASON_INVALID_PLAN, REASON_STATUS_TOO_LARGE, StepStatus, truncate_json,
 };
 use crane_core::text::truncate;
 
@@ -378,14 +378,14 @@ fn ended_unsuccessfully(
     );
 }
 
-/// `"done/total"`: steps that reached Succeeded, Failed or Skipped.
+/// `"ran/total"`: steps that ran to an end (Succeeded or Failed); Skipped steps never ran.
 pub fn progress(report: &RunReport) -> String {
-    let done = report
+    let ran = report
         .steps
         .iter()
-        .filter(|s| s.phase.is_terminal())
+        .filter(|s| matches!(s.phase, StepPhase::Succeeded | StepPhase::Failed))
         .count();
-    format!("{done}/{}", report.steps.len())
+    format!("{ran}/{}", report.steps.len())
 }
 
 /// The status mirroring an engine report. `deadline_exceeded` turns a run the operator
@@ -475,6 +475,19 @@ pub fn from_report(
         }
         AgentRunPhase::Pending | AgentRunPhase::Planning | AgentRunPhase::Running => {}
     }
+    if phase.is_terminal() {
+        // The operator ended the run (its deadline) while the engine still had steps to
+        // run or running: they will not count any more, and the status says so.
+        let why = format!(
+            "not run: the run ended {}",
+            ended_how(phase, deadline_exceeded)
+        );
+        for st in s.steps.iter_mut().filter(|st| !st.phase.is_terminal()) {
+            st.phase = StepPhase::Skipped;
+            st.error = Some(why.clone());
+            st.finished_at.get_or_insert_with(|| now.clone());
+        }
+    }
     if phase.is_terminal() && !was_terminal {
         // The last step's finish is the run's; fall back to now.
         let last = s
@@ -485,6 +498,93 @@ pub fn from_report(
         s.finished_at = Some(last.unwrap_or_else(|| now.clone()));
     }
     Ok(s)
+}
+
+fn ended_how(phase: AgentRunPhase, deadline_exceeded: bool) -> &'static str {
+    match phase {
+        _ if deadline_exceeded => "at its activeDeadlineSeconds",
+        AgentRunPhase::Cancelled => "by cancellation",
+        AgentRunPhase::Failed => "with a failed step",
+        _ => "",
+    }
+}
+
+/// `status` reduced until the object it belongs to (whose other parts take `rest_bytes` of
+/// JSON) fits [`MAX_OBJECT_BYTES`]: step outputs and the result go first, then the plan's
+/// reasoning, then step errors, then the copied plan, then the step list; condition
+/// StatusTruncated names what was left out. The engine keeps the full run either way.
+pub fn fit(
+    mut status: AgentRunStatus,
+    rest_bytes: usize,
+    generation: Option<i64>,
+    now: &Time,
+) -> AgentRunStatus {
+    let size = |s: &AgentRunStatus| serde_json::to_vec(s).map_or(usize::MAX, |v| v.len());
+    let budget = MAX_OBJECT_BYTES.saturating_sub(rest_bytes);
+    if size(&status) <= budget {
+        return status;
+    }
+    type Cut = (&'static str, fn(&mut AgentRunStatus));
+    let cuts: [Cut; 5] = [
+        ("step outputs and the result", |s| {
+            s.result = None;
+            s.steps.iter_mut().for_each(|st| st.output = None);
+        }),
+        ("the plan's reasoning", |s| {
+            if let Some(plan) = s.plan.as_mut() {
+                plan.steps.iter_mut().for_each(|st| st.reasoning.clear());
+            }
+        }),
+        ("step errors", |s| {
+            s.steps.iter_mut().for_each(|st| st.error = None)
+        }),
+        ("the plan (status.plan)", |s| s.plan = None),
+        ("the step list", |s| s.steps.clear()),
+    ];
+    let mut left_out = Vec::new();
+    for (what, cut) in cuts {
+        cut(&mut status);
+        left_out.push(what);
+        if size(&status) <= budget {
+            break;
+        }
+    }
+    let message = format!(
+        "left out to keep the AgentRun under {MAX_OBJECT_BYTES} bytes: {}; the engine keeps the full run until its TTL",
+        left_out.join(", ")
+    );
+    set_condition(
+        &mut status.conditions,
+        CONDITION_STATUS_TRUNCATED,
+        true,
+        "ObjectSizeLimit",
+        &message,
+        generation,
+        now,
+    );
+    status
+}
+
+/// The last status of a run whose status cannot be written at all: Failed, with why.
+pub fn too_large(run: &AgentRun, why: &str, now: &Time) -> AgentRunStatus {
+    let mut s = AgentRunStatus {
+        observed_generation: run.metadata.generation,
+        started_at: run.status.as_ref().and_then(|s| s.started_at.clone()),
+        ..AgentRunStatus::default()
+    };
+    s.phase = Some(AgentRunPhase::Failed);
+    s.finished_at = Some(now.clone());
+    let message = format!("the run's status cannot be written ({why}); the run was stopped");
+    s.error = Some(truncate(&message, MAX_ERROR_BYTES * 4));
+    ended_unsuccessfully(
+        &mut s,
+        REASON_STATUS_TOO_LARGE,
+        &message,
+        false,
+        run.metadata.generation,
+        now,
+    );
+    s
 }
 
 /// The message of an invalid plan, as shown in status.error and the Failed condition.

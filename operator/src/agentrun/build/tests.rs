@@ -242,6 +242,18 @@ fn status_from_a_failed_and_a_running_report() {
     let s = from_report(&r, &cancelled, true, &now).expect("status");
     assert_eq!(s.phase, Some(AgentRunPhase::Failed));
     assert_eq!(failed_reason(&s), Some(REASON_DEADLINE));
+    // The steps it never finished say so, and do not count as run.
+    let phases: Vec<_> = s.steps.iter().map(|st| st.phase).collect();
+    assert_eq!(
+        phases,
+        [StepPhase::Succeeded, StepPhase::Skipped, StepPhase::Skipped]
+    );
+    assert_eq!(
+        s.steps[2].error.as_deref(),
+        Some("not run: the run ended at its activeDeadlineSeconds")
+    );
+    assert_eq!(s.steps[2].finished_at, Some(now.clone()));
+    assert_eq!(s.progress.as_deref(), Some("1/3"));
     assert!(
         s.error
             .as_deref()
@@ -387,4 +399,62 @@ fn job_failure_is_detected_from_conditions_or_counts() {
         ..JobStatus::default()
     });
     assert!(job_failed(&job).is_some());
+}
+
+#[test]
+fn a_status_too_large_for_the_object_is_reduced_and_says_so() {
+    let r = run(json!({"prompt": "x"}));
+    let now = time("2026-01-01T00:01:00Z");
+    let report = RunReport {
+        phase: RunPhase::Running,
+        steps: (1..=500)
+            .map(|id| StepReport {
+                finished_at: None,
+                ..step(
+                    id,
+                    StepPhase::Succeeded,
+                    Some(json!("o".repeat(2000))),
+                    None,
+                )
+            })
+            .collect(),
+        result: None,
+        error: None,
+    };
+    let status = from_report(&r, &report, false, &now).expect("status");
+    let size = |s: &AgentRunStatus| serde_json::to_vec(s).map(|v| v.len()).unwrap_or(0);
+    assert!(size(&status) > 100_000);
+
+    // Room enough: nothing changes.
+    assert_eq!(fit(status.clone(), 1000, Some(2), &now), status);
+    // A spec taking most of the budget: outputs go first, and the condition says so.
+    let fitted = fit(status.clone(), MAX_OBJECT_BYTES - 120_000, Some(2), &now);
+    assert!(size(&fitted) <= 120_000, "{}", size(&fitted));
+    assert!(fitted.steps.iter().all(|s| s.output.is_none()));
+    assert_eq!(fitted.steps.len(), 500);
+    let c = condition(&fitted, CONDITION_STATUS_TRUNCATED).expect("condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ObjectSizeLimit")
+    );
+    assert!(
+        c.message.contains("step outputs and the result"),
+        "{}",
+        c.message
+    );
+    // Nearly no room: the step list goes too, the phase and progress stay.
+    let tiny = fit(status.clone(), MAX_OBJECT_BYTES - 2_000, Some(2), &now);
+    assert!(tiny.steps.is_empty());
+    assert_eq!(
+        (tiny.phase, tiny.progress.clone()),
+        (status.phase, status.progress.clone())
+    );
+
+    let last = too_large(&r, "etcdserver: request is too large", &now);
+    assert_eq!(last.phase, Some(AgentRunPhase::Failed));
+    assert_eq!(
+        failed_reason(&last),
+        Some(crane_api::REASON_STATUS_TOO_LARGE)
+    );
+    assert!(size(&last) < 2_000);
 }
