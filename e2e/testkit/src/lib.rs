@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+mod servers;
+pub use servers::{McpEverything, SERVER_EVERYTHING_VERSION};
+
 /// How long a server may take to answer PING (loading a large AOF included).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a graceful SHUTDOWN may take before the server is killed.
@@ -34,7 +37,7 @@ const LOG_FILE: &str = "redis.log";
 /// Runs redis in the background and kills it when stdin (the pipe from the test process)
 /// reaches EOF. Background jobs of a non-interactive shell get /dev/null as stdin, hence the
 /// copy of stdin to fd 3 first. `wait` makes the wrapper exit with redis's own status.
-const WRAPPER: &str = r#"exec 3<&0
+pub(crate) const WRAPPER: &str = r#"exec 3<&0
 "$0" "$@" </dev/null 3<&- &
 pid=$!
 ( while read -r _; do :; done <&3; kill -9 "$pid" 2>/dev/null ) &
@@ -328,7 +331,7 @@ fn find_redis_server() -> Result<PathBuf, TestkitError> {
 }
 
 /// A port nobody listens on right now (the kernel's pick for port 0).
-fn free_port() -> Result<u16, TestkitError> {
+pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(TestkitError::Port)?;
     listener
         .local_addr()

@@ -36,11 +36,29 @@ pub enum ToolError {
     /// The step ran longer than its timeout: worth a retry.
     #[error("timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
+    /// The service asked to be called again later (HTTP 429/503 with `Retry-After`): a retry
+    /// waits at least this long.
+    #[error("transient failure: {message} (retry after {} s)", .retry_after.as_secs())]
+    RetryAfter {
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 impl ToolError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Transient(_) | Self::Timeout(_))
+        matches!(
+            self,
+            Self::Transient(_) | Self::Timeout(_) | Self::RetryAfter { .. }
+        )
+    }
+
+    /// The least a retry must wait, when the failing service said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RetryAfter { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// Stable, bounded label for metrics.
@@ -50,6 +68,7 @@ impl ToolError {
             Self::Failed(_) => "failed",
             Self::Transient(_) => "transient",
             Self::Timeout(_) => "timeout",
+            Self::RetryAfter { .. } => "retry_after",
         }
     }
 }
@@ -93,6 +112,62 @@ pub struct ToolSpec {
     /// Hints about the tool's behaviour (e.g. MCP's `readOnlyHint`); informational.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub annotations: Map<String, Value>,
+    /// How to run it, for tools defined by Kubernetes objects; built-ins have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+    /// Whether each call waits for a person's approval first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_approval: bool,
+}
+
+/// How a worker runs a tool that is not built in, as the operator resolved it from the
+/// Kubernetes object that defines the tool. Endpoints come only from here (never from a plan
+/// or a step input), and header secrets only as references: their values are read by the
+/// worker that calls the tool, from the Secret mounted into its pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Binding {
+    /// A `Tool` object: one HTTP endpoint.
+    #[serde(rename_all = "camelCase")]
+    Http {
+        url: String,
+        /// GET sends the input as query parameters; the others as a JSON body.
+        method: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<Header>,
+        timeout_seconds: u32,
+    },
+    /// A tool of an `MCPServer` object, called by its name on that server.
+    #[serde(rename_all = "camelCase")]
+    Mcp {
+        /// The MCPServer's name (sessions are kept per server).
+        server: String,
+        url: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<Header>,
+        timeout_seconds: u32,
+        /// The tool's name on the server (the catalog name is `<server>.<tool>`).
+        tool: String,
+    },
+}
+
+/// A request header: a literal value, or a reference to a key of a Secret in the run's
+/// namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Header {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretKey>,
+}
+
+/// A key of a Secret, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SecretKey {
+    pub name: String,
+    pub key: String,
 }
 
 impl ToolSpec {
@@ -106,9 +181,15 @@ impl ToolSpec {
             description: description.into(),
             input_schema,
             annotations: Map::new(),
+            binding: None,
+            requires_approval: false,
         }
     }
 }
+
+/// The largest output one step may produce, in bytes of JSON. A tool whose answer is larger
+/// fails the step clearly instead of filling the store with it.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 
 /// Longest rendering of a user value inside an error message; inputs can be megabytes long
 /// and a message must stay readable.
@@ -356,6 +437,14 @@ pub trait Tool: Send + Sync {
     /// Runs the tool on an input already validated against its spec's schema, with variables
     /// resolved. Timeouts are the caller's job.
     fn execute<'a>(&'a self, ctx: &'a ToolContext, input: Value) -> ToolFuture<'a>;
+
+    /// Whether the tool depends on something shared outside the worker (a service, a
+    /// store): only such tools' transient failures and timeouts count towards the pool's
+    /// circuit breaker. A pure local tool (arithmetic, a sleep) says nothing about anyone
+    /// else's calls when it times out.
+    fn calls_out(&self) -> bool {
+        false
+    }
 }
 
 /// A catalog and the implementations that run its tools: what an engine executes with.
@@ -410,6 +499,12 @@ impl Toolbox {
             .filter_map(|s| Some((s.clone(), self.tools.get(&s.name)?.clone())))
             .collect();
         Toolbox::new(kept)
+    }
+
+    /// Whether `tool` depends on something shared outside the worker (see
+    /// [`Tool::calls_out`]); unknown tools do not.
+    pub fn calls_out(&self, tool: &str) -> bool {
+        self.tools.get(tool).is_some_and(|t| t.calls_out())
     }
 
     /// What this toolbox can run, as validation and planners see it.

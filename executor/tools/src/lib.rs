@@ -2,6 +2,10 @@
 //! `wait` — and the toolboxes that pair them with their specs from `crane_core::builtins`.
 
 pub mod calculator;
+pub mod http;
+pub mod mcp;
+pub mod remote;
+pub mod secrets;
 pub mod todo;
 pub mod wait;
 
@@ -10,6 +14,8 @@ use std::sync::Arc;
 use crane_core::builtins::{self, CALCULATOR, WAIT};
 use crane_core::tool::{Tool, ToolSpec, Toolbox};
 
+pub use remote::Remote;
+pub use secrets::Secrets;
 pub use todo::{MemoryTodoStore, RedisTodoStore, TodoStore};
 
 /// The built-in tools over `store`, each with its spec.

@@ -539,6 +539,11 @@ impl Tool for TodoTool {
     fn execute<'a>(&'a self, ctx: &'a ToolContext, input: Value) -> ToolFuture<'a> {
         Box::pin(async move { self.run(ctx, &input).await })
     }
+
+    /// Todos live in the store every worker shares.
+    fn calls_out(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
