@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod agentrun;
+pub mod catalog;
 pub mod context;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod pod;
+pub mod tools_ctl;
 pub mod workerpool;
 
 use std::sync::Arc;
@@ -59,7 +61,12 @@ pub async fn shutdown_signal() {
 /// Waits until both CRDs are established, so the controllers' watches do not fail.
 async fn wait_for_crds(client: kube::Client) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
-    for name in ["agentruns.crane.dev", "workerpools.crane.dev"] {
+    for name in [
+        "agentruns.crane.dev",
+        "workerpools.crane.dev",
+        "tools.crane.dev",
+        "mcpservers.crane.dev",
+    ] {
         tracing::info!(crd = name, "waiting for CRD to be established");
         tokio::time::timeout(
             Duration::from_secs(300),
@@ -143,12 +150,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Both controllers until `shutdown`.
+/// Every controller until `shutdown`.
 async fn run_controllers(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!("starting controllers");
-    let (ar, wp) = tokio::join!(
-        agentrun::run(ctx.clone(), shutdown.clone()),
-        workerpool::run(ctx.clone(), shutdown.clone()),
+    let (catalogs, tools) = tools_ctl::start(ctx.clone(), shutdown.clone())?;
+    let (ar, wp, ()) = tokio::join!(
+        agentrun::run(ctx.clone(), catalogs.clone(), shutdown.clone()),
+        workerpool::run(ctx.clone(), catalogs, shutdown.clone()),
+        tools,
     );
     ar.context("agentrun controller")?;
     wp.context("workerpool controller")?;

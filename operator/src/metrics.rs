@@ -18,6 +18,10 @@ pub enum Controller {
     agentrun,
     #[allow(non_camel_case_types)]
     workerpool,
+    #[allow(non_camel_case_types)]
+    tool,
+    #[allow(non_camel_case_types)]
+    mcpserver,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

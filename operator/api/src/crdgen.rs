@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::{AgentRun, WorkerPool};
+use crate::{AgentRun, MCPServer, Tool, WorkerPool};
 
 /// Directories, relative to the workspace root, that each hold one copy of every CRD file.
 pub const CRD_DIRS: [&str; 3] = ["crds", "config/crd/bases", "charts/crane/crds"];
@@ -53,7 +53,12 @@ pub fn workspace_root() -> PathBuf {
 
 /// Every CRD of the API, in a stable order, as it is installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![AgentRun::crd(), WorkerPool::crd()];
+    let mut crds = vec![
+        AgentRun::crd(),
+        WorkerPool::crd(),
+        Tool::crd(),
+        MCPServer::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version

@@ -8,6 +8,7 @@
 mod agentrun;
 pub mod crdgen;
 mod schema;
+mod tools;
 mod workerpool;
 
 pub use agentrun::{
@@ -16,6 +17,11 @@ pub use agentrun::{
     REASON_STATUS_TOO_LARGE, StepStatus,
 };
 pub use schema::{MAX_REASONING_CHARS, MAX_TOOL_NAME_CHARS, TOOL_NAME_PATTERN};
+pub use tools::{
+    CONDITION_TOOL_READY, DiscoveredTool, HeaderSource, HeaderSpec, HttpEndpoint, HttpMethod,
+    HttpToolSpec, MCPServer, MCPServerSpec, MCPServerStatus, SecretKeySelector, Tool, ToolStatus,
+    is_tool_name, mcp_tool_name,
+};
 pub use workerpool::{
     BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,
     WorkerTemplate,

@@ -70,6 +70,11 @@ pub fn status_plan_schema(generator: &mut SchemaGenerator) -> Schema {
     bounded_plan_schema(generator)
 }
 
+/// Any JSON object (an input schema): kept as given, not pruned.
+pub fn any_object_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+}
+
 /// Any JSON value (a step output, a run result): kept as given, not pruned.
 pub fn any_json_schema(_: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })

@@ -56,7 +56,12 @@ fn every_copy_is_identical_yaml_with_a_header() {
     let names: Vec<&str> = files.iter().map(|f| f.file_name.as_str()).collect();
     assert_eq!(
         names,
-        ["agentruns.crane.dev.yaml", "workerpools.crane.dev.yaml"]
+        [
+            "agentruns.crane.dev.yaml",
+            "workerpools.crane.dev.yaml",
+            "tools.crane.dev.yaml",
+            "mcpservers.crane.dev.yaml"
+        ]
     );
     for f in &files {
         assert!(

@@ -38,7 +38,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crane_core::tool::Catalog;
 use crane_engine::EngineConfig;
 use crane_engine::api::delete_planner_result;
 use futures::StreamExt;
@@ -53,6 +52,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::catalog::Catalogs;
 use crate::context::Context;
 use crate::controller::{Backoff, Shutdown};
 use crate::metrics::Controller as Ctl;
@@ -77,7 +77,7 @@ pub struct Reconciler {
     cluster: KubeCluster,
     /// The controllers' caches, for the runs-by-phase gauge.
     stores: Mutex<Vec<Store<DeserializeGuard<AgentRun>>>>,
-    catalog: Catalog,
+    catalogs: Arc<Catalogs>,
     engine: EngineConfig,
 }
 
@@ -87,7 +87,11 @@ fn now() -> Time {
 
 /// Runs the AgentRun controller(s) — one per watched namespace, or one for all — and the
 /// progress follower, until `shutdown`.
-pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    ctx: Arc<Context>,
+    catalogs: Arc<Catalogs>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let index = Arc::new(RunIndex::default());
     let reconciler = Arc::new(Reconciler {
         ctx: ctx.clone(),
@@ -99,7 +103,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
             metrics: ctx.metrics.clone(),
         },
         stores: Mutex::new(Vec::new()),
-        catalog: Catalog::builtins(),
+        catalogs,
         engine: EngineConfig::default(),
     });
     let namespaces: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
@@ -318,10 +322,13 @@ async fn reconcile(
 async fn apply(run: &AgentRun, reconciler: &Reconciler) -> Result<Action, Error> {
     let uid = build::run_id(run)?.to_owned();
     reconciler.index.insert(&uid, ObjectRef::from_obj(run));
+    let catalog = reconciler
+        .catalogs
+        .for_namespace(&run.namespace().unwrap_or_default());
     let env = Env {
         cluster: &reconciler.cluster,
         redis: reconciler.ctx.redis(),
-        catalog: &reconciler.catalog,
+        catalog: &catalog,
         engine: &reconciler.engine,
         config: &reconciler.ctx.config,
     };

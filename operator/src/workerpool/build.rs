@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crane_engine::queue::BreakerPhase;
 use crane_engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, SecretVolumeSource, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
@@ -27,6 +27,11 @@ pub const ENV_REDIS_PASSWORD: &str = "CRANE_REDIS_PASSWORD";
 /// Env vars the operator owns on worker pods; a pool's template may not set them, since
 /// they would override how the worker reaches Redis.
 pub const RESERVED_ENV: [&str; 3] = [ENV_REDIS_PASSWORD, "CRANE_REDIS_PASSWORD_FILE", "REDIS_URL"];
+/// Annotation on worker Jobs: which set of tool Secrets their pods mount. A worker whose set
+/// is not the namespace's current one is replaced (a new Tool's Secret reaches new pods only).
+pub const ANNOTATION_SECRETS: &str = "crane.dev/tool-secrets";
+/// Where worker pods find the Secrets tool headers reference (`<dir>/<secret>/<key>`).
+pub const SECRETS_DIR: &str = "/var/run/crane/secrets";
 /// Finished worker Jobs (and their pods) are removed this long after they end; long enough
 /// to read a crashed worker's pod, short enough that idle cycles do not pile up.
 pub const FINISHED_JOB_TTL_SECONDS: i32 = 300;
@@ -156,6 +161,55 @@ pub fn job_name(pool: &str, suffix: &str) -> String {
     format!("{}{tail}", head.trim_end_matches('-'))
 }
 
+/// One read-only Secret volume per Secret the namespace's tools reference, mounted at
+/// `SECRETS_DIR/<name>`. Optional: a Secret created later, or never, does not stop the pod;
+/// a step that needs it says the key is not available.
+fn secret_volumes(secrets: &[String]) -> (Vec<Volume>, Vec<VolumeMount>) {
+    secrets
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let volume = format!("tool-secret-{i}");
+            (
+                Volume {
+                    name: volume.clone(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(name.clone()),
+                        optional: Some(true),
+                        default_mode: Some(0o440),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                VolumeMount {
+                    name: volume,
+                    mount_path: format!("{SECRETS_DIR}/{name}"),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+            )
+        })
+        .unzip()
+}
+
+/// A short stable digest of a set of Secret names (FNV-1a, 64 bits).
+pub fn secrets_hash(secrets: &[String]) -> String {
+    let h = secrets.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, name| {
+        name.bytes()
+            .chain([0])
+            .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    });
+    format!("{h:016x}")
+}
+
+/// Whether a worker Job mounts the namespace's current set of tool Secrets.
+pub fn mounts_current_secrets(job: &Job, hash: &str) -> bool {
+    job.annotations()
+        .get(ANNOTATION_SECRETS)
+        .map(String::as_str)
+        == Some(hash)
+}
+
 /// The labels of a pool's workers (Job and pod).
 pub fn worker_labels(pool_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -179,6 +233,7 @@ pub fn worker_job(
     pool: &WorkerPool,
     engine_pool: &PoolName,
     settings: &WorkerSettings,
+    secrets: &[String],
     suffix: &str,
 ) -> Job {
     let name = pool.name_any();
@@ -208,7 +263,7 @@ pub fn worker_job(
     if let Some(tools) = spec.tools.as_ref().filter(|t| !t.is_empty()) {
         command.extend(["--tools".to_owned(), tools.join(",")]);
     }
-    let container = Container {
+    let mut container = Container {
         name: "worker".to_owned(),
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
@@ -217,10 +272,19 @@ pub fn worker_job(
         resources: template.resources,
         ..Container::default()
     };
+    let (volumes, mounts) = secret_volumes(secrets);
+    container.volume_mounts = (!mounts.is_empty()).then_some(mounts);
     let mut pod = hardened_pod(labels.clone(), container);
     if let Some(spec) = pod.spec.as_mut() {
         spec.node_selector = template.node_selector;
         spec.tolerations = template.tolerations;
+        spec.volumes = (!volumes.is_empty()).then_some(volumes);
+    }
+    if let Some(meta) = pod.metadata.as_mut() {
+        meta.annotations = Some(BTreeMap::from([(
+            ANNOTATION_SECRETS.to_owned(),
+            secrets_hash(secrets),
+        )]));
     }
 
     Job {
@@ -228,6 +292,10 @@ pub fn worker_job(
             name: Some(job_name(&name, suffix)),
             namespace: pool.namespace(),
             labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_SECRETS.to_owned(),
+                secrets_hash(secrets),
+            )])),
             owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },

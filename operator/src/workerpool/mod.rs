@@ -50,6 +50,7 @@ use rand::Rng;
 use serde_json::json;
 
 use self::build::{Observation, SpecError, WorkerSettings};
+use crate::catalog::Catalogs;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::{Backoff, Shutdown, apply_status, set_condition};
 use crate::metrics::Controller as MetricsController;
@@ -126,6 +127,8 @@ impl Error {
 /// scale-up (by uid) so a stale cached pool cannot erase it from status.
 struct Reconciler {
     ctx: Arc<Context>,
+    /// The namespaces' tool objects: their Secrets are mounted into worker pods.
+    catalogs: Arc<Catalogs>,
     settings: WorkerSettings,
     backoff: Backoff,
     scaled_at: Mutex<HashMap<String, Time>>,
@@ -152,8 +155,13 @@ impl Reconciler {
 
 /// Runs the controller (one watch per configured namespace, or cluster-wide) until
 /// `shutdown` resolves and in-flight reconciles have finished.
-pub async fn run(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    ctx: Arc<Context>,
+    catalogs: Arc<Catalogs>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let reconciler = Arc::new(Reconciler {
+        catalogs,
         settings: WorkerSettings::from_config(&ctx.config),
         ctx: ctx.clone(),
         backoff: Backoff::new(BACKOFF.0, BACKOFF.1),
@@ -307,11 +315,18 @@ async fn reconcile_pool(
         .list(&ListParams::default().labels(&build::worker_selector(&pool.name_any())))
         .await
         .map_err(Error::ListJobs)?;
-    let active_jobs: Vec<Job> = jobs
+    // Workers that do not mount the namespace's current tool Secrets are replaced: deleted
+    // (they drain on SIGTERM, their steps come back through the lease) and not counted.
+    let secrets = reconciler.catalogs.secrets_for(&ns);
+    let secrets_hash = build::secrets_hash(&secrets);
+    let (active_jobs, outdated): (Vec<Job>, Vec<Job>) = jobs
         .items
         .into_iter()
         .filter(|j| build::is_worker_of(j, pool) && build::is_active(j))
-        .collect();
+        .partition(|j| build::mounts_current_secrets(j, &secrets_hash));
+    for job in &outdated {
+        retire_worker(ctx, &jobs_api, job).await;
+    }
     let active = u32::try_from(active_jobs.len()).unwrap_or(u32::MAX);
     // Only when workers exist and none is ready are their pods looked at: a healthy pool
     // costs no pod list.
@@ -368,7 +383,16 @@ async fn reconcile_pool(
     // apply
     let mut created = 0;
     for _ in 0..missing {
-        match create_worker(ctx, &jobs_api, pool, &engine_pool, &reconciler.settings).await {
+        match create_worker(
+            ctx,
+            &jobs_api,
+            pool,
+            &engine_pool,
+            &reconciler.settings,
+            &secrets,
+        )
+        .await
+        {
             Ok(()) => {
                 created += 1;
                 if created == 1 {
@@ -420,8 +444,9 @@ async fn create_worker(
     pool: &WorkerPool,
     engine_pool: &PoolName,
     settings: &WorkerSettings,
+    secrets: &[String],
 ) -> Result<(), Error> {
-    let job = build::worker_job(pool, engine_pool, settings, &random_suffix());
+    let job = build::worker_job(pool, engine_pool, settings, secrets, &random_suffix());
     let name = job.name_any();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let res = api.patch(&name, &params, &Patch::Apply(&job)).await;
@@ -436,6 +461,23 @@ async fn create_worker(
             })
         }
         Err(source) => Err(Error::CreateJob { job: name, source }),
+    }
+}
+
+/// Deletes a worker Job that mounts an outdated set of Secrets; best effort (the next
+/// reconcile tries again).
+async fn retire_worker(ctx: &Context, api: &Api<Job>, job: &Job) {
+    let params = kube::api::DeleteParams::background();
+    match api.delete(&job.name_any(), &params).await {
+        Ok(_) => {
+            ctx.metrics
+                .api_write(MetricsController::workerpool, "delete");
+            tracing::info!(job = %job.name_any(), "replacing a worker: the namespace's tool Secrets changed");
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => {
+            tracing::warn!(job = %job.name_any(), error = %e, "cannot replace an outdated worker")
+        }
     }
 }
 

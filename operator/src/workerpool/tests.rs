@@ -183,7 +183,7 @@ fn job_of(pool: &WorkerPool, settings: &WorkerSettings) -> Job {
         Ok(p) => p,
         Err(e) => panic!("fixture pool invalid: {e}"),
     };
-    build::worker_job(pool, &engine_pool, settings, "x7k2q")
+    build::worker_job(pool, &engine_pool, settings, &[], "x7k2q")
 }
 
 #[test]
@@ -775,4 +775,37 @@ fn a_pool_whose_workers_cannot_start_is_not_ready_and_says_why() {
         ("False", reason::WORKERS_NOT_STARTING)
     );
     assert!(m.contains("CreateContainerConfigError"), "{m}");
+}
+
+#[test]
+fn workers_mount_the_secrets_tool_headers_reference() {
+    let engine_pool = build::validate(&pool()).unwrap_or_else(|e| panic!("{e}"));
+    let secrets = vec!["weather".to_owned(), "mcp-key".to_owned()];
+    let job = build::worker_job(&pool(), &engine_pool, &settings(), &secrets, "x7k2q");
+    let hash = build::secrets_hash(&secrets);
+    assert!(build::mounts_current_secrets(&job, &hash));
+    assert!(!build::mounts_current_secrets(
+        &job,
+        &build::secrets_hash(&[])
+    ));
+    let pod = job.spec.and_then(|s| s.template.spec).unwrap_or_default();
+    let volumes = pod.volumes.unwrap_or_default();
+    assert_eq!(volumes.len(), 2);
+    let secret = volumes[0].secret.clone().unwrap_or_default();
+    assert_eq!(
+        (secret.secret_name.as_deref(), secret.optional),
+        (Some("weather"), Some(true))
+    );
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert_eq!(mounts[1].mount_path, "/var/run/crane/secrets/mcp-key");
+    assert_eq!(mounts[1].read_only, Some(true));
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "Secrets come as volumes, not through the API"
+    );
+    assert_ne!(
+        build::secrets_hash(&secrets),
+        build::secrets_hash(&["weathermcp-key".to_owned()])
+    );
 }

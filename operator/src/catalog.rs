@@ -1,0 +1,185 @@
+//! The catalog of a namespace: the built-in tools, its Ready `Tool`s and the tools of its
+//! Ready `MCPServer`s (named `<server>.<tool>`), each with the [`Binding`] a worker runs it by.
+//! Plan validation, the LLM planner and the workers all get their catalog from here, from
+//! caches the controllers keep warm (no API call per run). Catalogs are built once per change
+//! of the namespace's tool objects and shared.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crane_core::tool::{Binding, Catalog, Header, SecretKey, ToolSpec};
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use crate::controller::condition;
+use crane_api::{
+    CONDITION_TOOL_READY, HeaderSpec, MCPServer, SecretKeySelector, Tool, mcp_tool_name,
+};
+
+/// The namespaces' catalogs, from the Tool and MCPServer caches.
+pub struct Catalogs {
+    tools: Vec<Store<Tool>>,
+    servers: Vec<Store<MCPServer>>,
+    /// Per namespace: the objects' versions the catalog was built from, and the catalog.
+    cache: Mutex<HashMap<String, (Vec<String>, Catalog)>>,
+}
+
+impl Catalogs {
+    pub fn new(tools: Vec<Store<Tool>>, servers: Vec<Store<MCPServer>>) -> Self {
+        Self {
+            tools,
+            servers,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The namespace's Tools and MCPServers, sorted by name.
+    fn objects(&self, namespace: &str) -> (Vec<Arc<Tool>>, Vec<Arc<MCPServer>>) {
+        let in_ns = |ns: Option<String>| ns.as_deref() == Some(namespace);
+        let mut tools: Vec<Arc<Tool>> = self
+            .tools
+            .iter()
+            .flat_map(Store::state)
+            .filter(|t| in_ns(t.namespace()))
+            .collect();
+        let mut servers: Vec<Arc<MCPServer>> = self
+            .servers
+            .iter()
+            .flat_map(Store::state)
+            .filter(|s| in_ns(s.namespace()))
+            .collect();
+        tools.sort_by_key(|t| t.name_any());
+        servers.sort_by_key(|s| s.name_any());
+        (tools, servers)
+    }
+
+    /// The Secrets the namespace's tool objects reference (what its worker pods mount).
+    pub fn secrets_for(&self, namespace: &str) -> Vec<String> {
+        let (tools, servers) = self.objects(namespace);
+        referenced_secrets(&tools, &servers)
+    }
+
+    /// The catalog runs in `namespace` use.
+    pub fn for_namespace(&self, namespace: &str) -> Catalog {
+        let (tools, servers) = self.objects(namespace);
+        let versions: Vec<String> = tools
+            .iter()
+            .map(|t| {
+                format!(
+                    "t/{}/{}",
+                    t.name_any(),
+                    t.resource_version().unwrap_or_default()
+                )
+            })
+            .chain(servers.iter().map(|s| {
+                format!(
+                    "m/{}/{}",
+                    s.name_any(),
+                    s.resource_version().unwrap_or_default()
+                )
+            }))
+            .collect();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((v, catalog)) = cache.get(namespace)
+            && *v == versions
+        {
+            return catalog.clone();
+        }
+        let catalog = build(&tools, &servers);
+        cache.insert(namespace.to_owned(), (versions, catalog.clone()));
+        catalog
+    }
+}
+
+/// Built-ins first (a Tool cannot take a built-in's name), then Tools, then MCP tools; only
+/// objects whose Ready condition is True count.
+pub fn build(tools: &[Arc<Tool>], servers: &[Arc<MCPServer>]) -> Catalog {
+    let ready = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        condition(conditions, CONDITION_TOOL_READY).is_some_and(|c| c.status == "True")
+    };
+    let from_tools = tools
+        .iter()
+        .filter(|t| ready(t.status.as_ref().map_or(&[][..], |s| &s.conditions)))
+        .map(|t| tool_spec(t));
+    let from_servers = servers
+        .iter()
+        .filter(|s| ready(s.status.as_ref().map_or(&[][..], |s| &s.conditions)))
+        .flat_map(|s| server_specs(s));
+    Catalog::builtins().with(from_tools.chain(from_servers))
+}
+
+/// A Tool object as the catalog holds it.
+pub fn tool_spec(tool: &Tool) -> ToolSpec {
+    let mut spec = ToolSpec::new(
+        tool.name_any(),
+        tool.spec.description.clone(),
+        tool.spec.input_schema.clone(),
+    );
+    spec.requires_approval = tool.spec.requires_approval;
+    spec.binding = Some(Binding::Http {
+        url: tool.spec.http.url.clone(),
+        method: tool.spec.http.method.as_str().to_owned(),
+        headers: headers(&tool.spec.http.headers),
+        timeout_seconds: tool.spec.http.timeout_seconds,
+    });
+    spec
+}
+
+/// The discovered tools of an MCPServer as the catalog holds them.
+pub fn server_specs(server: &MCPServer) -> Vec<ToolSpec> {
+    let name = server.name_any();
+    server
+        .status
+        .iter()
+        .flat_map(|s| &s.tools)
+        .map(|t| {
+            let mut spec = ToolSpec::new(
+                mcp_tool_name(&name, &t.name),
+                t.description.clone(),
+                t.input_schema.clone(),
+            );
+            spec.annotations = t.annotations.clone();
+            spec.requires_approval = server.spec.requires_approval.contains(&t.name);
+            spec.binding = Some(Binding::Mcp {
+                server: name.clone(),
+                url: server.spec.url.clone(),
+                headers: headers(&server.spec.headers),
+                timeout_seconds: server.spec.timeout_seconds,
+                tool: t.name.clone(),
+            });
+            spec
+        })
+        .collect()
+}
+
+/// Headers as bindings carry them: literal values, Secrets by reference only.
+pub fn headers(specs: &[HeaderSpec]) -> Vec<Header> {
+    specs
+        .iter()
+        .map(|h| Header {
+            name: h.name.clone(),
+            value: h.value.clone(),
+            secret: h.value_from.as_ref().map(|v| secret_key(&v.secret_key_ref)),
+        })
+        .collect()
+}
+
+fn secret_key(s: &SecretKeySelector) -> SecretKey {
+    SecretKey {
+        name: s.name.clone(),
+        key: s.key.clone(),
+    }
+}
+
+/// Every Secret the namespace's tool objects reference: what worker pods mount.
+pub fn referenced_secrets(tools: &[Arc<Tool>], servers: &[Arc<MCPServer>]) -> Vec<String> {
+    let mut names: Vec<String> = tools
+        .iter()
+        .flat_map(|t| &t.spec.http.headers)
+        .chain(servers.iter().flat_map(|s| &s.spec.headers))
+        .filter_map(|h| h.value_from.as_ref().map(|v| v.secret_key_ref.name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
