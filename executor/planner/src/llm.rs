@@ -18,18 +18,17 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crane_core::plan::Plan;
-use crane_core::text::truncate;
 use crane_core::tool::Catalog;
 use crane_core::validate::validate;
+pub use crane_llm::chat_completions_url;
+use crane_llm::{ChatRequest, Provider, printable, strip_fence};
 
 use crate::LlmConfig;
 
-/// Largest reply read from the provider; a plan of 500 steps is far smaller.
-pub const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
-/// How much of a reply an error quotes, in characters.
+/// How much of a reply an error quotes, in bytes.
 const REPLY_IN_MESSAGE: usize = 200;
 
 /// Why the LLM did not give a usable plan.
@@ -49,6 +48,20 @@ pub enum LlmError {
     Client(String),
 }
 
+impl From<crane_llm::LlmError> for LlmError {
+    fn from(e: crane_llm::LlmError) -> Self {
+        use crane_llm::LlmError as E;
+        match e {
+            E::Timeout(d) => Self::Timeout(d),
+            E::Unreachable { url, message } => Self::Unreachable { url, message },
+            E::Status { status, body, .. } => Self::Status { status, body },
+            E::Unparsable(m) => Self::Unparsable(m),
+            E::Refused(m) => Self::Unparsable(format!("the model refused: {m}")),
+            E::Client(m) => Self::Client(m),
+        }
+    }
+}
+
 impl LlmError {
     /// Stable, bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
@@ -66,51 +79,20 @@ impl LlmError {
 /// Asks the LLM in `config` to plan `prompt` with the tools in `catalog`, and validates the
 /// plan it returns.
 pub async fn plan(prompt: &str, config: &LlmConfig, catalog: &Catalog) -> Result<Plan, LlmError> {
-    let url = chat_completions_url(&config.base_url);
-    tracing::debug!(%url, model = %config.model, "asking the LLM for a plan");
-    let client = reqwest::Client::builder()
-        .timeout(config.timeout)
-        .build()
-        .map_err(|e| LlmError::Client(error_chain(&e)))?;
-    let mut request = client
-        .post(&url)
-        .json(&request_body(&config.model, prompt, catalog));
-    if let Some(key) = &config.api_key {
-        request = request.bearer_auth(key);
-    }
+    let provider = Provider {
+        base_url: config.base_url.clone(),
+        model: config.model.clone(),
+        api_key: config.api_key.clone(),
+        timeout: config.timeout,
+    };
+    tracing::debug!(url = %chat_completions_url(&provider.base_url), model = %provider.model, "asking the LLM for a plan");
+    let client = crane_llm::client()?;
+    let completion = crane_llm::chat(&client, &provider, &request(prompt, catalog), &[]).await?;
     let redact = |text: String| match &config.api_key {
         Some(key) if !key.is_empty() => text.replace(key.as_str(), "<redacted>"),
         _ => text,
     };
-    let transport = |e: reqwest::Error| {
-        if e.is_timeout() {
-            LlmError::Timeout(config.timeout)
-        } else {
-            LlmError::Unreachable {
-                url: url.clone(),
-                message: redact(error_chain(&e)),
-            }
-        }
-    };
-
-    let mut response = request.send().await.map_err(transport)?;
-    let status = response.status();
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_REPLY_BYTES {
-            return Err(LlmError::Unparsable(format!(
-                "the reply is larger than {MAX_REPLY_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    if !status.is_success() {
-        return Err(LlmError::Status {
-            status: status.as_u16(),
-            body: redact(quote_reply(&body)),
-        });
-    }
-    let plan = parse_reply(&body).map_err(|e| match e {
+    let plan = parse_content(&completion.content).map_err(|e| match e {
         LlmError::Unparsable(message) => LlmError::Unparsable(redact(message)),
         other => other,
     })?;
@@ -118,30 +100,22 @@ pub async fn plan(prompt: &str, config: &LlmConfig, catalog: &Catalog) -> Result
     Ok(plan)
 }
 
-/// `{base_url}/v1/chat/completions`, whether or not `base_url` already ends in `/v1`.
-pub fn chat_completions_url(base_url: &str) -> String {
-    let base = base_url.trim().trim_end_matches('/');
-    if base.ends_with("/v1") {
-        format!("{base}/chat/completions")
-    } else {
-        format!("{base}/v1/chat/completions")
+/// The chat request that asks for a plan of `prompt` with the tools of `catalog`.
+pub fn request(prompt: &str, catalog: &Catalog) -> ChatRequest {
+    ChatRequest {
+        messages: vec![
+            ("system".into(), system_prompt(catalog)),
+            ("user".into(), prompt.to_owned()),
+        ],
+        response_schema: Some(("crane_plan".into(), plan_schema())),
+        max_tokens: None,
+        temperature: Some(0.0),
     }
 }
 
 /// The chat-completions request for `prompt`.
 pub fn request_body(model: &str, prompt: &str, catalog: &Catalog) -> Value {
-    json!({
-        "model": model,
-        "messages": [
-            {"role": "system", "content": system_prompt(catalog)},
-            {"role": "user", "content": prompt},
-        ],
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "crane_plan", "schema": plan_schema(), "strict": false},
-        },
-        "temperature": 0,
-    })
+    request(prompt, catalog).body(model)
 }
 
 /// The JSON schema of a plan, as the `response_format` sends it.
@@ -182,98 +156,25 @@ pub fn system_prompt(catalog: &Catalog) -> String {
 
 /// The plan in a chat-completions reply body (not yet validated).
 pub fn parse_reply(body: &[u8]) -> Result<Plan, LlmError> {
-    let reply: Value = serde_json::from_slice(body).map_err(|e| {
-        LlmError::Unparsable(format!(
-            "the reply is not JSON ({e}): {}",
-            quote_reply(body)
-        ))
-    })?;
-    let message = reply.pointer("/choices/0/message");
-    let Some(content) = message
-        .and_then(|m| m.get("content"))
-        .and_then(Value::as_str)
-    else {
-        if let Some(refusal) = message
-            .and_then(|m| m.get("refusal"))
-            .and_then(Value::as_str)
-        {
-            return Err(LlmError::Unparsable(format!(
-                "the model refused: {}",
-                truncate(refusal, REPLY_IN_MESSAGE)
-            )));
-        }
-        return Err(LlmError::Unparsable(format!(
-            "the reply has no choices[0].message.content: {}",
-            quote_reply(body)
-        )));
-    };
-    let json = strip_fence(content);
-    serde_json::from_str::<Plan>(json).map_err(|e| {
+    let completion = crane_llm::parse_completion(body)?;
+    parse_content(&completion.content)
+}
+
+/// The plan in a reply's message content, optionally inside a Markdown code fence.
+pub fn parse_content(content: &str) -> Result<Plan, LlmError> {
+    serde_json::from_str::<Plan>(strip_fence(content)).map_err(|e| {
         LlmError::Unparsable(format!(
             "the content is not plan JSON ({e}); it reads: {}",
-            truncate(&printable(content), REPLY_IN_MESSAGE)
+            crane_core::text::truncate(&printable(content), REPLY_IN_MESSAGE)
         ))
     })
-}
-
-/// The JSON inside a Markdown code fence (```json ... ```), wherever the fence is; the text
-/// itself when it has none.
-fn strip_fence(content: &str) -> &str {
-    let trimmed = content.trim();
-    if trimmed.starts_with('{') {
-        return trimmed;
-    }
-    let Some(open) = trimmed.find("```") else {
-        return trimmed;
-    };
-    let after = &trimmed[open + 3..];
-    // Skip the info string ("json") up to the end of its line.
-    let inner = match after.find('\n') {
-        Some(newline) => &after[newline + 1..],
-        None => after.trim_start_matches(|c: char| c.is_ascii_alphabetic()),
-    };
-    match inner.find("```") {
-        Some(close) => inner[..close].trim(),
-        None => inner.trim(),
-    }
-}
-
-/// The start of a reply, as text safe to show on one line.
-fn quote_reply(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = printable(&text);
-    if text.trim().is_empty() {
-        "(empty body)".into()
-    } else {
-        truncate(text.trim(), REPLY_IN_MESSAGE)
-    }
-}
-
-/// Control characters (newlines included) as spaces, so a quoted reply stays one line.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// An error and its sources, as one line ("error sending request: connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crane_llm::quote_reply;
+    use serde_json::json;
 
     fn completion(content: &str) -> Vec<u8> {
         json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
@@ -307,7 +208,7 @@ mod tests {
         let catalog = Catalog::builtins();
         let body = request_body("m1", "calculate 2+3", &catalog);
         assert_eq!(body["model"], "m1");
-        assert_eq!(body["temperature"], 0);
+        assert_eq!(body["temperature"], json!(0.0));
         assert_eq!(body["messages"][0]["role"], "system");
         assert_eq!(
             body["messages"][1],

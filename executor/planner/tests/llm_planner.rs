@@ -176,7 +176,7 @@ async fn llm_mode_uses_the_plan_and_sends_a_proper_request() {
         Some(format!("Bearer {KEY}").as_str())
     );
     assert_eq!(request.body["model"], "test-model");
-    assert_eq!(request.body["temperature"], 0);
+    assert_eq!(request.body["temperature"], json!(0.0));
     assert_eq!(request.body["response_format"]["type"], "json_schema");
     assert_eq!(
         request.body["response_format"]["json_schema"]["name"],
