@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod fake_llm;
 mod servers;
 pub use servers::{McpEverything, SERVER_EVERYTHING_VERSION};
 

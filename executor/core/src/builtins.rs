@@ -8,6 +8,7 @@ use crate::calc::MAX_EXPRESSION_LEN;
 use crate::tool::ToolSpec;
 
 pub const CALCULATOR: &str = "calculator";
+pub const LLM: &str = "llm";
 pub const WAIT: &str = "wait";
 pub const TODO_ADD: &str = "todo_store.add";
 pub const TODO_LIST: &str = "todo_store.list";
@@ -19,6 +20,12 @@ pub const TODO_DELETE: &str = "todo_store.delete";
 pub const MAX_WAIT_MS: u64 = 60_000;
 /// The longest todo title, in characters.
 pub const MAX_TITLE_CHARS: usize = 500;
+/// The longest `llm` prompt or system text, in characters (after variables are resolved).
+pub const MAX_LLM_TEXT_CHARS: usize = 100_000;
+/// The most tokens one `llm` step may ask the model for.
+pub const MAX_LLM_TOKENS: u64 = 100_000;
+/// What a token budget reserves for an `llm` step that sets no `maxTokens`.
+pub const DEFAULT_LLM_TOKENS: u64 = 1_024;
 
 /// Every built-in tool's spec, sorted by name.
 pub fn specs() -> Vec<ToolSpec> {
@@ -50,6 +57,25 @@ pub fn specs() -> Vec<ToolSpec> {
                     }
                 },
                 "required": ["expression"],
+                "additionalProperties": false
+            }),
+        ),
+        ToolSpec::new(
+            LLM,
+            "Asks a language model (a Model object of this namespace) and returns its reply as \
+             text, or, with responseSchema, as JSON that fits the schema. Use it to \
+             summarize, extract, classify or decide from earlier steps' outputs.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_LLM_TEXT_CHARS, "description": "What to ask; may contain {step_N_output} variables."},
+                    "system": {"type": "string", "maxLength": MAX_LLM_TEXT_CHARS, "description": "System instructions for the model."},
+                    "model": {"type": "string", "minLength": 1, "maxLength": 63, "description": "Name of a Model object; default: the run's spec.model."},
+                    "responseSchema": {"type": "object", "description": "A JSON schema the reply must follow; the output is then that JSON."},
+                    "maxTokens": {"type": "integer", "minimum": 1, "maximum": MAX_LLM_TOKENS, "description": "Most tokens to generate."},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2}
+                },
+                "required": ["prompt"],
                 "additionalProperties": false
             }),
         ),

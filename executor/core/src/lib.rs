@@ -7,6 +7,7 @@
 pub mod builtins;
 pub mod calc;
 pub mod dag;
+pub mod model;
 pub mod plan;
 pub mod run;
 pub mod text;
