@@ -7,28 +7,35 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crane_core::model::{ModelConfig, ModelLimits};
 use crane_core::tool::{Binding, Catalog, Header, SecretKey, ToolSpec};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::controller::condition;
 use crane_api::{
-    CONDITION_TOOL_READY, HeaderSpec, MCPServer, SecretKeySelector, Tool, mcp_tool_name,
+    CONDITION_TOOL_READY, HeaderSpec, MCPServer, Model, SecretKeySelector, Tool, mcp_tool_name,
 };
 
 /// The namespaces' catalogs, from the Tool and MCPServer caches.
 pub struct Catalogs {
     tools: Vec<Store<Tool>>,
     servers: Vec<Store<MCPServer>>,
+    models: Vec<Store<Model>>,
     /// Per namespace: the objects' versions the catalog was built from, and the catalog.
     cache: Mutex<HashMap<String, (Vec<String>, Catalog)>>,
 }
 
 impl Catalogs {
-    pub fn new(tools: Vec<Store<Tool>>, servers: Vec<Store<MCPServer>>) -> Self {
+    pub fn new(
+        tools: Vec<Store<Tool>>,
+        servers: Vec<Store<MCPServer>>,
+        models: Vec<Store<Model>>,
+    ) -> Self {
         Self {
             tools,
             servers,
+            models,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -53,10 +60,40 @@ impl Catalogs {
         (tools, servers)
     }
 
-    /// The Secrets the namespace's tool objects reference (what its worker pods mount).
+    /// The namespace's Models, sorted by name.
+    fn model_objects(&self, namespace: &str) -> Vec<Arc<Model>> {
+        let mut models: Vec<Arc<Model>> = self
+            .models
+            .iter()
+            .flat_map(Store::state)
+            .filter(|m| m.namespace().as_deref() == Some(namespace))
+            .collect();
+        models.sort_by_key(|m| m.name_any());
+        models
+    }
+
+    /// The Secrets the namespace's tool and model objects reference (what its worker pods
+    /// mount).
     pub fn secrets_for(&self, namespace: &str) -> Vec<String> {
         let (tools, servers) = self.objects(namespace);
-        referenced_secrets(&tools, &servers)
+        let mut names = referenced_secrets(&tools, &servers);
+        names.extend(
+            self.model_objects(namespace)
+                .iter()
+                .filter_map(|m| m.spec.api_key_secret_ref.as_ref().map(|r| r.name.clone())),
+        );
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The namespace's Ready Models, as workers and planners need them.
+    pub fn models_for(&self, namespace: &str) -> Vec<ModelConfig> {
+        self.model_objects(namespace)
+            .iter()
+            .filter(|m| is_ready(m.status.as_ref().map_or(&[][..], |s| &s.conditions)))
+            .map(|m| model_config(m))
+            .collect()
     }
 
     /// The catalog runs in `namespace` use.
@@ -94,9 +131,7 @@ impl Catalogs {
 /// Built-ins first (a Tool cannot take a built-in's name), then Tools, then MCP tools; only
 /// objects whose Ready condition is True count.
 pub fn build(tools: &[Arc<Tool>], servers: &[Arc<MCPServer>]) -> Catalog {
-    let ready = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
-        condition(conditions, CONDITION_TOOL_READY).is_some_and(|c| c.status == "True")
-    };
+    let ready = is_ready;
     let from_tools = tools
         .iter()
         .filter(|t| ready(t.status.as_ref().map_or(&[][..], |s| &s.conditions)))
@@ -106,6 +141,27 @@ pub fn build(tools: &[Arc<Tool>], servers: &[Arc<MCPServer>]) -> Catalog {
         .filter(|s| ready(s.status.as_ref().map_or(&[][..], |s| &s.conditions)))
         .flat_map(|s| server_specs(s));
     Catalog::builtins().with(from_tools.chain(from_servers))
+}
+
+fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    condition(conditions, CONDITION_TOOL_READY).is_some_and(|c| c.status == "True")
+}
+
+/// A Model object as a worker needs it (the key by reference).
+pub fn model_config(model: &Model) -> ModelConfig {
+    let limits = model.spec.limits;
+    ModelConfig {
+        name: model.name_any(),
+        base_url: model.spec.base_url.clone(),
+        model: model.spec.model.clone(),
+        api_key: model.spec.api_key_secret_ref.as_ref().map(secret_key),
+        timeout_seconds: model.spec.timeout_seconds,
+        limits: ModelLimits {
+            max_concurrent_requests: limits.max_concurrent_requests,
+            requests_per_minute: limits.requests_per_minute,
+            tokens_per_minute: limits.tokens_per_minute,
+        },
+    }
 }
 
 /// A Tool object as the catalog holds it.

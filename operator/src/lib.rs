@@ -66,6 +66,7 @@ async fn wait_for_crds(client: kube::Client) -> anyhow::Result<()> {
         "workerpools.crane.dev",
         "tools.crane.dev",
         "mcpservers.crane.dev",
+        "models.crane.dev",
     ] {
         tracing::info!(crd = name, "waiting for CRD to be established");
         tokio::time::timeout(

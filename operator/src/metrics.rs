@@ -22,6 +22,8 @@ pub enum Controller {
     tool,
     #[allow(non_camel_case_types)]
     mcpserver,
+    #[allow(non_camel_case_types)]
+    model,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

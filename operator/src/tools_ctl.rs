@@ -1,7 +1,8 @@
-//! The Tool and MCPServer controllers: say whether each object is usable (condition Ready),
-//! and discover what each MCP server offers (`initialize` + `tools/list`, written to
-//! `status.tools`), again every [`REFRESH`] so tools added on the server appear and servers
-//! that went away stop being offered. Their caches feed the namespaces' [`Catalogs`].
+//! The Tool, MCPServer and Model controllers: say whether each object is usable (condition
+//! Ready), discover what each MCP server offers (`initialize` + `tools/list`, written to
+//! `status.tools`) and check each model endpoint answers (`GET /v1/models`), again every
+//! [`REFRESH`] so servers that went away stop being offered. Their caches feed the
+//! namespaces' [`Catalogs`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,11 +24,14 @@ use crate::context::Context;
 use crate::controller::{Backoff, Shutdown, apply_status, set_condition};
 use crate::metrics::Controller as Ctl;
 use crane_api::{
-    CONDITION_TOOL_READY, DiscoveredTool, HeaderSpec, MCPServer, Tool, is_tool_name, mcp_tool_name,
+    CONDITION_TOOL_READY, DiscoveredTool, HeaderSpec, MCPServer, Model, Tool, is_tool_name,
+    mcp_tool_name,
 };
 
-/// How often an MCP server's tools are listed again.
+/// How often an MCP server's tools are listed again (and a failing Model checked again).
 pub const REFRESH: Duration = Duration::from_secs(60);
+/// How often a Ready Model's endpoint is checked again.
+pub const MODEL_REFRESH: Duration = Duration::from_secs(300);
 /// Most tools one MCPServer offers; a server with more is cut there (and says so).
 const MAX_SERVER_TOOLS: usize = 256;
 /// Largest status.tools (JSON) kept; beyond it the server is not Ready.
@@ -43,6 +47,7 @@ pub enum Error {
 struct Reconciler {
     ctx: Arc<Context>,
     remote: Remote,
+    http: reqwest::Client,
     backoff: Backoff,
 }
 
@@ -55,6 +60,7 @@ pub fn start(
     let reconciler = Arc::new(Reconciler {
         ctx: ctx.clone(),
         remote: Remote::new(crane_tools::Secrets::default()).map_err(|e| anyhow::anyhow!("{e}"))?,
+        http: crane_llm::client().map_err(|e| anyhow::anyhow!("{e}"))?,
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(120)),
     });
     let scopes: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
@@ -64,14 +70,20 @@ pub fn start(
     };
     let mut tool_stores: Vec<Store<Tool>> = Vec::new();
     let mut server_stores: Vec<Store<MCPServer>> = Vec::new();
+    let mut model_stores: Vec<Store<Model>> = Vec::new();
     let mut runs = Vec::new();
     for ns in scopes {
-        let (tools, servers) = match &ns {
+        let (tools, servers, models) = match &ns {
             Some(ns) => (
                 Api::<Tool>::namespaced(ctx.client.clone(), ns),
                 Api::<MCPServer>::namespaced(ctx.client.clone(), ns),
+                Api::<Model>::namespaced(ctx.client.clone(), ns),
             ),
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+            None => (
+                Api::all(ctx.client.clone()),
+                Api::all(ctx.client.clone()),
+                Api::all(ctx.client.clone()),
+            ),
         };
         let config = kube::runtime::controller::Config::default().concurrency(4);
         let tool_ctl = Controller::new(tools, watcher::Config::default().any_semantic())
@@ -81,6 +93,16 @@ pub fn start(
             tool_ctl
                 .graceful_shutdown_on(shutdown.wait())
                 .run(reconcile_tool, error_policy, reconciler.clone())
+                .for_each(|_| async {})
+                .boxed(),
+        );
+        let model_ctl = Controller::new(models, watcher::Config::default().any_semantic())
+            .with_config(config.clone());
+        model_stores.push(model_ctl.store());
+        runs.push(
+            model_ctl
+                .graceful_shutdown_on(shutdown.wait())
+                .run(reconcile_model, error_policy, reconciler.clone())
                 .for_each(|_| async {})
                 .boxed(),
         );
@@ -95,7 +117,7 @@ pub fn start(
                 .boxed(),
         );
     }
-    let catalogs = Arc::new(Catalogs::new(tool_stores, server_stores));
+    let catalogs = Arc::new(Catalogs::new(tool_stores, server_stores, model_stores));
     Ok((catalogs, async move {
         futures::future::join_all(runs).await;
     }))
@@ -157,6 +179,96 @@ async fn reconcile_tool(tool: Arc<Tool>, reconciler: Arc<Reconciler>) -> Result<
         started.elapsed(),
     );
     result.map(|()| Action::await_change())
+}
+
+/// A Model is Ready when its endpoint lists models with its key (a cheap call that spends no
+/// tokens); the provider's error otherwise.
+async fn reconcile_model(model: Arc<Model>, reconciler: Arc<Reconciler>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = model.namespace().unwrap_or_default();
+    let check = async {
+        let key = match &model.spec.api_key_secret_ref {
+            Some(r) => {
+                let header = HeaderSpec {
+                    name: "Authorization".into(),
+                    value: None,
+                    value_from: Some(crane_api::HeaderSource {
+                        secret_key_ref: r.clone(),
+                    }),
+                };
+                let resolved = resolve_headers(&reconciler.ctx, &ns, &[header])
+                    .await
+                    .map_err(|m| ("SecretMissing", m))?;
+                resolved.into_iter().next().map(|(_, v)| v)
+            }
+            None => None,
+        };
+        let url = crane_llm::models_url(&model.spec.base_url);
+        let mut request = reconciler
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(u64::from(
+                model.spec.timeout_seconds.clamp(1, 30),
+            )));
+        if let Some(key) = &key {
+            request = request.bearer_auth(key);
+        }
+        let redact = |text: String| match &key {
+            Some(k) if !k.is_empty() => text.replace(k.as_str(), "<redacted>"),
+            _ => text,
+        };
+        let response = request.send().await.map_err(|e| {
+            (
+                "Unreachable",
+                redact(format!(
+                    "cannot reach {url}: {}",
+                    crane_llm::error_chain(&e.without_url())
+                )),
+            )
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(format!(
+                "{url} answers; llm steps can use model {}",
+                model.spec.model
+            ))
+        } else {
+            let body = response.text().await.unwrap_or_default();
+            Err((
+                "ProviderError",
+                redact(format!(
+                    "{url} answered HTTP {status}: {}",
+                    crane_llm::quote_reply(body.as_bytes())
+                )),
+            ))
+        }
+    };
+    let (ready, reason, message) = match check.await {
+        Ok(m) => (true, "Available", m),
+        Err((reason, m)) => (false, reason, m),
+    };
+    let mut status = model.status.clone().unwrap_or_default();
+    set_condition(
+        &mut status.conditions,
+        CONDITION_TOOL_READY,
+        ready,
+        reason,
+        &message,
+        model.metadata.generation,
+        &now(),
+    );
+    status.observed_generation = model.metadata.generation;
+    let result = if model.status.as_ref() == Some(&status) {
+        Ok(())
+    } else {
+        write(&reconciler.ctx, &*model, &status, Ctl::model).await
+    };
+    reconciler.ctx.metrics.reconciled(
+        Ctl::model,
+        if result.is_ok() { "ok" } else { "status" },
+        started.elapsed(),
+    );
+    result.map(|()| Action::requeue(if ready { MODEL_REFRESH } else { REFRESH }))
 }
 
 /// Lists the server's tools into status; Ready says whether that worked.

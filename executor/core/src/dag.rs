@@ -367,6 +367,8 @@ impl Dag {
                     error: s.error.clone(),
                     started_at: None,
                     finished_at: None,
+                    usage: None,
+                    message: None,
                 })
                 .collect(),
             result: self.result(),

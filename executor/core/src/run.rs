@@ -128,6 +128,12 @@ pub struct StepReport {
     /// RFC 3339, when the step reached a terminal phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// Tokens its model calls used (llm steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::model::Usage>,
+    /// Why a step that could run waits (breaker, rate limit, approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A run as printed by `crane-executor run` / `status`.

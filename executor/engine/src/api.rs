@@ -508,6 +508,8 @@ fn build_report(
             } else {
                 None
             },
+            usage: None,
+            message: None,
         });
     }
     let result = (phase == RunPhase::Succeeded)

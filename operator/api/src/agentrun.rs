@@ -27,6 +27,8 @@ pub const REASON_INVALID_PLAN: &str = "InvalidPlan";
 /// Condition type: parts of the status were left out to keep the object within its size
 /// limit (the message says which; full outputs stay in the engine).
 pub const CONDITION_STATUS_TRUNCATED: &str = "StatusTruncated";
+/// Condition reason on `Failed` when the run's budget could not cover a call.
+pub const REASON_BUDGET_EXCEEDED: &str = "BudgetExceeded";
 /// Condition reason on `Failed` when even a reduced status cannot be written.
 pub const REASON_STATUS_TOO_LARGE: &str = "StatusTooLarge";
 
@@ -137,6 +139,49 @@ pub struct AgentRunSpec {
     /// phase becomes Cancelled.
     #[serde(default)]
     pub cancel: bool,
+
+    /// The Model (same namespace) that llm steps naming none use, and the LLM planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.model must be the name of a Model in this namespace (a DNS-1123 label)"))]
+    pub model: Option<String>,
+
+    /// What the run may spend. A call the budget cannot cover is never sent; the run then
+    /// fails with reason BudgetExceeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
+
+    /// Human approval before anything runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
+}
+
+/// Limits on what one run spends, enforced across all workers before each call.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetSpec {
+    /// Most tokens (prompt and completion) of all llm steps and the planner together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tokens: Option<u64>,
+    /// Most llm calls (the planner's included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_llm_calls: Option<u64>,
+    /// Most calls of other tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tool_calls: Option<u64>,
+}
+
+/// Approval gates of the whole run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSpec {
+    /// true: after planning the run waits in phase AwaitingApproval, with the plan in status
+    /// and an Approval for it; nothing runs before it is approved.
+    #[serde(default)]
+    pub plan: bool,
 }
 
 /// Planner settings.
@@ -173,6 +218,8 @@ pub enum AgentRunPhase {
     Pending,
     /// The planner Job is turning the prompt into a plan.
     Planning,
+    /// spec.approval.plan: the plan waits for a person's approval (an Approval object).
+    AwaitingApproval,
     /// Steps are running.
     Running,
     /// Every step succeeded; status.result holds the result.
@@ -266,6 +313,43 @@ pub struct AgentRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub retry_token: Option<String>,
+
+    /// What the run spent: tokens of every llm step and the planner, llm and tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<RunUsage>,
+}
+
+/// A run's spending, summed over its steps and its planner.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunUsage {
+    /// Prompt tokens, as the providers counted them.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion tokens, as the providers counted them.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// promptTokens + completionTokens.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Calls to models (llm steps and the planner).
+    #[serde(default)]
+    pub llm_calls: u64,
+    /// Calls of other tools.
+    #[serde(default)]
+    pub tool_calls: u64,
+}
+
+/// Tokens one llm step used.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUsage {
+    /// Prompt tokens, as the provider counted them.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion tokens, as the provider counted them.
+    #[serde(default)]
+    pub completion_tokens: u64,
 }
 
 /// One step of the run, as the engine last reported it.
@@ -296,4 +380,12 @@ pub struct StepStatus {
     /// When the step reached Succeeded, Failed or Skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// Tokens the step's model calls used (llm steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<StepUsage>,
+    /// Why a step that could run is waiting (an open circuit breaker, the model's rate
+    /// limit, a person's approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
 }

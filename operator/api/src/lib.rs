@@ -7,15 +7,18 @@
 
 mod agentrun;
 pub mod crdgen;
+mod model;
 mod schema;
 mod tools;
 mod workerpool;
 
 pub use agentrun::{
-    AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, CONDITION_COMPLETE, CONDITION_FAILED,
-    CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, PlannerSpec, REASON_INVALID_PLAN,
-    REASON_STATUS_TOO_LARGE, StepStatus,
+    AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, ApprovalSpec, BudgetSpec,
+    CONDITION_COMPLETE, CONDITION_FAILED, CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED,
+    PlannerSpec, REASON_BUDGET_EXCEEDED, REASON_INVALID_PLAN, REASON_STATUS_TOO_LARGE, RunUsage,
+    StepStatus, StepUsage,
 };
+pub use model::{Model, ModelLimitsSpec, ModelSpec, ModelStatus};
 pub use schema::{MAX_REASONING_CHARS, MAX_TOOL_NAME_CHARS, TOOL_NAME_PATTERN};
 pub use tools::{
     CONDITION_TOOL_READY, DiscoveredTool, HeaderSource, HeaderSpec, HttpEndpoint, HttpMethod,
@@ -108,6 +111,11 @@ impl StepStatus {
                 .map(|e| truncate(e, MAX_ERROR_BYTES)),
             started_at: time("startedAt", &report.started_at)?,
             finished_at: time("finishedAt", &report.finished_at)?,
+            usage: report.usage.map(|u| StepUsage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            }),
+            message: report.message.as_deref().map(|m| truncate(m, 1024)),
         })
     }
 }

@@ -307,12 +307,22 @@ fn report() -> StepReport {
         error: Some("e".repeat(5000)),
         started_at: Some("2026-01-02T03:04:05Z".into()),
         finished_at: Some("2026-01-02T03:04:06.5Z".into()),
+        usage: Some(crane_core::model::Usage {
+            prompt_tokens: 7,
+            completion_tokens: 3,
+        }),
+        message: Some("w".repeat(5000)),
     }
 }
 
 #[test]
 fn step_status_from_report_truncates_and_parses_times() {
     let s = StepStatus::from_report(&report()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+        Some((7, 3))
+    );
+    assert!(s.message.as_ref().is_some_and(|m| m.len() <= 1024));
     assert_eq!((s.id, s.attempts, s.phase), (2, 3, StepPhase::Failed));
     assert_eq!(
         s.output.as_ref().map(|o| o["truncated"].clone()),

@@ -60,7 +60,8 @@ fn every_copy_is_identical_yaml_with_a_header() {
             "agentruns.crane.dev.yaml",
             "workerpools.crane.dev.yaml",
             "tools.crane.dev.yaml",
-            "mcpservers.crane.dev.yaml"
+            "mcpservers.crane.dev.yaml",
+            "models.crane.dev.yaml"
         ]
     );
     for f in &files {

@@ -219,6 +219,7 @@ pub fn count_phases<'a>(
     let mut counts: HashMap<&'static str, i64> = [
         AgentRunPhase::Pending,
         AgentRunPhase::Planning,
+        AgentRunPhase::AwaitingApproval,
         AgentRunPhase::Running,
         AgentRunPhase::Succeeded,
         AgentRunPhase::Failed,
@@ -402,6 +403,6 @@ mod tests {
             (c["Pending"], c["Running"], c["Failed"], c["Succeeded"]),
             (1, 2, 1, 0)
         );
-        assert_eq!(c.len(), 6);
+        assert_eq!(c.len(), 7);
     }
 }

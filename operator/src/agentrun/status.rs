@@ -228,6 +228,7 @@ pub fn phase_label(phase: AgentRunPhase) -> &'static str {
     match phase {
         AgentRunPhase::Pending => "Pending",
         AgentRunPhase::Planning => "Planning",
+        AgentRunPhase::AwaitingApproval => "AwaitingApproval",
         AgentRunPhase::Running => "Running",
         AgentRunPhase::Succeeded => "Succeeded",
         AgentRunPhase::Failed => "Failed",

@@ -473,7 +473,10 @@ pub fn from_report(
             s.error = Some(truncate(&message, MAX_ERROR_BYTES * 4));
             ended_unsuccessfully(&mut s, REASON_CANCELLED, &message, true, generation, now);
         }
-        AgentRunPhase::Pending | AgentRunPhase::Planning | AgentRunPhase::Running => {}
+        AgentRunPhase::Pending
+        | AgentRunPhase::Planning
+        | AgentRunPhase::AwaitingApproval
+        | AgentRunPhase::Running => {}
     }
     if phase.is_terminal() {
         // The operator ended the run (its deadline) while the engine still had steps to

@@ -37,6 +37,8 @@ fn step(
         finished_at: phase
             .is_terminal()
             .then(|| format!("2026-01-01T00:00:0{}Z", id + 1)),
+        usage: None,
+        message: None,
     }
 }
 
