@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 # The dry runs of WorkerPools and AgentRuns need the CRDs, as `helm install` would put them.
 kubectl apply --server-side --force-conflicts -f "$chart/crds/" >/dev/null &&
-  kubectl wait --for=condition=Established --timeout=60s crd/agentruns.crane.dev crd/workerpools.crane.dev crd/tools.crane.dev crd/mcpservers.crane.dev crd/models.crane.dev >/dev/null ||
+  kubectl wait --for=condition=Established --timeout=60s crd/agentruns.crane.dev crd/workerpools.crane.dev crd/tools.crane.dev crd/mcpservers.crane.dev crd/models.crane.dev crd/approvals.crane.dev >/dev/null ||
   echo "chart.sh: could not apply charts/crane/crds/" >&2
 
 pass() { passed=$((passed + 1)); echo "ok   $1"; }

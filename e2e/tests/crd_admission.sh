@@ -17,7 +17,7 @@ trap cleanup EXIT
 
 kubectl apply --server-side --force-conflicts -f "$root/crds/" >/dev/null
 kubectl wait --for=condition=Established --timeout=60s \
-  crd/agentruns.crane.dev crd/workerpools.crane.dev crd/tools.crane.dev crd/mcpservers.crane.dev crd/models.crane.dev >/dev/null
+  crd/agentruns.crane.dev crd/workerpools.crane.dev crd/tools.crane.dev crd/mcpservers.crane.dev crd/models.crane.dev crd/approvals.crane.dev >/dev/null
 kubectl create namespace "$ns" >/dev/null
 
 pass() { passed=$((passed + 1)); echo "ok   $1"; }

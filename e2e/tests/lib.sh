@@ -40,7 +40,7 @@ operator_kubeconfig() {
   local file=$1 server ca token
   kubectl apply --server-side --force-conflicts -f "$_crane_root/crds/" >/dev/null || return 1
   kubectl wait --for=condition=Established --timeout=60s \
-    crd/agentruns.crane.dev crd/workerpools.crane.dev crd/tools.crane.dev crd/mcpservers.crane.dev crd/models.crane.dev >/dev/null || return 1
+    crd/agentruns.crane.dev crd/workerpools.crane.dev crd/tools.crane.dev crd/mcpservers.crane.dev crd/models.crane.dev crd/approvals.crane.dev >/dev/null || return 1
   kubectl get namespace crane-system >/dev/null 2>&1 || kubectl create namespace crane-system >/dev/null || return 1
   kubectl apply --server-side --force-conflicts -k "$_crane_root/config/rbac" >/dev/null || return 1
   server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')

@@ -67,6 +67,7 @@ async fn wait_for_crds(client: kube::Client) -> anyhow::Result<()> {
         "tools.crane.dev",
         "mcpservers.crane.dev",
         "models.crane.dev",
+        "approvals.crane.dev",
     ] {
         tracing::info!(crd = name, "waiting for CRD to be established");
         tokio::time::timeout(

@@ -153,7 +153,7 @@ pub struct AgentRunSpec {
 
     /// Human approval before anything runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<ApprovalSpec>,
+    pub approval: Option<RunApproval>,
 }
 
 /// Limits on what one run spends, enforced across all workers before each call.
@@ -177,7 +177,7 @@ pub struct BudgetSpec {
 /// Approval gates of the whole run.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct ApprovalSpec {
+pub struct RunApproval {
     /// true: after planning the run waits in phase AwaitingApproval, with the plan in status
     /// and an Approval for it; nothing runs before it is approved.
     #[serde(default)]

@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::{AgentRun, MCPServer, Model, Tool, WorkerPool};
+use crate::{AgentRun, Approval, MCPServer, Model, Tool, WorkerPool};
 
 /// Directories, relative to the workspace root, that each hold one copy of every CRD file.
 pub const CRD_DIRS: [&str; 3] = ["crds", "config/crd/bases", "charts/crane/crds"];
@@ -59,6 +59,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Tool::crd(),
         MCPServer::crd(),
         Model::crd(),
+        Approval::crd(),
     ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod agentrun;
+mod approval;
 pub mod crdgen;
 mod model;
 mod schema;
@@ -13,11 +14,12 @@ mod tools;
 mod workerpool;
 
 pub use agentrun::{
-    AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, ApprovalSpec, BudgetSpec,
-    CONDITION_COMPLETE, CONDITION_FAILED, CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED,
-    PlannerSpec, REASON_BUDGET_EXCEEDED, REASON_INVALID_PLAN, REASON_STATUS_TOO_LARGE, RunUsage,
+    AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, BudgetSpec, CONDITION_COMPLETE,
+    CONDITION_FAILED, CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, PlannerSpec,
+    REASON_BUDGET_EXCEEDED, REASON_INVALID_PLAN, REASON_STATUS_TOO_LARGE, RunApproval, RunUsage,
     StepStatus, StepUsage,
 };
+pub use approval::{Approval, ApprovalSpec, ApprovalStatus, Decision, Outcome};
 pub use model::{Model, ModelLimitsSpec, ModelSpec, ModelStatus};
 pub use schema::{MAX_REASONING_CHARS, MAX_TOOL_NAME_CHARS, TOOL_NAME_PATTERN};
 pub use tools::{

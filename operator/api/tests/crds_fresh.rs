@@ -61,7 +61,8 @@ fn every_copy_is_identical_yaml_with_a_header() {
             "workerpools.crane.dev.yaml",
             "tools.crane.dev.yaml",
             "mcpservers.crane.dev.yaml",
-            "models.crane.dev.yaml"
+            "models.crane.dev.yaml",
+            "approvals.crane.dev.yaml"
         ]
     );
     for f in &files {
