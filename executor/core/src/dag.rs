@@ -30,7 +30,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde_json::Value;
 
 use crate::plan::{Plan, StepId};
-use crate::run::{FailurePolicy, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks};
+use crate::run::{
+    FailurePolicy, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks, run_error,
+};
 use crate::tool::ToolError;
 
 /// Why a plan cannot be turned into a DAG (a validated plan never hits these).
@@ -83,23 +85,12 @@ pub enum Completion {
     Ignored,
 }
 
-/// One step's state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepState {
-    pub id: StepId,
-    pub tool: String,
-    pub phase: StepPhase,
-    /// Attempts started so far.
-    pub attempts: u32,
-    pub output: Option<Value>,
-    /// The last attempt's error.
-    pub error: Option<String>,
-}
-
 /// The state of one run's DAG.
 #[derive(Debug, Clone)]
 pub struct Dag {
-    steps: Vec<StepState>,
+    /// Each step as the run report shows it (`error` is the last attempt's), without
+    /// timestamps: the engine owns the clock.
+    steps: Vec<StepReport>,
     index: HashMap<StepId, usize>,
     deps: Vec<Vec<usize>>,
     dependents: Vec<Vec<usize>>,
@@ -141,7 +132,7 @@ impl Dag {
             .steps
             .iter()
             .zip(&deps)
-            .map(|(s, d)| StepState {
+            .map(|(s, d)| StepReport {
                 id: s.id,
                 tool: s.tool.clone(),
                 phase: if d.is_empty() {
@@ -152,6 +143,8 @@ impl Dag {
                 attempts: 0,
                 output: None,
                 error: None,
+                started_at: None,
+                finished_at: None,
             })
             .collect();
         Ok(Dag {
@@ -293,11 +286,11 @@ impl Dag {
         }
     }
 
-    pub fn steps(&self) -> &[StepState] {
+    pub fn steps(&self) -> &[StepReport] {
         &self.steps
     }
 
-    pub fn step(&self, id: StepId) -> Option<&StepState> {
+    pub fn step(&self, id: StepId) -> Option<&StepReport> {
         self.index.get(&id).map(|&i| &self.steps[i])
     }
 
@@ -321,54 +314,15 @@ impl Dag {
 
     /// The run's error when Failed or Cancelled.
     pub fn error(&self) -> Option<String> {
-        match self.phase() {
-            RunPhase::Failed => Some(match self.first_failure.map(|i| &self.steps[i]) {
-                Some(step) => {
-                    let error = step.error.as_deref().unwrap_or("unknown error");
-                    if step.attempts > 1 {
-                        format!(
-                            "step {} ({}) failed after {} attempts: {error}",
-                            step.id, step.tool, step.attempts
-                        )
-                    } else {
-                        format!("step {} ({}) failed: {error}", step.id, step.tool)
-                    }
-                }
-                None => "run failed".to_owned(),
-            }),
-            RunPhase::Cancelled => {
-                let done = self
-                    .steps
-                    .iter()
-                    .filter(|s| s.phase == StepPhase::Succeeded)
-                    .count();
-                Some(format!(
-                    "run cancelled after {done} of {} steps succeeded",
-                    self.steps.len()
-                ))
-            }
-            _ => None,
-        }
+        let first_failure = self.first_failure.map(|i| self.steps[i].id);
+        run_error(self.phase(), &self.steps, first_failure)
     }
 
     /// The report, without timestamps (the engine owns the clock).
     pub fn report(&self) -> RunReport {
         RunReport {
             phase: self.phase(),
-            steps: self
-                .steps
-                .iter()
-                .map(|s| StepReport {
-                    id: s.id,
-                    tool: s.tool.clone(),
-                    phase: s.phase,
-                    attempts: s.attempts,
-                    output: s.output.clone(),
-                    error: s.error.clone(),
-                    started_at: None,
-                    finished_at: None,
-                })
-                .collect(),
+            steps: self.steps.clone(),
             result: self.result(),
             error: self.error(),
         }

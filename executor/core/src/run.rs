@@ -143,6 +143,46 @@ pub struct RunReport {
     pub error: Option<String>,
 }
 
+/// The run's `error`, worded the same by both engines: for a Failed run the first step that
+/// failed for good (`first_failure`), e.g. `step 2 (calculator) failed: division by zero`
+/// (`failed after 3 attempts` when it was retried); for a Cancelled run how far it got;
+/// otherwise none.
+pub fn run_error(
+    phase: RunPhase,
+    steps: &[StepReport],
+    first_failure: Option<StepId>,
+) -> Option<String> {
+    match phase {
+        RunPhase::Failed => Some(
+            match first_failure.and_then(|id| steps.iter().find(|s| s.id == id)) {
+                Some(step) => {
+                    let error = step.error.as_deref().unwrap_or("unknown error");
+                    if step.attempts > 1 {
+                        format!(
+                            "step {} ({}) failed after {} attempts: {error}",
+                            step.id, step.tool, step.attempts
+                        )
+                    } else {
+                        format!("step {} ({}) failed: {error}", step.id, step.tool)
+                    }
+                }
+                None => "run failed".to_owned(),
+            },
+        ),
+        RunPhase::Cancelled => {
+            let done = steps
+                .iter()
+                .filter(|s| s.phase == StepPhase::Succeeded)
+                .count();
+            Some(format!(
+                "run cancelled after {done} of {} steps succeeded",
+                steps.len()
+            ))
+        }
+        RunPhase::Pending | RunPhase::Running | RunPhase::Succeeded => None,
+    }
+}
+
 /// Builds the `result` of a succeeded run from the sink steps' outputs.
 pub fn result_from_sinks(sinks: &[StepId], outputs: &BTreeMap<StepId, Value>) -> Option<Value> {
     match sinks {

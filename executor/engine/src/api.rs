@@ -19,6 +19,7 @@ use super::{EngineConfig, EngineError, ms};
 use crane_core::plan::{Plan, StepId};
 use crane_core::run::{
     FailurePolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks,
+    run_error,
 };
 use crane_core::tool::Catalog;
 
@@ -513,40 +514,8 @@ fn build_report(
     let result = (phase == RunPhase::Succeeded)
         .then(|| result_from_sinks(&plan.sinks(), &outputs))
         .flatten();
-    let error = match phase {
-        // The same wording as the in-process engine (crane_core::dag).
-        RunPhase::Failed => Some(
-            match meta
-                .get("first_failure")
-                .and_then(|id| id.parse::<StepId>().ok())
-                .and_then(|id| reports.iter().find(|r| r.id == id))
-            {
-                Some(step) => {
-                    let error = step.error.as_deref().unwrap_or("unknown error");
-                    if step.attempts > 1 {
-                        format!(
-                            "step {} ({}) failed after {} attempts: {error}",
-                            step.id, step.tool, step.attempts
-                        )
-                    } else {
-                        format!("step {} ({}) failed: {error}", step.id, step.tool)
-                    }
-                }
-                None => "run failed".to_owned(),
-            },
-        ),
-        RunPhase::Cancelled => {
-            let done = reports
-                .iter()
-                .filter(|s| s.phase == StepPhase::Succeeded)
-                .count();
-            Some(format!(
-                "run cancelled after {done} of {} steps succeeded",
-                reports.len()
-            ))
-        }
-        _ => None,
-    };
+    let first_failure = meta.get("first_failure").and_then(|id| id.parse().ok());
+    let error = run_error(phase, &reports, first_failure);
     Ok(RunReport {
         phase,
         steps: reports,
