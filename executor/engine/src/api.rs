@@ -12,8 +12,9 @@ use redis::{IntoConnectionInfo, Value};
 use serde_json::Value as Json;
 
 use super::keys::{PoolName, RunKeys};
-use super::queue::{PoolAfter, pool_after_cmd};
-use super::scripts::{SCRIPTS, eval, eval_pipeline, evalsha};
+use super::queue::{PoolAfter, pool_after};
+use super::replies::{CancelReply, CreateReply, RetryReply, phase};
+use super::scripts::{self, Call};
 use super::time::rfc3339;
 use super::{EngineConfig, EngineError, ms};
 use crane_core::plan::{Plan, StepId};
@@ -175,8 +176,7 @@ async fn create_run(
     conn: &mut ConnectionManager,
     keys: &RunKeys,
     pool: &PoolName,
-    script: &redis::Script,
-    args: &[String],
+    create: Call<CreateReply>,
     config: &EngineConfig,
 ) -> Result<InitOutcome, EngineError> {
     let run_id = keys.run_id();
@@ -188,29 +188,41 @@ async fn create_run(
         .query_async::<()>(conn)
         .await
         .map_err(EngineError::redis("registering the run"))?;
-    let r = eval(
-        conn,
-        script,
-        &keys.script_keys(),
-        args,
-        "initialising the run",
-    )
-    .await?;
-    if r.first().map(String::as_str) == Some("exists") {
-        return Ok(InitOutcome::AlreadyExists);
+    match create.run(conn, "initialising the run").await? {
+        CreateReply::Exists => Ok(InitOutcome::AlreadyExists),
+        CreateReply::Created { ready } => {
+            queue_ready(
+                conn,
+                pool,
+                config,
+                run_id,
+                ready,
+                "queueing the first steps",
+            )
+            .await?;
+            Ok(InitOutcome::Created)
+        }
     }
-    let ready: Vec<String> = r.into_iter().skip(1).collect();
-    let cmd = pool_after_cmd(
-        pool,
-        &config.breaker,
-        &[PoolAfter {
-            run: run_id.to_owned(),
-            ready,
-            ..PoolAfter::default()
-        }],
-    );
-    eval_pipeline(conn, vec![cmd], "queueing the first steps").await?;
-    Ok(InitOutcome::Created)
+}
+
+/// Queues a run's ready steps (pool hints `step|tool`) on its pool.
+async fn queue_ready(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+    config: &EngineConfig,
+    run_id: &str,
+    ready: Vec<String>,
+    what: &'static str,
+) -> Result<(), EngineError> {
+    let after = PoolAfter {
+        run: run_id.to_owned(),
+        ready,
+        ..PoolAfter::default()
+    };
+    pool_after(pool, &config.breaker, &[after])
+        .run(conn, what)
+        .await
+        .map(drop)
 }
 
 /// Stores a validated plan as run `run_id` and queues its first steps on `pool`.
@@ -266,7 +278,7 @@ pub async fn init_run(
     args.extend(fields);
     args.extend(counters);
     args.extend(ready);
-    create_run(conn, &keys, pool, &SCRIPTS.init, &args, config).await
+    create_run(conn, &keys, pool, scripts::init(&keys, &args), config).await
 }
 
 /// A step that already succeeded before Redis lost the run, as the AgentRun status kept it.
@@ -330,7 +342,7 @@ pub async fn restore_run(
             None => args.extend(["0", "0", "", "", ""].map(String::from)),
         }
     }
-    create_run(conn, &keys, pool, &SCRIPTS.restore, &args, config).await
+    create_run(conn, &keys, pool, scripts::restore(&keys, &args), config).await
 }
 
 /// What [`retry_run`] did.
@@ -353,82 +365,26 @@ pub async fn retry_run(
     config: &EngineConfig,
 ) -> Result<RetryOutcome, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let r = eval(
-        conn,
-        &SCRIPTS.retry,
-        &keys.script_keys(),
-        &[],
-        "retrying the run",
-    )
-    .await?;
-    let protocol = |detail: String| EngineError::Protocol {
-        what: "retrying the run",
-        detail,
-    };
-    match r.first().map(String::as_str) {
-        Some("missing") | None => Err(EngineError::RunNotFound(run_id.to_owned())),
-        Some("not-failed") => {
-            let p = r.get(1).map(String::as_str).unwrap_or("");
-            parse_run_phase(p)
-                .map(RetryOutcome::NotFailed)
-                .ok_or_else(|| protocol(format!("phase {p:?}")))
-        }
-        Some("retried") => {
-            let pool = r.get(1).map(String::as_str).unwrap_or("");
-            let pool = PoolName::parse(pool).map_err(|e| EngineError::Corrupt {
+    match scripts::retry(&keys).run(conn, "retrying the run").await? {
+        RetryReply::Missing => Err(EngineError::RunNotFound(run_id.to_owned())),
+        RetryReply::NotFailed(phase) => Ok(RetryOutcome::NotFailed(phase)),
+        RetryReply::Retried { pool, reset, ready } => {
+            let pool = PoolName::parse(&pool).map_err(|e| EngineError::Corrupt {
                 what: format!("run {run_id}"),
                 detail: format!("pool: {e}"),
             })?;
-            let reset: usize = r
-                .get(2)
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| protocol(format!("step count {:?}", r.get(2))))?;
-            let steps: Vec<String> = r.iter().skip(3).cloned().collect();
-            let cmd = pool_after_cmd(
+            queue_ready(
+                conn,
                 &pool,
-                &config.breaker,
-                &[PoolAfter {
-                    run: run_id.to_owned(),
-                    ready: steps,
-                    ..PoolAfter::default()
-                }],
-            );
-            eval_pipeline(conn, vec![cmd], "queueing the retried steps").await?;
+                config,
+                run_id,
+                ready,
+                "queueing the retried steps",
+            )
+            .await?;
             Ok(RetryOutcome::Retried { steps: reset })
         }
-        Some(other) => Err(protocol(format!("reply {other:?}"))),
     }
-}
-
-fn parse_phase(s: &str) -> Option<StepPhase> {
-    Some(match s {
-        "Pending" => StepPhase::Pending,
-        "Ready" => StepPhase::Ready,
-        "Running" => StepPhase::Running,
-        "Succeeded" => StepPhase::Succeeded,
-        "Failed" => StepPhase::Failed,
-        "Skipped" => StepPhase::Skipped,
-        _ => return None,
-    })
-}
-
-fn parse_run_phase(s: &str) -> Option<RunPhase> {
-    Some(match s {
-        "Pending" => RunPhase::Pending,
-        "Running" => RunPhase::Running,
-        "Succeeded" => RunPhase::Succeeded,
-        "Failed" => RunPhase::Failed,
-        "Cancelled" => RunPhase::Cancelled,
-        _ => return None,
-    })
-}
-
-fn hash(v: Value, what: &'static str) -> Result<HashMap<String, String>, EngineError> {
-    let flat = super::scripts::strings(v, what)?;
-    Ok(flat
-        .chunks_exact(2)
-        .map(|c| (c[0].clone(), c[1].clone()))
-        .collect())
 }
 
 /// The run as `crane-executor run` prints it, with full outputs.
@@ -437,7 +393,8 @@ pub async fn run_report(
     run_id: &str,
 ) -> Result<RunReport, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let (meta, steps, out): (Value, Value, Value) = redis::pipe()
+    type Hash = HashMap<String, String>;
+    let (meta, steps, out): (Hash, Hash, Hash) = redis::pipe()
         .cmd("HGETALL")
         .arg(keys.meta())
         .cmd("HGETALL")
@@ -447,9 +404,6 @@ pub async fn run_report(
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reading the run"))?;
-    let meta = hash(meta, "reading the run")?;
-    let steps = hash(steps, "reading the run")?;
-    let out = hash(out, "reading the run")?;
     if meta.is_empty() {
         return Err(EngineError::RunNotFound(run_id.to_owned()));
     }
@@ -470,7 +424,7 @@ fn build_report(
         .map_err(|e| corrupt(format!("plan: {e}")))?;
     let phase = meta
         .get("phase")
-        .and_then(|p| parse_run_phase(p))
+        .and_then(|p| phase(p))
         .ok_or_else(|| corrupt(format!("phase {:?}", meta.get("phase"))))?;
     let field = |id: StepId, f: &str| steps.get(&format!("{id}:{f}"));
     let time = |id: StepId, f: &str| {
@@ -492,7 +446,7 @@ fn build_report(
             outputs.insert(step.id, o.clone());
         }
         let sphase = field(step.id, "phase")
-            .and_then(|p| parse_phase(p))
+            .and_then(|p| super::replies::phase::<StepPhase>(p))
             .ok_or_else(|| corrupt(format!("phase of step {}", step.id)))?;
         reports.push(StepReport {
             id: step.id,
@@ -537,7 +491,7 @@ pub async fn run_phase(
         .await
         .map_err(EngineError::redis("reading the run phase"))?;
     let p = p.ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))?;
-    parse_run_phase(&p).ok_or_else(|| EngineError::Corrupt {
+    phase(&p).ok_or_else(|| EngineError::Corrupt {
         what: format!("run {run_id}"),
         detail: format!("phase {p:?}"),
     })
@@ -549,20 +503,12 @@ pub async fn cancel_run(
     run_id: &str,
 ) -> Result<RunPhase, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let r = eval(
-        conn,
-        &SCRIPTS.cancel,
-        &keys.script_keys(),
-        &[],
-        "cancelling the run",
-    )
-    .await?;
-    match r.first().map(String::as_str) {
-        Some("missing") | None => Err(EngineError::RunNotFound(run_id.to_owned())),
-        Some(p) => parse_run_phase(p).ok_or_else(|| EngineError::Protocol {
-            what: "cancelling the run",
-            detail: format!("phase {p:?}"),
-        }),
+    match scripts::cancel(&keys)
+        .run(conn, "cancelling the run")
+        .await?
+    {
+        CancelReply::Missing => Err(EngineError::RunNotFound(run_id.to_owned())),
+        CancelReply::Phase(phase) => Ok(phase),
     }
 }
 
@@ -770,11 +716,6 @@ impl Executor for RedisExecutor {
             Ok(self.run(run_id, namespace, plan, options).await?)
         })
     }
-}
-
-/// Re-exported for the worker: a pipeline-ready script call on a run's slot.
-pub(crate) fn run_cmd(script: &redis::Script, keys: &RunKeys, args: &[String]) -> redis::Cmd {
-    evalsha(script, &keys.script_keys(), args)
 }
 
 /// What a planner Job leaves for the operator: the plan and who made it, or the planner's

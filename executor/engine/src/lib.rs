@@ -56,6 +56,7 @@ pub mod keys;
 pub mod local;
 pub mod metrics;
 pub mod queue;
+pub mod replies;
 pub mod scripts;
 pub mod time;
 pub mod worker;
