@@ -7,10 +7,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, Value};
 use serde_json::Value as Json;
 
+use super::events::{self, Follower, RunEvent, Start};
 use super::keys::{PoolName, RunKeys};
 use super::queue::{PoolAfter, pool_after};
 use super::replies::{CancelReply, CreateReply, RetryReply, phase};
@@ -546,19 +547,18 @@ pub async fn wait_for_run(
     timeout: Option<Duration>,
 ) -> Result<RunReport, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let block = Duration::from_millis(500);
-    let mut blocking = super::api::connect_with(client, block + Duration::from_secs(5)).await?;
+    // The phase is read before every wait: a gap in the events costs nothing.
+    let mut events = events::follow_run(client.clone(), &keys, Start::Beginning).ignoring_gaps();
     let started = Instant::now();
-    let mut last = "0-0".to_owned();
     let mut failures = 0u32;
     loop {
         if timeout.is_some_and(|t| started.elapsed() > t) {
             return Err(EngineError::WaitTimeout(run_id.to_owned()));
         }
-        match wait_step(conn, &mut blocking, run_id, &keys, &mut last, block).await {
+        match wait_step(conn, &mut events, run_id).await {
             Ok(Some(report)) => return Ok(report),
             Ok(None) => failures = 0,
-            // Redis restarting or a dropped connection: the connection managers reconnect.
+            // Redis restarting or a dropped connection: the connections reconnect.
             Err(EngineError::Redis { source, .. }) if is_transient(&source) && failures < 100 => {
                 failures += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -582,59 +582,16 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
 
 async fn wait_step(
     conn: &mut ConnectionManager,
-    blocking: &mut ConnectionManager,
+    events: &mut Follower<RunEvent>,
     run_id: &str,
-    keys: &RunKeys,
-    last: &mut String,
-    block: Duration,
 ) -> Result<Option<RunReport>, EngineError> {
     if run_phase(conn, run_id).await?.is_terminal() {
         return run_report(conn, run_id).await.map(Some);
     }
     // Events are hints; the phase read above is the truth, so a lost event only costs one
     // block interval.
-    let v: Value = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(1000)
-        .arg("BLOCK")
-        .arg(ms(block))
-        .arg("STREAMS")
-        .arg(keys.events())
-        .arg(last.as_str())
-        .query_async(blocking)
-        .await
-        .map_err(EngineError::redis("following run events"))?;
-    if let Some(id) = last_stream_id(&v) {
-        *last = id;
-    }
+    events.read(Duration::from_millis(500)).await?;
     Ok(None)
-}
-
-/// The id of the last entry in an XREAD reply.
-fn last_stream_id(v: &Value) -> Option<String> {
-    let streams = match v {
-        Value::Array(s) => s,
-        Value::Map(m) => return m.first().and_then(|(_, entries)| last_entry_id(entries)),
-        _ => return None,
-    };
-    let Value::Array(stream) = streams.first()? else {
-        return None;
-    };
-    last_entry_id(stream.get(1)?)
-}
-
-fn last_entry_id(entries: &Value) -> Option<String> {
-    let Value::Array(entries) = entries else {
-        return None;
-    };
-    let Value::Array(entry) = entries.last()? else {
-        return None;
-    };
-    match entry.first()? {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// An `Executor` that runs plans through Redis: submits the run to a pool and waits for the

@@ -52,6 +52,7 @@
 //! The key schema is in `executor/engine/ENGINE.md` and [`keys`].
 
 pub mod api;
+pub mod events;
 pub mod keys;
 pub mod local;
 pub mod metrics;

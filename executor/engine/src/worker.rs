@@ -17,14 +17,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::api::{connect, connect_with};
-use super::keys::{GLOBAL_EVENTS, PoolName, RunKeys};
+use super::events;
+use super::keys::{PoolName, RunKeys};
 use super::metrics::{Metrics, StepLabels, ToolLabels};
 use super::queue::{
     BreakerPhase, GROUP, PoolAfter, breaker_states, ensure_group, pool_after, promote_due,
 };
-use super::replies::{
-    CompleteReply, ReleaseReply, StartReply, Started, StepEnded, SweepReply, phase_name,
-};
+use super::replies::{CompleteReply, ReleaseReply, StartReply, Started, StepEnded, SweepReply};
 use super::scripts::{
     self, AttemptEnd, AttemptOutcome, Call, SCRIPTS, StartHint, StartMode, run_all, run_with,
 };
@@ -792,19 +791,7 @@ async fn complete_batch(
             done.push((c, reply));
         }
         if let Some((step, phase)) = last_accepted {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(GLOBAL_EVENTS)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(100_000)
-                .arg("*")
-                .arg("run")
-                .arg(keys.run_id())
-                .arg("step")
-                .arg(step)
-                .arg("phase")
-                .arg(phase_name(&phase));
-            notify.push(cmd);
+            notify.push(events::publish(keys.run_id(), &step, phase));
         }
         if let Some(phase) = run_ended {
             info!(run = %keys.run_id(), phase = ?phase, "run finished");
