@@ -216,6 +216,9 @@ impl LocalExecutor {
                     dag.requeue(id)?;
                 }
             }
+            // Before the next dispatch, so a dependent never starts before its dependencies'
+            // finish times.
+            stamp_finished(&dag, &mut finished_at);
         }
 
         let mut report = dag.report();
