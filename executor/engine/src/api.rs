@@ -3,8 +3,6 @@
 //! the `Executor` that runs a plan through Redis workers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use redis::IntoConnectionInfo;
@@ -25,7 +23,7 @@ use crane_core::run::{
 };
 use crane_core::tool::Catalog;
 
-use crate::Executor;
+use crate::{ExecuteFuture, Executor, RunRequest};
 
 /// A Redis client for `url`, with the password (from a Secret) overriding any in the URL.
 pub fn client(url: &str, password: Option<&str>) -> Result<redis::Client, EngineError> {
@@ -660,17 +658,13 @@ impl RedisExecutor {
 }
 
 impl Executor for RedisExecutor {
-    fn execute<'a>(
-        &'a self,
-        run_id: &'a str,
-        namespace: &'a str,
-        plan: &'a Plan,
-        options: &'a RunOptions,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>> {
+    fn execute<'a>(&'a self, run: RunRequest<'a>) -> ExecuteFuture<'a> {
         Box::pin(async move {
-            crane_core::validate::validate(plan, &self.catalog)
+            crane_core::validate::validate(run.plan, &self.catalog)
                 .map_err(|e| anyhow::anyhow!("invalid plan:\n{e}"))?;
-            Ok(self.run(run_id, namespace, plan, options).await?)
+            Ok(self
+                .run(run.run_id, run.namespace, run.plan, run.options)
+                .await?)
         })
     }
 }

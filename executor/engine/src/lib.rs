@@ -82,16 +82,22 @@ pub use worker::{Worker, WorkerConfig};
 /// workers ([`RedisExecutor`]). Both follow `crane_core::dag`'s rules, and one scenario suite
 /// runs against both.
 pub trait Executor: Send + Sync {
-    /// Runs `plan` as run `run_id` in `namespace` and returns the final report. `Err` means
-    /// the engine itself failed (invalid plan, backend unreachable), not that a step failed.
-    fn execute<'a>(
-        &'a self,
-        run_id: &'a str,
-        namespace: &'a str,
-        plan: &'a Plan,
-        options: &'a RunOptions,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>>;
+    /// Runs the plan to its end and returns the final report. `Err` means the engine itself
+    /// failed (invalid plan, backend unreachable), not that a step failed.
+    fn execute<'a>(&'a self, run: RunRequest<'a>) -> ExecuteFuture<'a>;
 }
+
+/// What [`Executor::execute`] is asked to run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunRequest<'a> {
+    pub run_id: &'a str,
+    pub namespace: &'a str,
+    pub plan: &'a Plan,
+    pub options: &'a RunOptions,
+}
+
+/// What [`Executor::execute`] returns.
+pub type ExecuteFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>>;
 
 /// Everything that can go wrong in the engine. One variant per failing step.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use crane_core::plan::{Plan, StepId};
 use crane_core::run::{
     FailurePolicy, RetryPolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport,
 };
-use crane_engine::Executor;
+use crane_engine::{Executor, RunRequest};
 use serde_json::{Value, json};
 
 /// Namespace the scenarios run in.
@@ -64,8 +64,17 @@ fn fast_retries(max_attempts: u32) -> RunOptions {
     }
 }
 
+fn request<'a>(run_id: &'a str, plan: &'a Plan, options: &'a RunOptions) -> RunRequest<'a> {
+    RunRequest {
+        run_id,
+        namespace: NAMESPACE,
+        plan,
+        options,
+    }
+}
+
 async fn execute(exec: &dyn Executor, name: &str, plan: &Plan, options: &RunOptions) -> RunReport {
-    match exec.execute(&run_id(name), NAMESPACE, plan, options).await {
+    match exec.execute(request(&run_id(name), plan, options)).await {
         Ok(report) => report,
         Err(e) => panic!("{name}: the engine failed: {e:#}"),
     }
@@ -327,7 +336,7 @@ pub async fn invalid_plan_is_refused(exec: &dyn Executor) {
         {"id": 2, "tool": "calculator", "input": {"expression": "1"}, "dependsOn": [1]},
     ]));
     match exec
-        .execute(&run_id("cycle"), NAMESPACE, &p, &RunOptions::default())
+        .execute(request(&run_id("cycle"), &p, &RunOptions::default()))
         .await
     {
         Ok(r) => panic!("a cyclic plan ran: {r:#?}"),
