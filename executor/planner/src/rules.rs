@@ -676,8 +676,11 @@ fn todo_by_id(clause: &str) -> Option<Result<Action, RulesError>> {
     Some(Ok(Action::new(tool, json!({ "id": id }), reasoning)))
 }
 
+/// What a clause calls the previous step's result. A phrase comes before any phrase it starts
+/// with, as matching takes the first that fits ("that result" before "that").
 const REFS: &[&str] = &[
     "it",
+    "that result",
     "that",
     "the result",
     "the answer",
@@ -685,7 +688,6 @@ const REFS: &[&str] = &[
     "the previous result",
     "the last result",
     "this result",
-    "that result",
 ];
 
 fn is_ref(s: &str) -> bool {
@@ -1319,6 +1321,7 @@ mod tests {
             ("subtract 3 from the result", "{step_1_output} - 3"),
             ("square it", "{step_1_output} ^ 2"),
             ("double that", "{step_1_output} * 2"),
+            ("multiply that result by 2", "{step_1_output} * 2"),
         ] {
             // "and" joins independent clauses; using the result still makes the dependency.
             let prompt = format!("calculate 10 and {clause}");
@@ -1950,16 +1953,6 @@ mod tests {
         })
     }
 
-    const REFS_SAID: &[&str] = &[
-        "it",
-        "that",
-        "the result",
-        "the answer",
-        "the total",
-        "the previous result",
-        "the last result",
-    ];
-
     /// A clause that stands on its own.
     fn independent() -> impl Strategy<Value = Clause> {
         let title = select(&[
@@ -2013,7 +2006,7 @@ mod tests {
     fn on_result() -> impl Strategy<Value = Clause> {
         let n = 1u32..1000;
         (
-            select(REFS_SAID),
+            select(REFS),
             prop_oneof![
                 n.clone().prop_map(|n| ("multiply", n)),
                 n.clone().prop_map(|n| ("divide", n)),
