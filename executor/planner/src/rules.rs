@@ -1221,6 +1221,14 @@ mod tests {
         }
     }
 
+    /// Every prompt is refused, each with an error `expected` accepts.
+    fn refused_as(prompts: &[&str], expected: fn(&RulesError) -> bool) {
+        for prompt in prompts {
+            let err = refused(prompt);
+            assert!(expected(&err), "{prompt}: {err:?}");
+        }
+    }
+
     /// (tool, input, dependsOn) of each step, in order.
     fn shape(plan: &Plan) -> Vec<(String, Value, Vec<StepId>)> {
         plan.steps
@@ -1525,19 +1533,17 @@ mod tests {
         // The unit's dot ends the sentence; the title's does not.
         assert_eq!(planned("wait 500 ms. List my todos").steps.len(), 2);
         assert_eq!(planned("add a todo to call Ms. Smith").steps.len(), 1);
-        for prompt in [
-            "wait 61 seconds",
-            "wait forever",
-            "wait 1e9 ms",
-            "wait -5 ms",
-            "wait 5 fortnights",
-            "wait",
-        ] {
-            assert!(
-                matches!(refused(prompt), RulesError::BadWait { .. }),
-                "{prompt}"
-            );
-        }
+        refused_as(
+            &[
+                "wait 61 seconds",
+                "wait forever",
+                "wait 1e9 ms",
+                "wait -5 ms",
+                "wait 5 fortnights",
+                "wait",
+            ],
+            |e| matches!(e, RulesError::BadWait { .. }),
+        );
     }
 
     #[test]
@@ -1569,17 +1575,15 @@ mod tests {
             }
         );
 
-        for prompt in [
-            "what is the weather in Paris",
-            "calculate the meaning of life",
-            "delete it",
-            "hello",
-        ] {
-            assert!(
-                matches!(refused(prompt), RulesError::NotUnderstood { .. }),
-                "{prompt}"
-            );
-        }
+        refused_as(
+            &[
+                "what is the weather in Paris",
+                "calculate the meaning of life",
+                "delete it",
+                "hello",
+            ],
+            |e| matches!(e, RulesError::NotUnderstood { .. }),
+        );
     }
 
     #[test]
@@ -1642,12 +1646,9 @@ mod tests {
                 .to_string()
                 .contains("nested too deeply (more than 64")
         );
-        for prompt in ["calculate", "Compute  ", "what is?"] {
-            assert!(
-                matches!(refused(prompt), RulesError::MissingExpression { .. }),
-                "{prompt}"
-            );
-        }
+        refused_as(&["calculate", "Compute  ", "what is?"], |e| {
+            matches!(e, RulesError::MissingExpression { .. })
+        });
     }
 
     #[test]
@@ -1680,33 +1681,27 @@ mod tests {
 
     #[test]
     fn bad_todo_ids_and_titles() {
-        for prompt in [
-            "complete todo 0",
-            "delete todo -1",
-            "complete task three",
-            "delete todo 99999999999999999999999",
-            "mark todo 2.5 as done",
-            "delete the todo",
-            "delete #x",
-        ] {
-            assert!(
-                matches!(refused(prompt), RulesError::BadTodoId { .. }),
-                "{prompt}: {:?}",
-                plan(prompt)
-            );
-        }
-        for prompt in [
-            "add a todo",
-            "add a todo to",
-            "add a todo: ''",
-            "remind me to",
-        ] {
-            assert!(
-                matches!(refused(prompt), RulesError::MissingTitle { .. }),
-                "{prompt}: {:?}",
-                plan(prompt)
-            );
-        }
+        refused_as(
+            &[
+                "complete todo 0",
+                "delete todo -1",
+                "complete task three",
+                "delete todo 99999999999999999999999",
+                "mark todo 2.5 as done",
+                "delete the todo",
+                "delete #x",
+            ],
+            |e| matches!(e, RulesError::BadTodoId { .. }),
+        );
+        refused_as(
+            &[
+                "add a todo",
+                "add a todo to",
+                "add a todo: ''",
+                "remind me to",
+            ],
+            |e| matches!(e, RulesError::MissingTitle { .. }),
+        );
         let long = format!("add a todo to {}", "a".repeat(MAX_TITLE_CHARS + 1));
         assert!(
             matches!(refused(&long), RulesError::TitleTooLong { chars, .. } if chars == MAX_TITLE_CHARS + 1)
