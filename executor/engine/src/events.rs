@@ -70,6 +70,7 @@ use crane_core::run::RunPhase;
 pub use crate::keys::GLOBAL_EVENTS;
 use crate::keys::RunKeys;
 use crate::replies::{phase, phase_name};
+use crate::streams::{self, field, text};
 use crate::{EngineError, api};
 
 /// Where a stream is (see `lua/stream_info.lua`).
@@ -148,13 +149,6 @@ pub enum Start {
 pub trait StreamEntry: Sized {
     /// `None` when the entry lacks what this type needs (it is skipped).
     fn from_entry(id: StreamId, fields: &[(String, String)]) -> Option<Self>;
-}
-
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// One global notification: run `run` moved.
@@ -331,12 +325,12 @@ impl<T: StreamEntry> Follower<T> {
                 });
             }
         }
-        let entries = xread_entries(reply).map_err(|detail| EngineError::Protocol {
+        let entries = streams::read_reply(&reply).map_err(|detail| EngineError::Protocol {
             what: "following a stream",
             detail,
         })?;
         let mut items = Vec::with_capacity(entries.len());
-        for (id, fields) in entries {
+        for (id, fields) in with_ids(entries) {
             self.cursor = Some(self.cursor.map_or(id, |c| c.max(id)));
             items.extend(T::from_entry(id, &fields));
         }
@@ -356,10 +350,19 @@ pub async fn run_events(
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reading run events"))?;
-    Ok(entries(&reply)
-        .into_iter()
+    Ok(with_ids(streams::entries(&reply))
         .filter_map(|(id, fields)| RunEvent::from_entry(id, &fields))
         .collect())
+}
+
+/// Entries with their ids parsed (one whose id does not parse cannot be resumed after, and
+/// Redis never gives one).
+fn with_ids(
+    entries: Vec<streams::Entry>,
+) -> impl Iterator<Item = (StreamId, Vec<(String, String)>)> {
+    entries
+        .into_iter()
+        .filter_map(|e| Some((e.id.parse().ok()?, e.fields)))
 }
 
 /// Where a stream is.
@@ -418,65 +421,6 @@ fn reconcile(cursor: Option<StreamId>, info: Option<StreamInfo>) -> (StreamId, b
     }
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-/// Key/value pairs of a RESP2 flat array or a RESP3 map (values that are not text skipped).
-fn pairs(v: &Value) -> Vec<(String, String)> {
-    match v {
-        Value::Array(flat) => flat
-            .chunks_exact(2)
-            .filter_map(|kv| Some((text(&kv[0])?, text(&kv[1])?)))
-            .collect(),
-        Value::Map(map) => map
-            .iter()
-            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-type Entry = (StreamId, Vec<(String, String)>);
-
-/// The entries of an XREAD reply on one stream: RESP2 `[[stream, entries]]`, RESP3
-/// `{stream: entries}`, or nil when the block ran out.
-fn xread_entries(v: Value) -> Result<Vec<Entry>, String> {
-    match &v {
-        Value::Nil => Ok(Vec::new()),
-        Value::Array(streams) => Ok(streams
-            .iter()
-            .filter_map(|s| match s {
-                Value::Array(parts) => parts.get(1).map(entries),
-                _ => None,
-            })
-            .flatten()
-            .collect()),
-        Value::Map(streams) => Ok(streams.iter().flat_map(|(_, e)| entries(e)).collect()),
-        other => Err(format!("unexpected XREAD reply {other:?}")),
-    }
-}
-
-/// Stream entries `[[id, fields], ...]`; an entry without a readable id is skipped.
-fn entries(v: &Value) -> Vec<Entry> {
-    let Value::Array(entries) = v else {
-        return Vec::new();
-    };
-    entries
-        .iter()
-        .filter_map(|e| {
-            let Value::Array(parts) = e else { return None };
-            let id = text(parts.first()?)?.parse().ok()?;
-            Some((id, parts.get(1).map(pairs).unwrap_or_default()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,10 +433,8 @@ mod tests {
         StreamId { ms, seq }
     }
 
-    fn notifications(v: Value) -> Vec<Notification> {
-        xread_entries(v)
-            .unwrap_or_default()
-            .into_iter()
+    fn notifications(v: &Value) -> Vec<Notification> {
+        with_ids(streams::read_reply(v).unwrap_or_default())
             .filter_map(|(id, f)| Notification::from_entry(id, &f))
             .collect()
     }
@@ -524,14 +466,13 @@ mod tests {
             bulk(GLOBAL_EVENTS),
             entries.clone(),
         ])]);
-        assert_eq!(notifications(resp2.clone()), want);
+        assert_eq!(notifications(&resp2), want);
         // The entry without `run` is skipped, but it is read: the cursor moves past it.
-        let read = xread_entries(resp2).unwrap_or_default();
-        assert_eq!(read.iter().map(|(i, _)| *i).max(), Some(id(2, 0)));
+        let read = with_ids(streams::read_reply(&resp2).unwrap_or_default());
+        assert_eq!(read.map(|(i, _)| i).max(), Some(id(2, 0)));
         let resp3 = Value::Map(vec![(bulk(GLOBAL_EVENTS), entries)]);
-        assert_eq!(notifications(resp3), want);
-        assert!(notifications(Value::Nil).is_empty());
-        assert!(xread_entries(Value::Int(1)).is_err());
+        assert_eq!(notifications(&resp3), want);
+        assert!(notifications(&Value::Nil).is_empty());
     }
 
     #[test]

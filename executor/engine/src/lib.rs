@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod queue;
 pub mod replies;
 pub mod scripts;
+mod streams;
 pub mod time;
 pub mod worker;
 

@@ -27,6 +27,7 @@ use super::replies::{CompleteReply, ReleaseReply, StartReply, Started, StepEnded
 use super::scripts::{
     self, AttemptEnd, AttemptOutcome, Call, SCRIPTS, StartHint, StartMode, run_all, run_with,
 };
+use super::streams::{self, field};
 use super::{BreakerConfig, EngineConfig, EngineError, ms};
 use crane_core::tool::{ToolContext, ToolError, Toolbox};
 
@@ -287,61 +288,23 @@ async fn read_hints(
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reading the queue"))?;
-    // [[stream, [entries]]]
-    let Value::Array(streams) = v else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for s in streams {
-        if let Value::Array(mut parts) = s
-            && parts.len() == 2
-            && let Some(entries) = parts.pop()
-        {
-            out.extend(parse_entries(entries));
-        }
-    }
-    Ok(out)
+    let entries = streams::read_reply(&v).map_err(|detail| EngineError::Protocol {
+        what: "reading the queue",
+        detail,
+    })?;
+    Ok(entries.into_iter().map(hint).collect())
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
+/// A hint from its stream entry; a malformed one keeps empty fields, so it is still
+/// acknowledged (and then dropped).
+fn hint(entry: streams::Entry) -> Hint {
+    let part = |name| field(&entry.fields, name).unwrap_or_default().to_owned();
+    Hint {
+        run: part("r"),
+        step: part("s"),
+        tool: part("t"),
+        entry: entry.id,
     }
-}
-
-/// Stream entries `[[id, [field, value, ...]], ...]` into hints; malformed ones are kept with
-/// empty fields so they still get acknowledged.
-fn parse_entries(v: Value) -> Vec<Hint> {
-    let Value::Array(entries) = v else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter_map(|e| {
-            let Value::Array(parts) = e else { return None };
-            let entry = text(parts.first()?)?;
-            let mut hint = Hint {
-                entry,
-                run: String::new(),
-                step: String::new(),
-                tool: String::new(),
-            };
-            if let Some(Value::Array(fields)) = parts.get(1) {
-                for kv in fields.chunks_exact(2) {
-                    let val = text(&kv[1]).unwrap_or_default();
-                    match text(&kv[0]).as_deref() {
-                        Some("r") => hint.run = val,
-                        Some("s") => hint.step = val,
-                        Some("t") => hint.tool = val,
-                        _ => {}
-                    }
-                }
-            }
-            Some(hint)
-        })
-        .collect()
 }
 
 fn owner_token(consumer: &str) -> String {
@@ -990,13 +953,12 @@ async fn reclaim(
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reclaiming expired leases"))?;
-    let Value::Array(mut parts) = v else {
-        return Ok(Vec::new());
+    // [next cursor, entries, deleted ids]
+    let entries = match &v {
+        Value::Array(parts) => parts.get(1).map(streams::entries).unwrap_or_default(),
+        _ => Vec::new(),
     };
-    if parts.len() < 2 {
-        return Ok(Vec::new());
-    }
-    Ok(parse_entries(parts.swap_remove(1)))
+    Ok(entries.into_iter().map(hint).collect())
 }
 
 /// One worker per pool at a time (SET NX PX): re-enqueue what a crash between the two slots
@@ -1093,7 +1055,7 @@ mod tests {
             Value::Array(vec![bulk("2-0"), Value::Nil]),
             Value::Int(7),
         ]);
-        let hints = parse_entries(v);
+        let hints: Vec<Hint> = streams::entries(&v).into_iter().map(hint).collect();
         assert_eq!(hints.len(), 2);
         assert_eq!(
             (
