@@ -181,12 +181,7 @@ async fn create_run(
     let run_id = keys.run_id();
     // Registered with the sweeper first, so a crash after the run-slot write still gets its
     // first steps queued.
-    redis::cmd("SADD")
-        .arg(pool.runs())
-        .arg(run_id)
-        .query_async::<()>(conn)
-        .await
-        .map_err(EngineError::redis("registering the run"))?;
+    pool_runs(conn, "SADD", pool, run_id, "registering the run").await?;
     match create.run(conn, "initialising the run").await? {
         CreateReply::Exists => Ok(InitOutcome::AlreadyExists),
         CreateReply::Created { ready } => {
@@ -202,6 +197,23 @@ async fn create_run(
             Ok(InitOutcome::Created)
         }
     }
+}
+
+/// Adds a run to (`SADD`) or removes it from (`SREM`) its pool's set of active runs, which
+/// the sweeper walks.
+async fn pool_runs(
+    conn: &mut ConnectionManager,
+    op: &str,
+    pool: &PoolName,
+    run_id: &str,
+    what: &'static str,
+) -> Result<(), EngineError> {
+    redis::cmd(op)
+        .arg(pool.runs())
+        .arg(run_id)
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis(what))
 }
 
 /// Queues a run's ready steps (pool hints `step|tool`) on its pool.
@@ -477,18 +489,28 @@ fn build_report(
     })
 }
 
+/// One field of a run's metadata, `None` when the run (or the field) is not there.
+async fn meta_field(
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+    field: &str,
+    what: &'static str,
+) -> Result<Option<String>, EngineError> {
+    redis::cmd("HGET")
+        .arg(keys.meta())
+        .arg(field)
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis(what))
+}
+
 /// The run's phase alone (cheap).
 pub async fn run_phase(
     conn: &mut ConnectionManager,
     run_id: &str,
 ) -> Result<RunPhase, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let p: Option<String> = redis::cmd("HGET")
-        .arg(keys.meta())
-        .arg("phase")
-        .query_async(conn)
-        .await
-        .map_err(EngineError::redis("reading the run phase"))?;
+    let p = meta_field(conn, &keys, "phase", "reading the run phase").await?;
     let p = p.ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))?;
     phase(&p).ok_or_else(|| EngineError::Corrupt {
         what: format!("run {run_id}"),
@@ -514,24 +536,14 @@ pub async fn cancel_run(
 /// Deletes every key of a run (the operator's finalizer). Idempotent.
 pub async fn delete_run(conn: &mut ConnectionManager, run_id: &str) -> Result<(), EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let pool: Option<String> = redis::cmd("HGET")
-        .arg(keys.meta())
-        .arg("pool")
-        .query_async(conn)
-        .await
-        .map_err(EngineError::redis("reading the run's pool"))?;
+    let pool = meta_field(conn, &keys, "pool", "reading the run's pool").await?;
     redis::cmd("DEL")
         .arg(&keys.script_keys()[..])
         .query_async::<()>(conn)
         .await
         .map_err(EngineError::redis("deleting the run"))?;
     if let Some(pool) = pool.and_then(|p| PoolName::parse(&p).ok()) {
-        redis::cmd("SREM")
-            .arg(pool.runs())
-            .arg(run_id)
-            .query_async::<()>(conn)
-            .await
-            .map_err(EngineError::redis("unregistering the run"))?;
+        pool_runs(conn, "SREM", &pool, run_id, "unregistering the run").await?;
     }
     Ok(())
 }
@@ -630,27 +642,18 @@ impl RedisExecutor {
         self
     }
 
-    /// Submits and waits.
-    pub async fn run(
-        &self,
-        run_id: &str,
-        namespace: &str,
-        plan: &Plan,
-        options: &RunOptions,
-    ) -> Result<RunReport, EngineError> {
-        let mut conn = self.conn.clone();
-        if init_run(
-            &mut conn,
+    /// Submits and waits (the plan is not validated here: see [`Executor::execute`]).
+    pub async fn run(&self, run: RunRequest<'_>) -> Result<RunReport, EngineError> {
+        let RunRequest {
             run_id,
             namespace,
-            &self.pool,
             plan,
             options,
-            &self.config,
-        )
-        .await?
-            == InitOutcome::AlreadyExists
-        {
+        } = run;
+        let mut conn = self.conn.clone();
+        let (pool, config) = (&self.pool, &self.config);
+        let created = init_run(&mut conn, run_id, namespace, pool, plan, options, config).await?;
+        if created == InitOutcome::AlreadyExists {
             return Err(EngineError::RunExists(run_id.to_owned()));
         }
         wait_for_run(&self.client, &mut conn, run_id, self.timeout).await
@@ -662,9 +665,7 @@ impl Executor for RedisExecutor {
         Box::pin(async move {
             crane_core::validate::validate(run.plan, &self.catalog)
                 .map_err(|e| anyhow::anyhow!("invalid plan:\n{e}"))?;
-            Ok(self
-                .run(run.run_id, run.namespace, run.plan, run.options)
-                .await?)
+            Ok(self.run(run).await?)
         })
     }
 }
@@ -770,50 +771,32 @@ mod tests {
         }
     }
 
+    /// Why the structure check refuses a plan of these steps (a panic when it accepts it).
+    fn refusal(steps: Vec<Step>) -> String {
+        match check_structure(&Plan { steps }) {
+            Ok(()) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn structure_check_rejects_what_would_hang_or_confuse_the_scripts() {
-        let plan = |steps| Plan { steps };
-        assert!(check_structure(&plan(vec![])).is_err());
-        assert!(
-            check_structure(&plan(vec![step(1, &[]), step(1, &[])]))
-                .unwrap_err()
-                .to_string()
-                .contains("ids must be unique")
-        );
-        assert!(
-            check_structure(&plan(vec![step(1, &[7])]))
-                .unwrap_err()
-                .to_string()
-                .contains("step 7")
-        );
-        assert!(
-            check_structure(&plan(vec![step(1, &[2]), step(2, &[1])]))
-                .unwrap_err()
-                .to_string()
-                .contains("cycle")
-        );
-        assert!(
-            check_structure(&plan(vec![step(1, &[1])]))
-                .unwrap_err()
-                .to_string()
-                .contains("depends on itself")
-        );
-        assert!(check_structure(&plan(vec![step(0, &[])])).is_err());
+        assert!(!refusal(vec![]).is_empty());
+        let duplicate = refusal(vec![step(1, &[]), step(1, &[])]);
+        assert!(duplicate.contains("ids must be unique"), "{duplicate}");
+        assert!(refusal(vec![step(1, &[7])]).contains("step 7"));
+        assert!(refusal(vec![step(1, &[2]), step(2, &[1])]).contains("cycle"));
+        assert!(refusal(vec![step(1, &[1])]).contains("depends on itself"));
+        assert!(!refusal(vec![step(0, &[])]).is_empty());
         let mut hostile = step(1, &[]);
         hostile.tool = "calc|ulator".into();
+        assert!(refusal(vec![hostile]).contains("tool name"));
+        assert!(!refusal((1..=501).map(|i| step(i, &[])).collect()).is_empty());
+        let repeated_dependency = vec![step(1, &[]), step(2, &[1, 1]), step(3, &[1, 2])];
         assert!(
-            check_structure(&plan(vec![hostile]))
-                .unwrap_err()
-                .to_string()
-                .contains("tool name")
-        );
-        assert!(check_structure(&plan((1..=501).map(|i| step(i, &[])).collect())).is_err());
-        assert!(
-            check_structure(&plan(vec![
-                step(1, &[]),
-                step(2, &[1, 1]),
-                step(3, &[1, 2])
-            ]))
+            check_structure(&Plan {
+                steps: repeated_dependency
+            })
             .is_ok()
         );
     }
