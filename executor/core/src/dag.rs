@@ -383,11 +383,21 @@ mod tests {
         }
     }
 
-    fn fail(retryable: bool) -> Outcome {
+    fn failure(error: &str, retryable: bool) -> Outcome {
         Outcome::Failure {
-            error: "boom".into(),
+            error: error.into(),
             retryable,
         }
+    }
+
+    fn fail(retryable: bool) -> Outcome {
+        failure("boom", retryable)
+    }
+
+    /// The run's error, once the run has failed (a test failure before).
+    fn failed_with(dag: &Dag) -> String {
+        assert_eq!(dag.phase(), RunPhase::Failed, "{:?}", dag.steps());
+        dag.error().unwrap_or_default()
     }
 
     fn phase_of(dag: &Dag, id: StepId) -> Option<StepPhase> {
@@ -470,10 +480,9 @@ mod tests {
             dag.complete(1, fail(true))?,
             Completion::Failed { skipped: vec![] }
         );
-        assert_eq!(dag.phase(), RunPhase::Failed);
         assert_eq!(
-            dag.error().as_deref(),
-            Some("step 1 (calculator) failed after 3 attempts: boom")
+            failed_with(&dag),
+            "step 1 (calculator) failed after 3 attempts: boom"
         );
         Ok(())
     }
@@ -482,17 +491,11 @@ mod tests {
     fn non_retryable_failure_fails_at_once() -> Result<(), DagError> {
         let mut dag = Dag::new(&plan(&[(1, &[])]), FailurePolicy::FailFast, 5)?;
         dag.start(1)?;
-        dag.complete(
-            1,
-            Outcome::Failure {
-                error: "division by zero".into(),
-                retryable: false,
-            },
-        )?;
+        dag.complete(1, failure("division by zero", false))?;
         assert_eq!(dag.step(1).map(|s| s.attempts), Some(1));
         assert_eq!(
-            dag.error().as_deref(),
-            Some("step 1 (calculator) failed: division by zero")
+            failed_with(&dag),
+            "step 1 (calculator) failed: division by zero"
         );
         Ok(())
     }
@@ -519,10 +522,9 @@ mod tests {
             dag.complete(1, fail(true))?,
             Completion::Failed { skipped: vec![] }
         );
-        assert_eq!(dag.phase(), RunPhase::Failed);
         assert_eq!(
-            dag.error().as_deref(),
-            Some("step 2 (calculator) failed: boom"),
+            failed_with(&dag),
+            "step 2 (calculator) failed: boom",
             "first failure wins"
         );
         Ok(())

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crane_core::plan::Plan;
 use crane_core::run::{RetryPolicy, RunOptions, RunPhase, StepPhase};
 use crane_core::tool::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec};
 use crane_engine::api::{InitOutcome, init_run, run_report};
@@ -20,11 +19,8 @@ use crane_engine::{
     queue_depth,
 };
 use redis::aio::ConnectionManager;
+use redis_common::plan;
 use serde_json::{Value, json};
-
-fn plan(steps: Value) -> Plan {
-    serde_json::from_value(json!({ "steps": steps })).unwrap_or_else(|e| panic!("{e}"))
-}
 
 async fn start(
     conn: &mut ConnectionManager,
