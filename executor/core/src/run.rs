@@ -26,7 +26,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        // The seed's defaults: three attempts, 200 ms doubling, capped at 10 s.
+        // Three attempts, the first retry after 200 ms, doubling up to 10 s: a transient fault
+        // (a dropped connection, a restarting dependency) is ridden out within about a second,
+        // while a tool that stays down fails the step soon instead of holding the run. The
+        // AgentRun CRD embeds this type, so these are also `spec.retry`'s defaults.
         Self {
             max_attempts: 3,
             initial_backoff_ms: 200,

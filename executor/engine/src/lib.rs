@@ -168,7 +168,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        // The seed's defaults.
+        // Five consecutive retryable failures: more than a lone blip, few enough that a dead
+        // dependency stops costing every run attempts. A minute open: long enough for a
+        // restarting service to come back. Three successful probes to close, so one lucky
+        // call does not let the whole pool's traffic through again.
         Self {
             failure_threshold: 5,
             cooldown: Duration::from_secs(60),

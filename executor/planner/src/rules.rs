@@ -1248,7 +1248,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_milk_then_list() {
+    fn milk_todo_then_list_in_that_order() {
         let plan = planned("Add a todo to buy milk, then show me all my tasks");
         assert_eq!(
             shape(&plan),
@@ -1265,7 +1265,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_calculation_chain_into_todo() {
+    fn calculation_chain_into_a_result_todo() {
         let plan = planned(
             "Calculate (42 * 8) + 15, then multiply the result by 2, and add the result as a todo",
         );
