@@ -49,7 +49,11 @@
 //! Handled hints are deleted, so `XLEN` of the pool stream is waiting + running; [`queue_depth`]
 //! returns it with the pending count and the delayed count in one round trip.
 //!
-//! The key schema is in `executor/engine/ENGINE.md` and [`keys`].
+//! # Formats
+//!
+//! The engine owns what it stores and sends: the key schema ([`keys`], and
+//! `executor/engine/ENGINE.md`), the scripts and what each replies ([`scripts`], [`replies`]),
+//! and the progress notifications, published and followed only through [`events`].
 
 pub mod api;
 pub mod events;
