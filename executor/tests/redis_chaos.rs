@@ -10,13 +10,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crane_core::plan::Plan;
-use crane_core::run::{RunOptions, RunPhase, StepPhase};
-use crane_engine::api::{InitOutcome, init_run, run_report};
-use crane_engine::{EngineError, RunKeys, wait_for_run};
+use crane_core::plan::{Plan, StepId};
+use crane_core::run::{RunPhase, RunReport, StepPhase};
+use crane_engine::api::{InitOutcome, init_run};
+use crane_engine::events::{RunEvent, run_events};
+use crane_engine::{EngineError, RunKeys};
 use crane_tools::RedisTodoStore;
 use crane_tools::TodoStore;
 use redis::aio::ConnectionManager;
+use redis_common::{options, plan};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_crane-executor");
@@ -95,36 +97,53 @@ impl Drop for WorkerProc {
     }
 }
 
-fn plan(steps: Value) -> Plan {
-    serde_json::from_value(json!({ "steps": steps })).unwrap_or_else(|e| panic!("{e}"))
+/// One test's Redis, and a directory for its files (workers' logs, plans).
+struct Chaos {
+    e: redis_common::Engine,
+    dir: tempfile::TempDir,
 }
 
-fn options() -> RunOptions {
-    RunOptions {
-        step_timeout_ms: 5_000,
-        ..RunOptions::default()
+impl Chaos {
+    async fn new(aof: bool) -> Self {
+        Self {
+            e: redis_common::engine(aof).await,
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    /// A worker process with the tests' timings and `extra` flags, logging to `<name>.log`.
+    fn worker(&self, name: &str, extra: &[&str]) -> WorkerProc {
+        let log = self.dir.path().join(format!("{name}.log"));
+        WorkerProc::spawn(&self.e.server.url(), extra, &log)
+    }
+
+    /// Waits until worker `w` runs a step of `run`, stops the worker with SIGTERM, checks it
+    /// exits 0, and returns that step and the run's report after.
+    async fn sigterm_mid_step(&mut self, w: &mut WorkerProc, run: &str) -> (String, RunReport) {
+        let step = running_on(&mut self.e.conn, run, w.pid()).await;
+        w.sigterm();
+        assert_eq!(w.wait_exit().code(), Some(0));
+        (step, self.e.report(run).await)
+    }
+
+    /// Creates run `run` in namespace `chaos` with the tests' options and fast engine timings.
+    async fn create(&mut self, run: &str, plan: &Plan) -> Result<InitOutcome, EngineError> {
+        let e = &mut self.e;
+        let config = redis_common::fast_config();
+        init_run(
+            &mut e.conn,
+            run,
+            "chaos",
+            &e.pool,
+            plan,
+            &options(),
+            &config,
+        )
+        .await
     }
 }
 
 /// Raw per-step fields of a run.
-/// Creates run `run` in namespace `chaos` with the tests' options and fast engine timings.
-async fn create(
-    e: &mut redis_common::Engine,
-    run: &str,
-    plan: &Plan,
-) -> Result<InitOutcome, EngineError> {
-    init_run(
-        &mut e.conn,
-        run,
-        "chaos",
-        &e.pool,
-        plan,
-        &options(),
-        &redis_common::fast_config(),
-    )
-    .await
-}
-
 async fn step_fields(conn: &mut ConnectionManager, run: &str) -> HashMap<String, String> {
     let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
     redis::cmd("HGETALL")
@@ -156,65 +175,49 @@ async fn running_on(conn: &mut ConnectionManager, run: &str, pid: u32) -> String
     }
 }
 
-/// How many times each step was recorded Succeeded in the run's event stream.
-async fn successes(conn: &mut ConnectionManager, run: &str) -> HashMap<String, usize> {
+/// The run's own events (panics when they cannot be read).
+async fn events(conn: &mut ConnectionManager, run: &str) -> Vec<RunEvent> {
     let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(keys.events())
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
+    run_events(conn, &keys)
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// How many times each step was recorded Succeeded in the run's event stream.
+async fn successes(conn: &mut ConnectionManager, run: &str) -> HashMap<StepId, usize> {
     let mut n = HashMap::new();
-    for (_, f) in entries {
-        if f.get("type").map(String::as_str) == Some("step")
-            && f.get("phase").map(String::as_str) == Some("Succeeded")
-        {
-            *n.entry(f.get("step").cloned().unwrap_or_default())
-                .or_insert(0) += 1;
+    for e in events(conn, run).await {
+        if let ("step", "Succeeded", Some(step)) = (e.kind.as_str(), e.phase.as_str(), e.step) {
+            *n.entry(step).or_insert(0) += 1;
         }
     }
     n
 }
 
 async fn events_of(conn: &mut ConnectionManager, run: &str, kind: &str) -> usize {
-    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(keys.events())
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    entries
-        .iter()
-        .filter(|(_, f)| f.get("type").map(String::as_str) == Some(kind))
-        .count()
+    let all = events(conn, run).await;
+    all.iter().filter(|e| e.kind == kind).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_workers_lose_no_step_and_add_no_todo_twice() {
-    let mut e = redis_common::engine(false).await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let victim = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("a.log"));
-    let _other = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
+    let mut c = Chaos::new(false).await;
+    let victim = c.worker("a", &[]);
+    let _other = c.worker("b", &[]);
     let run = "sigkill";
     let mut steps: Vec<Value> = (1..=6)
         .map(|i| json!({"id": i, "tool": "wait", "input": {"ms": 1500}}))
         .collect();
     steps.extend((7..=12).map(|i| json!({"id": i, "tool": "todo_store.add", "input": {"title": format!("{run}-{i}")}, "dependsOn": [i - 6]})));
     steps.push(json!({"id": 13, "tool": "todo_store.list", "input": {}, "dependsOn": (7..=12).collect::<Vec<_>>()}));
-    create(&mut e, run, &plan(json!(steps)))
+    c.create(run, &plan(json!(steps)))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let killed_step = running_on(&mut e.conn, run, victim.pid()).await;
+    let killed_step = running_on(&mut c.e.conn, run, victim.pid()).await;
     drop(victim); // SIGKILL, mid-step
-    let _spare = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("c.log"));
+    let _spare = c.worker("c", &[]);
 
-    let r = wait_for_run(&e.client, &mut e.conn, run, Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = c.e.finished(run, PATIENCE).await;
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
     assert!(r.steps.iter().all(|s| s.phase == StepPhase::Succeeded));
     let killed = r
@@ -223,13 +226,13 @@ async fn sigkilled_workers_lose_no_step_and_add_no_todo_twice() {
         .find(|s| s.id.to_string() == killed_step)
         .map(|s| s.attempts);
     assert_eq!(killed, Some(2), "the lost attempt counts: {r:#?}");
-    let done = successes(&mut e.conn, run).await;
+    let done = successes(&mut c.e.conn, run).await;
     assert_eq!(done.len(), 13, "{done:?}");
     assert!(
         done.values().all(|n| *n == 1),
         "a step completed twice: {done:?}"
     );
-    let todos = RedisTodoStore::new(e.conn.clone())
+    let todos = RedisTodoStore::new(c.e.conn.clone())
         .list("chaos")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -245,25 +248,16 @@ async fn sigkilled_workers_lose_no_step_and_add_no_todo_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_in_flight_step_finish_and_exits_zero() {
-    let mut e = redis_common::engine(false).await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut w = WorkerProc::spawn(
-        &e.server.url(),
-        &["--grace-seconds", "60"],
-        &dir.path().join("a.log"),
-    );
+    let mut c = Chaos::new(false).await;
+    let mut w = c.worker("a", &["--grace-seconds", "60"]);
     let p = plan(
         json!([{"id": 1, "tool": "wait", "input": {"ms": 1000}}, {"id": 2, "tool": "wait", "input": {"ms": 1}, "dependsOn": [1]}]),
     );
-    create(&mut e, "drain", &p)
+    c.create("drain", &p)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(running_on(&mut e.conn, "drain", w.pid()).await, "1");
-    w.sigterm();
-    assert_eq!(w.wait_exit().code(), Some(0));
-    let r = run_report(&mut e.conn, "drain")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (step, r) = c.sigterm_mid_step(&mut w, "drain").await;
+    assert_eq!(step, "1");
     // The in-flight step finished; the draining worker started nothing new.
     assert_eq!(
         (r.steps[0].phase, r.steps[0].attempts),
@@ -275,42 +269,28 @@ async fn sigterm_lets_the_in_flight_step_finish_and_exits_zero() {
         (StepPhase::Ready, 0),
         "{r:#?}"
     );
-    let _next = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
-    let r = wait_for_run(&e.client, &mut e.conn, "drain", Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let _next = c.worker("b", &[]);
+    let r = c.e.finished("drain", PATIENCE).await;
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
-    let mut e = redis_common::engine(false).await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut w = WorkerProc::spawn(
-        &e.server.url(),
-        &["--grace-seconds", "0"],
-        &dir.path().join("a.log"),
-    );
+    let mut c = Chaos::new(false).await;
+    let mut w = c.worker("a", &["--grace-seconds", "0"]);
     let p = plan(json!([{"id": 1, "tool": "wait", "input": {"ms": 3000}}]));
-    create(&mut e, "release", &p)
+    c.create("release", &p)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    running_on(&mut e.conn, "release", w.pid()).await;
-    w.sigterm();
-    assert_eq!(w.wait_exit().code(), Some(0));
-    let r = run_report(&mut e.conn, "release")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, r) = c.sigterm_mid_step(&mut w, "release").await;
     assert_eq!(
         (r.steps[0].phase, r.steps[0].attempts),
         (StepPhase::Ready, 0),
         "released, attempt not counted: {r:#?}"
     );
-    assert_eq!(events_of(&mut e.conn, "release", "release").await, 1);
-    let next = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
-    let r = wait_for_run(&e.client, &mut e.conn, "release", Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(events_of(&mut c.e.conn, "release", "release").await, 1);
+    let next = c.worker("b", &[]);
+    let r = c.e.finished("release", PATIENCE).await;
     assert_eq!(
         (r.phase, r.steps[0].attempts),
         (RunPhase::Succeeded, 1),
@@ -321,10 +301,9 @@ async fn sigterm_past_the_grace_period_releases_the_step_to_another_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_from_aof_mid_run_the_run_still_finishes() {
-    let mut e = redis_common::engine(true).await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let _a = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("a.log"));
-    let _b = WorkerProc::spawn(&e.server.url(), &[], &dir.path().join("b.log"));
+    let mut c = Chaos::new(true).await;
+    let _a = c.worker("a", &[]);
+    let _b = c.worker("b", &[]);
     // 10 layers of 3 parallel 300 ms waits, each layer after the previous one.
     let mut steps = Vec::new();
     for layer in 0..10u32 {
@@ -338,15 +317,13 @@ async fn redis_killed_and_restarted_from_aof_mid_run_the_run_still_finishes() {
             steps.push(json!({"id": id, "tool": "wait", "input": {"ms": 300}, "dependsOn": deps}));
         }
     }
-    create(&mut e, "aof", &plan(json!(steps)))
+    c.create("aof", &plan(json!(steps)))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     // Let `appendfsync everysec` persist the run's creation, then crash Redis mid-run.
     let start = Instant::now();
     loop {
-        let r = run_report(&mut e.conn, "aof")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let r = c.e.report("aof").await;
         let done = r
             .steps
             .iter()
@@ -358,14 +335,12 @@ async fn redis_killed_and_restarted_from_aof_mid_run_the_run_still_finishes() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    e.server.kill();
+    c.e.server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    e.server
+    c.e.server
         .restart()
         .unwrap_or_else(|err| panic!("restart: {err}"));
-    let r = wait_for_run(&e.client, &mut e.conn, "aof", Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = c.e.finished("aof", PATIENCE).await;
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
     assert!(
         r.steps
@@ -387,6 +362,11 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// `crane-executor submit --redis URL --pool POOL --plan PLAN`.
+fn submit_args<'a>(url: &'a str, pool: &'a str, plan: &'a str) -> Vec<&'a str> {
+    vec!["submit", "--redis", url, "--pool", pool, "--plan", plan]
+}
+
 fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
@@ -401,41 +381,22 @@ fn cli(args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_and_status_drive_the_engine_without_a_cluster() {
-    let e = redis_common::engine(false).await;
-    let url = e.server.url();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let plan_path = dir.path().join("plan.json");
+    let c = Chaos::new(false).await;
+    let url = c.e.server.url();
+    let plan_path = c.dir.path().join("plan.json");
     let plan = json!({"steps": [
         {"id": 1, "tool": "calculator", "input": {"expression": "6*7"}},
         {"id": 2, "tool": "calculator", "input": {"expression": "{step_1_output} + 1"}, "dependsOn": [1]}
     ]});
     std::fs::write(&plan_path, plan.to_string()).unwrap_or_else(|e| panic!("{e}"));
     let plan_arg = plan_path.to_string_lossy().into_owned();
+    let submit =
+        |extra: &[&str]| cli(&[&submit_args(&url, redis_common::POOL, &plan_arg), extra].concat());
 
-    let (code, out, err) = cli(&[
-        "submit",
-        "--redis",
-        &url,
-        "--pool",
-        redis_common::POOL,
-        "--plan",
-        &plan_arg,
-        "--run-id",
-        "cli-1",
-    ]);
+    let (code, out, err) = submit(&["--run-id", "cli-1"]);
     assert_eq!((code, out.trim()), (0, "cli-1"), "{err}");
     // The same id again is refused.
-    let (code, _, err) = cli(&[
-        "submit",
-        "--redis",
-        &url,
-        "--pool",
-        redis_common::POOL,
-        "--plan",
-        &plan_arg,
-        "--run-id",
-        "cli-1",
-    ]);
+    let (code, _, err) = submit(&["--run-id", "cli-1"]);
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
     // Not finished yet: no worker runs.
@@ -447,11 +408,7 @@ async fn submit_and_status_drive_the_engine_without_a_cluster() {
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("{e}"));
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let _w = WorkerProc::spawn(
-        &url,
-        &["--metrics-addr", &metrics_addr],
-        &dir.path().join("w.log"),
-    );
+    let _w = c.worker("w", &["--metrics-addr", &metrics_addr]);
     let start = Instant::now();
     let report: Value = loop {
         let (code, out, err) = cli(&["status", "--redis", &url, "--run-id", "cli-1"]);
@@ -481,50 +438,23 @@ async fn submit_and_status_drive_the_engine_without_a_cluster() {
     assert!(http_get(&metrics_addr, "/healthz").ends_with("ok"));
 
     // A generated run id is printed.
-    let (code, out, err) = cli(&[
-        "submit",
-        "--redis",
-        &url,
-        "--pool",
-        redis_common::POOL,
-        "--plan",
-        &plan_arg,
-    ]);
+    let (code, out, err) = submit(&[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.trim().starts_with("run-"), "{out}");
 
     // Hostile and broken input: exit 2 with a message that says what was wrong.
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec![
-                "submit",
-                "--redis",
-                &url,
-                "--pool",
-                "scenarios/default",
-                "--plan",
-                &plan_arg,
-                "--run-id",
-                "a{b}",
-            ],
+            [
+                submit_args(&url, "scenarios/default", &plan_arg),
+                vec!["--run-id", "a{b}"],
+            ]
+            .concat(),
             "run id",
         ),
+        (submit_args(&url, "Bad/Pool", &plan_arg), "invalid pool"),
         (
-            vec![
-                "submit", "--redis", &url, "--pool", "Bad/Pool", "--plan", &plan_arg,
-            ],
-            "invalid pool",
-        ),
-        (
-            vec![
-                "submit",
-                "--redis",
-                &url,
-                "--pool",
-                "a/b",
-                "--plan",
-                "/nonexistent/plan.json",
-            ],
+            submit_args(&url, "a/b", "/nonexistent/plan.json"),
             "cannot read plan file",
         ),
         (
@@ -542,21 +472,13 @@ async fn submit_and_status_drive_the_engine_without_a_cluster() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    let bad_plan = dir.path().join("bad.json");
+    let bad_plan = c.dir.path().join("bad.json");
     std::fs::write(
         &bad_plan,
         r#"{"steps": [{"id": 1, "tool": "nope", "input": {}}]}"#,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let (code, _, err) = cli(&[
-        "submit",
-        "--redis",
-        &url,
-        "--pool",
-        "a/b",
-        "--plan",
-        &bad_plan.to_string_lossy(),
-    ]);
+    let (code, _, err) = cli(&submit_args(&url, "a/b", &bad_plan.to_string_lossy()));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("nope"), "{err}");
 }

@@ -1,7 +1,6 @@
 //! The planner Job → operator hand-over through a real Redis: what `crane-executor plan
 //! --run-id` stores is what the operator loads; garbage, oversized or foreign values in the
-//! key are clear errors, never panics; deletion is idempotent. Also the progress
-//! notifications the operator follows, parsed from a real XREAD reply.
+//! key are clear errors, never panics; deletion is idempotent.
 
 use std::time::Duration;
 
@@ -12,7 +11,6 @@ use crane_engine::api::{
     store_planner_result,
 };
 use crane_engine::{EngineError, api::client};
-use crane_operator::agentrun::mirror::parse_notifications;
 use crane_testkit::RedisServer;
 
 fn plan() -> Plan {
@@ -110,52 +108,5 @@ async fn planner_results_round_trip_and_bad_values_are_errors() {
     assert_eq!(
         load_planner_result(&mut conn, "run-1").await.expect("load"),
         None
-    );
-}
-
-#[tokio::test]
-async fn notifications_parse_from_a_real_xread_reply() {
-    let server = RedisServer::start().expect("redis-server");
-    let c = client(&server.url(), None).expect("client");
-    let mut conn = connect(&c).await.expect("connect");
-    let stream = crane_engine::keys::GLOBAL_EVENTS;
-    for (run, step) in [("uid-a", "1"), ("uid-b", "2"), ("uid-a", "3")] {
-        let _: String = redis::cmd("XADD")
-            .arg(stream)
-            .arg("*")
-            .arg("run")
-            .arg(run)
-            .arg("step")
-            .arg(step)
-            .arg("phase")
-            .arg("Succeeded")
-            .query_async(&mut conn)
-            .await
-            .expect("xadd");
-    }
-    // An entry without a run field is skipped but still advances the cursor.
-    let _: String = redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg("noise")
-        .arg("1")
-        .query_async(&mut conn)
-        .await
-        .expect("xadd");
-    let reply: redis::Value = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(stream)
-        .arg("0-0")
-        .query_async(&mut conn)
-        .await
-        .expect("xread");
-    let got = parse_notifications(&reply);
-    let runs: Vec<&str> = got.iter().map(|(_, r)| r.as_str()).collect();
-    assert_eq!(runs, ["uid-a", "uid-b", "uid-a", ""]);
-    assert!(
-        got.windows(2).all(|w| w[0].0 < w[1].0),
-        "ids ascend: {got:?}"
     );
 }

@@ -1,4 +1,6 @@
-//! Test harness: real Redis servers on free loopback ports (and later the local control plane).
+//! Test harness for component tests: real Redis servers on free loopback ports. That is all it
+//! starts; the local control plane that controller and end-to-end tests run against is
+//! `e2e/cluster/` (`make cluster-up`).
 //!
 //! `RedisServer` runs Debian's `redis-server` in the foreground (`--daemonize no`), each in
 //! its own temporary directory, and promises no orphans:

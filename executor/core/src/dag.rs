@@ -30,7 +30,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde_json::Value;
 
 use crate::plan::{Plan, StepId};
-use crate::run::{FailurePolicy, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks};
+use crate::run::{
+    FailurePolicy, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks, run_error,
+};
 use crate::tool::ToolError;
 
 /// Why a plan cannot be turned into a DAG (a validated plan never hits these).
@@ -83,23 +85,12 @@ pub enum Completion {
     Ignored,
 }
 
-/// One step's state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepState {
-    pub id: StepId,
-    pub tool: String,
-    pub phase: StepPhase,
-    /// Attempts started so far.
-    pub attempts: u32,
-    pub output: Option<Value>,
-    /// The last attempt's error.
-    pub error: Option<String>,
-}
-
 /// The state of one run's DAG.
 #[derive(Debug, Clone)]
 pub struct Dag {
-    steps: Vec<StepState>,
+    /// Each step as the run report shows it (`error` is the last attempt's), without
+    /// timestamps: the engine owns the clock.
+    steps: Vec<StepReport>,
     index: HashMap<StepId, usize>,
     deps: Vec<Vec<usize>>,
     dependents: Vec<Vec<usize>>,
@@ -141,7 +132,7 @@ impl Dag {
             .steps
             .iter()
             .zip(&deps)
-            .map(|(s, d)| StepState {
+            .map(|(s, d)| StepReport {
                 id: s.id,
                 tool: s.tool.clone(),
                 phase: if d.is_empty() {
@@ -149,9 +140,7 @@ impl Dag {
                 } else {
                     StepPhase::Pending
                 },
-                attempts: 0,
-                output: None,
-                error: None,
+                ..StepReport::default()
             })
             .collect();
         Ok(Dag {
@@ -293,11 +282,11 @@ impl Dag {
         }
     }
 
-    pub fn steps(&self) -> &[StepState] {
+    pub fn steps(&self) -> &[StepReport] {
         &self.steps
     }
 
-    pub fn step(&self, id: StepId) -> Option<&StepState> {
+    pub fn step(&self, id: StepId) -> Option<&StepReport> {
         self.index.get(&id).map(|&i| &self.steps[i])
     }
 
@@ -321,56 +310,15 @@ impl Dag {
 
     /// The run's error when Failed or Cancelled.
     pub fn error(&self) -> Option<String> {
-        match self.phase() {
-            RunPhase::Failed => Some(match self.first_failure.map(|i| &self.steps[i]) {
-                Some(step) => {
-                    let error = step.error.as_deref().unwrap_or("unknown error");
-                    if step.attempts > 1 {
-                        format!(
-                            "step {} ({}) failed after {} attempts: {error}",
-                            step.id, step.tool, step.attempts
-                        )
-                    } else {
-                        format!("step {} ({}) failed: {error}", step.id, step.tool)
-                    }
-                }
-                None => "run failed".to_owned(),
-            }),
-            RunPhase::Cancelled => {
-                let done = self
-                    .steps
-                    .iter()
-                    .filter(|s| s.phase == StepPhase::Succeeded)
-                    .count();
-                Some(format!(
-                    "run cancelled after {done} of {} steps succeeded",
-                    self.steps.len()
-                ))
-            }
-            _ => None,
-        }
+        let first_failure = self.first_failure.map(|i| self.steps[i].id);
+        run_error(self.phase(), &self.steps, first_failure)
     }
 
     /// The report, without timestamps (the engine owns the clock).
     pub fn report(&self) -> RunReport {
         RunReport {
             phase: self.phase(),
-            steps: self
-                .steps
-                .iter()
-                .map(|s| StepReport {
-                    id: s.id,
-                    tool: s.tool.clone(),
-                    phase: s.phase,
-                    attempts: s.attempts,
-                    output: s.output.clone(),
-                    error: s.error.clone(),
-                    started_at: None,
-                    finished_at: None,
-                    usage: None,
-                    message: None,
-                })
-                .collect(),
+            steps: self.steps.clone(),
             result: self.result(),
             error: self.error(),
         }
@@ -431,11 +379,21 @@ mod tests {
         }
     }
 
-    fn fail(retryable: bool) -> Outcome {
+    fn failure(error: &str, retryable: bool) -> Outcome {
         Outcome::Failure {
-            error: "boom".into(),
+            error: error.into(),
             retryable,
         }
+    }
+
+    fn fail(retryable: bool) -> Outcome {
+        failure("boom", retryable)
+    }
+
+    /// The run's error, once the run has failed (a test failure before).
+    fn failed_with(dag: &Dag) -> String {
+        assert_eq!(dag.phase(), RunPhase::Failed, "{:?}", dag.steps());
+        dag.error().unwrap_or_default()
     }
 
     fn phase_of(dag: &Dag, id: StepId) -> Option<StepPhase> {
@@ -518,10 +476,9 @@ mod tests {
             dag.complete(1, fail(true))?,
             Completion::Failed { skipped: vec![] }
         );
-        assert_eq!(dag.phase(), RunPhase::Failed);
         assert_eq!(
-            dag.error().as_deref(),
-            Some("step 1 (calculator) failed after 3 attempts: boom")
+            failed_with(&dag),
+            "step 1 (calculator) failed after 3 attempts: boom"
         );
         Ok(())
     }
@@ -530,17 +487,11 @@ mod tests {
     fn non_retryable_failure_fails_at_once() -> Result<(), DagError> {
         let mut dag = Dag::new(&plan(&[(1, &[])]), FailurePolicy::FailFast, 5)?;
         dag.start(1)?;
-        dag.complete(
-            1,
-            Outcome::Failure {
-                error: "division by zero".into(),
-                retryable: false,
-            },
-        )?;
+        dag.complete(1, failure("division by zero", false))?;
         assert_eq!(dag.step(1).map(|s| s.attempts), Some(1));
         assert_eq!(
-            dag.error().as_deref(),
-            Some("step 1 (calculator) failed: division by zero")
+            failed_with(&dag),
+            "step 1 (calculator) failed: division by zero"
         );
         Ok(())
     }
@@ -567,10 +518,9 @@ mod tests {
             dag.complete(1, fail(true))?,
             Completion::Failed { skipped: vec![] }
         );
-        assert_eq!(dag.phase(), RunPhase::Failed);
         assert_eq!(
-            dag.error().as_deref(),
-            Some("step 2 (calculator) failed: boom"),
+            failed_with(&dag),
+            "step 2 (calculator) failed: boom",
             "first failure wins"
         );
         Ok(())

@@ -1,5 +1,6 @@
-//! The plan model: a DAG of tool steps, in exactly the JSON shape of DESIGN.md
-//! (`{"steps": [{"id", "tool", "input", "reasoning", "dependsOn"}]}`).
+//! The plan model: a DAG of tool steps, in exactly the JSON shape an AgentRun's `spec.plan`
+//! and `status.plan` carry (`{"steps": [{"id", "tool", "input", "reasoning", "dependsOn"}]}`):
+//! planners write it, the CRD embeds it, validation and both engines read it.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -26,7 +26,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        // The seed's defaults: three attempts, 200 ms doubling, capped at 10 s.
+        // Three attempts, the first retry after 200 ms, doubling up to 10 s: a transient fault
+        // (a dropped connection, a restarting dependency) is ridden out within about a second,
+        // while a tool that stays down fails the step soon instead of holding the run. The
+        // AgentRun CRD embeds this type, so these are also `spec.retry`'s defaults.
         Self {
             max_attempts: 3,
             initial_backoff_ms: 200,
@@ -113,7 +116,7 @@ impl StepPhase {
 }
 
 /// One step in a run report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
     pub id: StepId,
@@ -147,6 +150,46 @@ pub struct RunReport {
     pub result: Option<Value>,
     /// When Failed: a human-readable reason, e.g. `step 2 (calculator) failed: division by zero`.
     pub error: Option<String>,
+}
+
+/// The run's `error`, worded the same by both engines: for a Failed run the first step that
+/// failed for good (`first_failure`), e.g. `step 2 (calculator) failed: division by zero`
+/// (`failed after 3 attempts` when it was retried); for a Cancelled run how far it got;
+/// otherwise none.
+pub fn run_error(
+    phase: RunPhase,
+    steps: &[StepReport],
+    first_failure: Option<StepId>,
+) -> Option<String> {
+    match phase {
+        RunPhase::Failed => Some(
+            match first_failure.and_then(|id| steps.iter().find(|s| s.id == id)) {
+                Some(step) => {
+                    let error = step.error.as_deref().unwrap_or("unknown error");
+                    if step.attempts > 1 {
+                        format!(
+                            "step {} ({}) failed after {} attempts: {error}",
+                            step.id, step.tool, step.attempts
+                        )
+                    } else {
+                        format!("step {} ({}) failed: {error}", step.id, step.tool)
+                    }
+                }
+                None => "run failed".to_owned(),
+            },
+        ),
+        RunPhase::Cancelled => {
+            let done = steps
+                .iter()
+                .filter(|s| s.phase == StepPhase::Succeeded)
+                .count();
+            Some(format!(
+                "run cancelled after {done} of {} steps succeeded",
+                steps.len()
+            ))
+        }
+        RunPhase::Pending | RunPhase::Running | RunPhase::Succeeded => None,
+    }
 }
 
 /// Builds the `result` of a succeeded run from the sink steps' outputs.

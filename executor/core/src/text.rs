@@ -1,5 +1,8 @@
-//! Cutting text for messages and status: every place that shortens a user's value goes through
-//! here, so a cut never splits a character and the marker is always the same.
+//! Text for messages and status: every place that shortens a user's value goes through here,
+//! so a cut never splits a character and the marker is always the same; and every message
+//! that names a JSON value's type words it the same way.
+
+use serde_json::Value;
 
 /// Appended to text that was cut.
 pub const ELLIPSIS: &str = "…";
@@ -23,6 +26,19 @@ pub fn truncate(s: &str, max: usize) -> String {
         "{}{ELLIPSIS}",
         prefix(s, max.saturating_sub(ELLIPSIS.len()))
     )
+}
+
+/// A JSON value's type as a message names it: `null`, `a boolean`, `a number`, `a string`,
+/// `an array`, `an object`.
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// Levenshtein distance in characters, for "did you mean" suggestions. Quadratic: callers

@@ -21,6 +21,7 @@
 use serde_json::{Map, Value};
 
 use crate::plan::StepId;
+use crate::text::json_kind;
 
 /// The most bytes one string may grow to once its variables are rendered as text. Bounds the
 /// damage of a plan that repeats a large output thousands of times in one string.
@@ -286,23 +287,12 @@ fn lookup(
                 return Err(fail(format!(
                     "step {}'s output has no field `{walked}` (the value there is {}, not an object)",
                     var.step,
-                    kind(other)
+                    json_kind(other)
                 )));
             }
         };
     }
     Ok(current.clone())
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Renders a value into text: strings without quotes, numbers in plain decimal (shortest

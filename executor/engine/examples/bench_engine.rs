@@ -62,6 +62,18 @@ impl Pool {
     }
 }
 
+/// Creates run `id` on `pool` in namespace `bench`, with the default options and timings.
+async fn submit(
+    conn: &mut ConnectionManager,
+    id: &str,
+    pool: &PoolName,
+    plan: &Plan,
+) -> Result<()> {
+    let (options, config) = (RunOptions::default(), EngineConfig::default());
+    init_run(conn, id, "bench", pool, plan, &options, &config).await?;
+    Ok(())
+}
+
 fn calc_plan(n: u32) -> Result<Plan> {
     let steps: Vec<_> = (1..=n)
         .map(|i| json!({"id": i, "tool": "calculator", "input": {"expression": "1+1"}}))
@@ -193,16 +205,7 @@ async fn throughput(
     let started = Instant::now();
     let ids: Vec<String> = (0..runs).map(|i| format!("tp-{tag}-{i}")).collect();
     for id in &ids {
-        init_run(
-            &mut conn,
-            id,
-            "bench",
-            &pool,
-            &plan,
-            &RunOptions::default(),
-            &EngineConfig::default(),
-        )
-        .await?;
+        submit(&mut conn, id, &pool, &plan).await?;
     }
     wait_all(&client, &conn, &ids).await?;
     let elapsed = started.elapsed();
@@ -250,17 +253,9 @@ async fn dispatch(
         set.spawn(async move {
             let id = format!("d-{i}");
             let t0 = now_ms_f64();
-            init_run(
-                &mut conn,
-                &id,
-                "bench",
-                &pool,
-                &plan,
-                &RunOptions::default(),
-                &EngineConfig::default(),
-            )
-            .await
-            .map(|_| (id, t0))
+            submit(&mut conn, &id, &pool, &plan)
+                .await
+                .map(|()| (id, t0))
         });
     }
     let mut submitted: HashMap<String, f64> = HashMap::new();
@@ -307,16 +302,7 @@ async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> R
     for round in 0..5 {
         let id = format!("wide-{round}");
         let t0 = Instant::now();
-        init_run(
-            &mut conn,
-            &id,
-            "bench",
-            &pool,
-            &plan,
-            &RunOptions::default(),
-            &EngineConfig::default(),
-        )
-        .await?;
+        submit(&mut conn, &id, &pool, &plan).await?;
         wait_for_run(&client, &mut conn, &id, Some(Duration::from_secs(60))).await?;
         let client_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let keys = RunKeys::new(&id)?;

@@ -3,26 +3,27 @@
 //! the `Executor` that runs a plan through Redis workers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, Value};
 use serde_json::Value as Json;
 
+use super::events::{self, Follower, RunEvent, Start};
 use super::keys::{PoolName, RunKeys};
-use super::queue::{PoolAfter, pool_after_cmd};
-use super::scripts::{SCRIPTS, eval, eval_pipeline, evalsha};
+use super::queue::{PoolAfter, pool_after};
+use super::replies::{CancelReply, CreateReply, RetryReply, phase};
+use super::scripts::{self, Call};
 use super::time::rfc3339;
 use super::{EngineConfig, EngineError, ms};
 use crane_core::plan::{Plan, StepId};
 use crane_core::run::{
     FailurePolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks,
+    run_error,
 };
 use crane_core::tool::Catalog;
 
-use crate::Executor;
+use crate::{ExecuteFuture, Executor, RunRequest};
 
 /// A Redis client for `url`, with the password (from a Secret) overriding any in the URL.
 pub fn client(url: &str, password: Option<&str>) -> Result<redis::Client, EngineError> {
@@ -174,42 +175,65 @@ async fn create_run(
     conn: &mut ConnectionManager,
     keys: &RunKeys,
     pool: &PoolName,
-    script: &redis::Script,
-    args: &[String],
+    create: Call<CreateReply>,
     config: &EngineConfig,
 ) -> Result<InitOutcome, EngineError> {
     let run_id = keys.run_id();
     // Registered with the sweeper first, so a crash after the run-slot write still gets its
     // first steps queued.
-    redis::cmd("SADD")
+    pool_runs(conn, "SADD", pool, run_id, "registering the run").await?;
+    match create.run(conn, "initialising the run").await? {
+        CreateReply::Exists => Ok(InitOutcome::AlreadyExists),
+        CreateReply::Created { ready } => {
+            queue_ready(
+                conn,
+                pool,
+                config,
+                run_id,
+                ready,
+                "queueing the first steps",
+            )
+            .await?;
+            Ok(InitOutcome::Created)
+        }
+    }
+}
+
+/// Adds a run to (`SADD`) or removes it from (`SREM`) its pool's set of active runs, which
+/// the sweeper walks.
+async fn pool_runs(
+    conn: &mut ConnectionManager,
+    op: &str,
+    pool: &PoolName,
+    run_id: &str,
+    what: &'static str,
+) -> Result<(), EngineError> {
+    redis::cmd(op)
         .arg(pool.runs())
         .arg(run_id)
-        .query_async::<()>(conn)
+        .query_async(conn)
         .await
-        .map_err(EngineError::redis("registering the run"))?;
-    let r = eval(
-        conn,
-        script,
-        &keys.script_keys(),
-        args,
-        "initialising the run",
-    )
-    .await?;
-    if r.first().map(String::as_str) == Some("exists") {
-        return Ok(InitOutcome::AlreadyExists);
-    }
-    let ready: Vec<String> = r.into_iter().skip(1).collect();
-    let cmd = pool_after_cmd(
-        pool,
-        &config.breaker,
-        &[PoolAfter {
-            run: run_id.to_owned(),
-            ready,
-            ..PoolAfter::default()
-        }],
-    );
-    eval_pipeline(conn, vec![cmd], "queueing the first steps").await?;
-    Ok(InitOutcome::Created)
+        .map_err(EngineError::redis(what))
+}
+
+/// Queues a run's ready steps (pool hints `step|tool`) on its pool.
+async fn queue_ready(
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+    config: &EngineConfig,
+    run_id: &str,
+    ready: Vec<String>,
+    what: &'static str,
+) -> Result<(), EngineError> {
+    let after = PoolAfter {
+        run: run_id.to_owned(),
+        ready,
+        ..PoolAfter::default()
+    };
+    pool_after(pool, &config.breaker, &[after])
+        .run(conn, what)
+        .await
+        .map(drop)
 }
 
 /// Stores a validated plan as run `run_id` and queues its first steps on `pool`.
@@ -265,7 +289,7 @@ pub async fn init_run(
     args.extend(fields);
     args.extend(counters);
     args.extend(ready);
-    create_run(conn, &keys, pool, &SCRIPTS.init, &args, config).await
+    create_run(conn, &keys, pool, scripts::init(&keys, &args), config).await
 }
 
 /// A step that already succeeded before Redis lost the run, as the AgentRun status kept it.
@@ -329,7 +353,7 @@ pub async fn restore_run(
             None => args.extend(["0", "0", "", "", ""].map(String::from)),
         }
     }
-    create_run(conn, &keys, pool, &SCRIPTS.restore, &args, config).await
+    create_run(conn, &keys, pool, scripts::restore(&keys, &args), config).await
 }
 
 /// What [`retry_run`] did.
@@ -352,82 +376,26 @@ pub async fn retry_run(
     config: &EngineConfig,
 ) -> Result<RetryOutcome, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let r = eval(
-        conn,
-        &SCRIPTS.retry,
-        &keys.script_keys(),
-        &[],
-        "retrying the run",
-    )
-    .await?;
-    let protocol = |detail: String| EngineError::Protocol {
-        what: "retrying the run",
-        detail,
-    };
-    match r.first().map(String::as_str) {
-        Some("missing") | None => Err(EngineError::RunNotFound(run_id.to_owned())),
-        Some("not-failed") => {
-            let p = r.get(1).map(String::as_str).unwrap_or("");
-            parse_run_phase(p)
-                .map(RetryOutcome::NotFailed)
-                .ok_or_else(|| protocol(format!("phase {p:?}")))
-        }
-        Some("retried") => {
-            let pool = r.get(1).map(String::as_str).unwrap_or("");
-            let pool = PoolName::parse(pool).map_err(|e| EngineError::Corrupt {
+    match scripts::retry(&keys).run(conn, "retrying the run").await? {
+        RetryReply::Missing => Err(EngineError::RunNotFound(run_id.to_owned())),
+        RetryReply::NotFailed(phase) => Ok(RetryOutcome::NotFailed(phase)),
+        RetryReply::Retried { pool, reset, ready } => {
+            let pool = PoolName::parse(&pool).map_err(|e| EngineError::Corrupt {
                 what: format!("run {run_id}"),
                 detail: format!("pool: {e}"),
             })?;
-            let reset: usize = r
-                .get(2)
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| protocol(format!("step count {:?}", r.get(2))))?;
-            let steps: Vec<String> = r.iter().skip(3).cloned().collect();
-            let cmd = pool_after_cmd(
+            queue_ready(
+                conn,
                 &pool,
-                &config.breaker,
-                &[PoolAfter {
-                    run: run_id.to_owned(),
-                    ready: steps,
-                    ..PoolAfter::default()
-                }],
-            );
-            eval_pipeline(conn, vec![cmd], "queueing the retried steps").await?;
+                config,
+                run_id,
+                ready,
+                "queueing the retried steps",
+            )
+            .await?;
             Ok(RetryOutcome::Retried { steps: reset })
         }
-        Some(other) => Err(protocol(format!("reply {other:?}"))),
     }
-}
-
-fn parse_phase(s: &str) -> Option<StepPhase> {
-    Some(match s {
-        "Pending" => StepPhase::Pending,
-        "Ready" => StepPhase::Ready,
-        "Running" => StepPhase::Running,
-        "Succeeded" => StepPhase::Succeeded,
-        "Failed" => StepPhase::Failed,
-        "Skipped" => StepPhase::Skipped,
-        _ => return None,
-    })
-}
-
-fn parse_run_phase(s: &str) -> Option<RunPhase> {
-    Some(match s {
-        "Pending" => RunPhase::Pending,
-        "Running" => RunPhase::Running,
-        "Succeeded" => RunPhase::Succeeded,
-        "Failed" => RunPhase::Failed,
-        "Cancelled" => RunPhase::Cancelled,
-        _ => return None,
-    })
-}
-
-fn hash(v: Value, what: &'static str) -> Result<HashMap<String, String>, EngineError> {
-    let flat = super::scripts::strings(v, what)?;
-    Ok(flat
-        .chunks_exact(2)
-        .map(|c| (c[0].clone(), c[1].clone()))
-        .collect())
 }
 
 /// The run as `crane-executor run` prints it, with full outputs.
@@ -436,7 +404,8 @@ pub async fn run_report(
     run_id: &str,
 ) -> Result<RunReport, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let (meta, steps, out): (Value, Value, Value) = redis::pipe()
+    type Hash = HashMap<String, String>;
+    let (meta, steps, out): (Hash, Hash, Hash) = redis::pipe()
         .cmd("HGETALL")
         .arg(keys.meta())
         .cmd("HGETALL")
@@ -446,9 +415,6 @@ pub async fn run_report(
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reading the run"))?;
-    let meta = hash(meta, "reading the run")?;
-    let steps = hash(steps, "reading the run")?;
-    let out = hash(out, "reading the run")?;
     if meta.is_empty() {
         return Err(EngineError::RunNotFound(run_id.to_owned()));
     }
@@ -469,7 +435,7 @@ fn build_report(
         .map_err(|e| corrupt(format!("plan: {e}")))?;
     let phase = meta
         .get("phase")
-        .and_then(|p| parse_run_phase(p))
+        .and_then(|p| phase(p))
         .ok_or_else(|| corrupt(format!("phase {:?}", meta.get("phase"))))?;
     let field = |id: StepId, f: &str| steps.get(&format!("{id}:{f}"));
     let time = |id: StepId, f: &str| {
@@ -491,7 +457,7 @@ fn build_report(
             outputs.insert(step.id, o.clone());
         }
         let sphase = field(step.id, "phase")
-            .and_then(|p| parse_phase(p))
+            .and_then(|p| super::replies::phase::<StepPhase>(p))
             .ok_or_else(|| corrupt(format!("phase of step {}", step.id)))?;
         reports.push(StepReport {
             id: step.id,
@@ -515,40 +481,8 @@ fn build_report(
     let result = (phase == RunPhase::Succeeded)
         .then(|| result_from_sinks(&plan.sinks(), &outputs))
         .flatten();
-    let error = match phase {
-        // The same wording as the in-process engine (crane_core::dag).
-        RunPhase::Failed => Some(
-            match meta
-                .get("first_failure")
-                .and_then(|id| id.parse::<StepId>().ok())
-                .and_then(|id| reports.iter().find(|r| r.id == id))
-            {
-                Some(step) => {
-                    let error = step.error.as_deref().unwrap_or("unknown error");
-                    if step.attempts > 1 {
-                        format!(
-                            "step {} ({}) failed after {} attempts: {error}",
-                            step.id, step.tool, step.attempts
-                        )
-                    } else {
-                        format!("step {} ({}) failed: {error}", step.id, step.tool)
-                    }
-                }
-                None => "run failed".to_owned(),
-            },
-        ),
-        RunPhase::Cancelled => {
-            let done = reports
-                .iter()
-                .filter(|s| s.phase == StepPhase::Succeeded)
-                .count();
-            Some(format!(
-                "run cancelled after {done} of {} steps succeeded",
-                reports.len()
-            ))
-        }
-        _ => None,
-    };
+    let first_failure = meta.get("first_failure").and_then(|id| id.parse().ok());
+    let error = run_error(phase, &reports, first_failure);
     Ok(RunReport {
         phase,
         steps: reports,
@@ -557,20 +491,30 @@ fn build_report(
     })
 }
 
+/// One field of a run's metadata, `None` when the run (or the field) is not there.
+async fn meta_field(
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+    field: &str,
+    what: &'static str,
+) -> Result<Option<String>, EngineError> {
+    redis::cmd("HGET")
+        .arg(keys.meta())
+        .arg(field)
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis(what))
+}
+
 /// The run's phase alone (cheap).
 pub async fn run_phase(
     conn: &mut ConnectionManager,
     run_id: &str,
 ) -> Result<RunPhase, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let p: Option<String> = redis::cmd("HGET")
-        .arg(keys.meta())
-        .arg("phase")
-        .query_async(conn)
-        .await
-        .map_err(EngineError::redis("reading the run phase"))?;
+    let p = meta_field(conn, &keys, "phase", "reading the run phase").await?;
     let p = p.ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))?;
-    parse_run_phase(&p).ok_or_else(|| EngineError::Corrupt {
+    phase(&p).ok_or_else(|| EngineError::Corrupt {
         what: format!("run {run_id}"),
         detail: format!("phase {p:?}"),
     })
@@ -582,44 +526,26 @@ pub async fn cancel_run(
     run_id: &str,
 ) -> Result<RunPhase, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let r = eval(
-        conn,
-        &SCRIPTS.cancel,
-        &keys.script_keys(),
-        &[],
-        "cancelling the run",
-    )
-    .await?;
-    match r.first().map(String::as_str) {
-        Some("missing") | None => Err(EngineError::RunNotFound(run_id.to_owned())),
-        Some(p) => parse_run_phase(p).ok_or_else(|| EngineError::Protocol {
-            what: "cancelling the run",
-            detail: format!("phase {p:?}"),
-        }),
+    match scripts::cancel(&keys)
+        .run(conn, "cancelling the run")
+        .await?
+    {
+        CancelReply::Missing => Err(EngineError::RunNotFound(run_id.to_owned())),
+        CancelReply::Phase(phase) => Ok(phase),
     }
 }
 
 /// Deletes every key of a run (the operator's finalizer). Idempotent.
 pub async fn delete_run(conn: &mut ConnectionManager, run_id: &str) -> Result<(), EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let pool: Option<String> = redis::cmd("HGET")
-        .arg(keys.meta())
-        .arg("pool")
-        .query_async(conn)
-        .await
-        .map_err(EngineError::redis("reading the run's pool"))?;
+    let pool = meta_field(conn, &keys, "pool", "reading the run's pool").await?;
     redis::cmd("DEL")
         .arg(&keys.script_keys()[..])
         .query_async::<()>(conn)
         .await
         .map_err(EngineError::redis("deleting the run"))?;
     if let Some(pool) = pool.and_then(|p| PoolName::parse(&p).ok()) {
-        redis::cmd("SREM")
-            .arg(pool.runs())
-            .arg(run_id)
-            .query_async::<()>(conn)
-            .await
-            .map_err(EngineError::redis("unregistering the run"))?;
+        pool_runs(conn, "SREM", &pool, run_id, "unregistering the run").await?;
     }
     Ok(())
 }
@@ -633,19 +559,18 @@ pub async fn wait_for_run(
     timeout: Option<Duration>,
 ) -> Result<RunReport, EngineError> {
     let keys = RunKeys::new(run_id)?;
-    let block = Duration::from_millis(500);
-    let mut blocking = super::api::connect_with(client, block + Duration::from_secs(5)).await?;
+    // The phase is read before every wait: a gap in the events costs nothing.
+    let mut events = events::follow_run(client.clone(), &keys, Start::Beginning).ignoring_gaps();
     let started = Instant::now();
-    let mut last = "0-0".to_owned();
     let mut failures = 0u32;
     loop {
         if timeout.is_some_and(|t| started.elapsed() > t) {
             return Err(EngineError::WaitTimeout(run_id.to_owned()));
         }
-        match wait_step(conn, &mut blocking, run_id, &keys, &mut last, block).await {
+        match wait_step(conn, &mut events, run_id).await {
             Ok(Some(report)) => return Ok(report),
             Ok(None) => failures = 0,
-            // Redis restarting or a dropped connection: the connection managers reconnect.
+            // Redis restarting or a dropped connection: the connections reconnect.
             Err(EngineError::Redis { source, .. }) if is_transient(&source) && failures < 100 => {
                 failures += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -669,59 +594,16 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
 
 async fn wait_step(
     conn: &mut ConnectionManager,
-    blocking: &mut ConnectionManager,
+    events: &mut Follower<RunEvent>,
     run_id: &str,
-    keys: &RunKeys,
-    last: &mut String,
-    block: Duration,
 ) -> Result<Option<RunReport>, EngineError> {
     if run_phase(conn, run_id).await?.is_terminal() {
         return run_report(conn, run_id).await.map(Some);
     }
     // Events are hints; the phase read above is the truth, so a lost event only costs one
     // block interval.
-    let v: Value = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(1000)
-        .arg("BLOCK")
-        .arg(ms(block))
-        .arg("STREAMS")
-        .arg(keys.events())
-        .arg(last.as_str())
-        .query_async(blocking)
-        .await
-        .map_err(EngineError::redis("following run events"))?;
-    if let Some(id) = last_stream_id(&v) {
-        *last = id;
-    }
+    events.read(Duration::from_millis(500)).await?;
     Ok(None)
-}
-
-/// The id of the last entry in an XREAD reply.
-fn last_stream_id(v: &Value) -> Option<String> {
-    let streams = match v {
-        Value::Array(s) => s,
-        Value::Map(m) => return m.first().and_then(|(_, entries)| last_entry_id(entries)),
-        _ => return None,
-    };
-    let Value::Array(stream) = streams.first()? else {
-        return None;
-    };
-    last_entry_id(stream.get(1)?)
-}
-
-fn last_entry_id(entries: &Value) -> Option<String> {
-    let Value::Array(entries) = entries else {
-        return None;
-    };
-    let Value::Array(entry) = entries.last()? else {
-        return None;
-    };
-    match entry.first()? {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// An `Executor` that runs plans through Redis: submits the run to a pool and waits for the
@@ -762,27 +644,18 @@ impl RedisExecutor {
         self
     }
 
-    /// Submits and waits.
-    pub async fn run(
-        &self,
-        run_id: &str,
-        namespace: &str,
-        plan: &Plan,
-        options: &RunOptions,
-    ) -> Result<RunReport, EngineError> {
-        let mut conn = self.conn.clone();
-        if init_run(
-            &mut conn,
+    /// Submits and waits (the plan is not validated here: see [`Executor::execute`]).
+    pub async fn run(&self, run: RunRequest<'_>) -> Result<RunReport, EngineError> {
+        let RunRequest {
             run_id,
             namespace,
-            &self.pool,
             plan,
             options,
-            &self.config,
-        )
-        .await?
-            == InitOutcome::AlreadyExists
-        {
+        } = run;
+        let mut conn = self.conn.clone();
+        let (pool, config) = (&self.pool, &self.config);
+        let created = init_run(&mut conn, run_id, namespace, pool, plan, options, config).await?;
+        if created == InitOutcome::AlreadyExists {
             return Err(EngineError::RunExists(run_id.to_owned()));
         }
         wait_for_run(&self.client, &mut conn, run_id, self.timeout).await
@@ -790,24 +663,13 @@ impl RedisExecutor {
 }
 
 impl Executor for RedisExecutor {
-    fn execute<'a>(
-        &'a self,
-        run_id: &'a str,
-        namespace: &'a str,
-        plan: &'a Plan,
-        options: &'a RunOptions,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>> {
+    fn execute<'a>(&'a self, run: RunRequest<'a>) -> ExecuteFuture<'a> {
         Box::pin(async move {
-            crane_core::validate::validate(plan, &self.catalog)
+            crane_core::validate::validate(run.plan, &self.catalog)
                 .map_err(|e| anyhow::anyhow!("invalid plan:\n{e}"))?;
-            Ok(self.run(run_id, namespace, plan, options).await?)
+            Ok(self.run(run).await?)
         })
     }
-}
-
-/// Re-exported for the worker: a pipeline-ready script call on a run's slot.
-pub(crate) fn run_cmd(script: &redis::Script, keys: &RunKeys, args: &[String]) -> redis::Cmd {
-    evalsha(script, &keys.script_keys(), args)
 }
 
 /// What a planner Job leaves for the operator: the plan and who made it, or the planner's
@@ -911,50 +773,32 @@ mod tests {
         }
     }
 
+    /// Why the structure check refuses a plan of these steps (a panic when it accepts it).
+    fn refusal(steps: Vec<Step>) -> String {
+        match check_structure(&Plan { steps }) {
+            Ok(()) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn structure_check_rejects_what_would_hang_or_confuse_the_scripts() {
-        let plan = |steps| Plan { steps };
-        assert!(check_structure(&plan(vec![])).is_err());
-        assert!(
-            check_structure(&plan(vec![step(1, &[]), step(1, &[])]))
-                .unwrap_err()
-                .to_string()
-                .contains("ids must be unique")
-        );
-        assert!(
-            check_structure(&plan(vec![step(1, &[7])]))
-                .unwrap_err()
-                .to_string()
-                .contains("step 7")
-        );
-        assert!(
-            check_structure(&plan(vec![step(1, &[2]), step(2, &[1])]))
-                .unwrap_err()
-                .to_string()
-                .contains("cycle")
-        );
-        assert!(
-            check_structure(&plan(vec![step(1, &[1])]))
-                .unwrap_err()
-                .to_string()
-                .contains("depends on itself")
-        );
-        assert!(check_structure(&plan(vec![step(0, &[])])).is_err());
+        assert!(!refusal(vec![]).is_empty());
+        let duplicate = refusal(vec![step(1, &[]), step(1, &[])]);
+        assert!(duplicate.contains("ids must be unique"), "{duplicate}");
+        assert!(refusal(vec![step(1, &[7])]).contains("step 7"));
+        assert!(refusal(vec![step(1, &[2]), step(2, &[1])]).contains("cycle"));
+        assert!(refusal(vec![step(1, &[1])]).contains("depends on itself"));
+        assert!(!refusal(vec![step(0, &[])]).is_empty());
         let mut hostile = step(1, &[]);
         hostile.tool = "calc|ulator".into();
+        assert!(refusal(vec![hostile]).contains("tool name"));
+        assert!(!refusal((1..=501).map(|i| step(i, &[])).collect()).is_empty());
+        let repeated_dependency = vec![step(1, &[]), step(2, &[1, 1]), step(3, &[1, 2])];
         assert!(
-            check_structure(&plan(vec![hostile]))
-                .unwrap_err()
-                .to_string()
-                .contains("tool name")
-        );
-        assert!(check_structure(&plan((1..=501).map(|i| step(i, &[])).collect())).is_err());
-        assert!(
-            check_structure(&plan(vec![
-                step(1, &[]),
-                step(2, &[1, 1]),
-                step(3, &[1, 2])
-            ]))
+            check_structure(&Plan {
+                steps: repeated_dependency
+            })
             .is_ok()
         );
     }

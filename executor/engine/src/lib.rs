@@ -49,14 +49,21 @@
 //! Handled hints are deleted, so `XLEN` of the pool stream is waiting + running; [`queue_depth`]
 //! returns it with the pending count and the delayed count in one round trip.
 //!
-//! The key schema is in `executor/engine/ENGINE.md` and [`keys`].
+//! # Formats
+//!
+//! The engine owns what it stores and sends: the key schema ([`keys`], and
+//! `executor/engine/ENGINE.md`), the scripts and what each replies ([`scripts`], [`replies`]),
+//! and the progress notifications, published and followed only through [`events`].
 
 pub mod api;
+pub mod events;
 pub mod keys;
 pub mod local;
 pub mod metrics;
 pub mod queue;
+pub mod replies;
 pub mod scripts;
+mod streams;
 pub mod time;
 pub mod worker;
 
@@ -80,16 +87,22 @@ pub use worker::{Worker, WorkerConfig};
 /// workers ([`RedisExecutor`]). Both follow `crane_core::dag`'s rules, and one scenario suite
 /// runs against both.
 pub trait Executor: Send + Sync {
-    /// Runs `plan` as run `run_id` in `namespace` and returns the final report. `Err` means
-    /// the engine itself failed (invalid plan, backend unreachable), not that a step failed.
-    fn execute<'a>(
-        &'a self,
-        run_id: &'a str,
-        namespace: &'a str,
-        plan: &'a Plan,
-        options: &'a RunOptions,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>>;
+    /// Runs the plan to its end and returns the final report. `Err` means the engine itself
+    /// failed (invalid plan, backend unreachable), not that a step failed.
+    fn execute<'a>(&'a self, run: RunRequest<'a>) -> ExecuteFuture<'a>;
 }
+
+/// What [`Executor::execute`] is asked to run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunRequest<'a> {
+    pub run_id: &'a str,
+    pub namespace: &'a str,
+    pub plan: &'a Plan,
+    pub options: &'a RunOptions,
+}
+
+/// What [`Executor::execute`] returns.
+pub type ExecuteFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>>;
 
 /// Everything that can go wrong in the engine. One variant per failing step.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +172,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        // The seed's defaults.
+        // Five consecutive retryable failures: more than a lone blip, few enough that a dead
+        // dependency stops costing every run attempts. A minute open: long enough for a
+        // restarting service to come back. Three successful probes to close, so one lucky
+        // call does not let the whole pool's traffic through again.
         Self {
             failure_threshold: 5,
             cooldown: Duration::from_secs(60),

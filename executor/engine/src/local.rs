@@ -4,8 +4,6 @@
 //! No Redis, no cluster: everything lives in this process and ends with it.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -18,7 +16,7 @@ use crane_core::dag::{Completion, Dag, DagError, Outcome};
 use crane_core::plan::{Plan, Step, StepId};
 use crane_core::run::{RunOptions, RunReport, StepPhase};
 
-use crate::Executor;
+use crate::{ExecuteFuture, Executor, RunRequest};
 use crane_core::tool::{ToolContext, ToolError, Toolbox};
 use crane_core::validate::{PlanErrors, validate};
 use crane_core::vars;
@@ -216,6 +214,9 @@ impl LocalExecutor {
                     dag.requeue(id)?;
                 }
             }
+            // Before the next dispatch, so a dependent never starts before its dependencies'
+            // finish times.
+            stamp_finished(&dag, &mut finished_at);
         }
 
         let mut report = dag.report();
@@ -229,14 +230,12 @@ impl LocalExecutor {
 }
 
 impl Executor for LocalExecutor {
-    fn execute<'a>(
-        &'a self,
-        run_id: &'a str,
-        namespace: &'a str,
-        plan: &'a Plan,
-        options: &'a RunOptions,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<RunReport>> + Send + 'a>> {
-        Box::pin(async move { Ok(self.run(run_id, namespace, plan, options, None).await?) })
+    fn execute<'a>(&'a self, run: RunRequest<'a>) -> ExecuteFuture<'a> {
+        Box::pin(async move {
+            Ok(self
+                .run(run.run_id, run.namespace, run.plan, run.options, None)
+                .await?)
+        })
     }
 }
 

@@ -1,13 +1,11 @@
 //! Pool-side operations: the hint stream and its consumer group, the delayed set, queue depth
 //! for the autoscaler, and circuit-breaker state. Everything here touches one pool's slot.
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionManager;
-use redis::{Cmd, Script};
 use serde::{Deserialize, Serialize};
 
-use super::scripts::{SCRIPTS, eval, evalsha};
+use super::replies::BreakerUpdate;
+use super::scripts::{self, Call};
 use super::{BreakerConfig, EngineError, PoolName, ms};
 
 /// The consumer group every worker of a pool reads through.
@@ -32,41 +30,13 @@ impl QueueDepth {
     }
 }
 
-static DEPTH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local len = redis.call('XLEN', KEYS[1])
-local pending = 0
-if len > 0 then
-  local ok, r = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1])
-  if ok then pending = r[1] end
-end
-return {len, pending, redis.call('ZCARD', KEYS[2])}
-",
-    )
-});
-
 /// Waiting + running + delayed steps of a pool: one script call, O(1) on the server, cheap
 /// enough for an autoscaler to call every second per pool.
 pub async fn queue_depth(
     conn: &mut ConnectionManager,
     pool: &PoolName,
 ) -> Result<QueueDepth, EngineError> {
-    let r = eval(
-        conn,
-        &DEPTH,
-        &[pool.queue(), pool.delayed()],
-        &[GROUP.to_owned()],
-        "reading queue depth",
-    )
-    .await?;
-    let num = |i: usize| r.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let (len, pending, delayed) = (num(0), num(1), num(2));
-    Ok(QueueDepth {
-        queued: len.saturating_sub(pending),
-        running: pending.min(len),
-        delayed,
-    })
+    scripts::depth(pool).run(conn, "reading queue depth").await
 }
 
 /// A breaker's phase.
@@ -79,14 +49,6 @@ pub enum BreakerPhase {
 }
 
 impl BreakerPhase {
-    fn parse(s: &str) -> Self {
-        match s {
-            "open" => Self::Open,
-            "half_open" => Self::HalfOpen,
-            _ => Self::Closed,
-        }
-    }
-
     /// Stable label for metrics and logs.
     pub fn label(self) -> &'static str {
         match self {
@@ -117,26 +79,9 @@ pub async fn breaker_states(
     pool: &PoolName,
     cfg: &BreakerConfig,
 ) -> Result<Vec<BreakerState>, EngineError> {
-    let r = eval(
-        conn,
-        &SCRIPTS.breakers,
-        &[pool.breakers()],
-        &[ms(cfg.cooldown).to_string()],
-        "reading breakers",
-    )
-    .await?;
-    Ok(r.chunks_exact(5)
-        .map(|c| BreakerState {
-            tool: c[0].clone(),
-            phase: BreakerPhase::parse(&c[1]),
-            failures: c[2].parse().unwrap_or(0),
-            successes: c[3].parse().unwrap_or(0),
-            remaining_open_ms: c[4]
-                .parse::<i64>()
-                .map(|v| v.max(0).unsigned_abs())
-                .unwrap_or(0),
-        })
-        .collect())
+    scripts::breakers(pool, cfg.cooldown)
+        .run(conn, "reading breakers")
+        .await
 }
 
 /// Creates the pool's stream and consumer group if missing (idempotent; needed again after
@@ -177,8 +122,13 @@ pub struct PoolAfter {
 }
 
 /// One pool-slot script call for a batch of changes (see `lua/pool_after.lua`), to run alone or
-/// in a pipeline. Sections of different runs mix freely: they only share the pool's keys.
-pub fn pool_after_cmd(pool: &PoolName, cfg: &BreakerConfig, afters: &[PoolAfter]) -> Cmd {
+/// in a pipeline. Sections of different runs mix freely: they only share the pool's keys. It
+/// replies with the breaker of each section that named a tool, in order.
+pub fn pool_after(
+    pool: &PoolName,
+    cfg: &BreakerConfig,
+    afters: &[PoolAfter],
+) -> Call<Vec<BreakerUpdate>> {
     let mut args = vec![
         cfg.failure_threshold.to_string(),
         ms(cfg.cooldown).to_string(),
@@ -207,22 +157,7 @@ pub fn pool_after_cmd(pool: &PoolName, cfg: &BreakerConfig, afters: &[PoolAfter]
         ]);
         args.extend(after.ready.iter().cloned());
     }
-    evalsha(&SCRIPTS.pool_after, &pool.script_keys(), &args)
-}
-
-/// The breaker states a `pool_after` call reports: `(tool, phase, remaining_open_ms)` for each
-/// section that named a tool, in order.
-pub fn breaker_replies(reply: &[String]) -> Vec<(&str, BreakerPhase, u64)> {
-    reply
-        .chunks_exact(3)
-        .map(|c| {
-            (
-                c[0].as_str(),
-                BreakerPhase::parse(&c[1]),
-                c[2].parse().unwrap_or(0),
-            )
-        })
-        .collect()
+    scripts::pool_after(pool, &args)
 }
 
 /// Moves due delayed hints into the stream; returns how many moved.
@@ -231,13 +166,7 @@ pub async fn promote_due(
     pool: &PoolName,
     limit: u32,
 ) -> Result<u64, EngineError> {
-    let r = eval(
-        conn,
-        &SCRIPTS.promote,
-        &[pool.queue(), pool.delayed()],
-        &[limit.to_string()],
-        "promoting retries",
-    )
-    .await?;
-    Ok(r.first().and_then(|s| s.parse().ok()).unwrap_or(0))
+    scripts::promote(pool, limit)
+        .run(conn, "promoting retries")
+        .await
 }

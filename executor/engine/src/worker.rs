@@ -16,17 +16,19 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::api::{connect, connect_with, run_cmd};
-use super::keys::{GLOBAL_EVENTS, PoolName, RunKeys};
+use super::api::{connect, connect_with};
+use super::events;
+use super::keys::{PoolName, RunKeys};
 use super::metrics::{Metrics, StepLabels, ToolLabels};
 use super::queue::{
-    BreakerPhase, GROUP, PoolAfter, breaker_replies, breaker_states, ensure_group, pool_after_cmd,
-    promote_due,
+    BreakerPhase, GROUP, PoolAfter, breaker_states, ensure_group, pool_after, promote_due,
 };
-use super::scripts::{SCRIPTS, eval_pipeline, eval_pipeline_rows};
+use super::replies::{CompleteReply, ReleaseReply, StartReply, Started, StepEnded, SweepReply};
+use super::scripts::{
+    self, AttemptEnd, AttemptOutcome, Call, SCRIPTS, StartHint, StartMode, run_all, run_with,
+};
+use super::streams::{self, field};
 use super::{BreakerConfig, EngineConfig, EngineError, ms};
-use crane_core::plan::{Step, StepId};
-use crane_core::run::RunOptions;
 use crane_core::tool::{ToolContext, ToolError, Toolbox};
 
 /// How a worker behaves.
@@ -91,12 +93,6 @@ struct Hint {
     run: String,
     step: String,
     tool: String,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    New,
-    Reclaim,
 }
 
 /// Locally cached breaker: phase and when (local clock) an open one half-opens.
@@ -225,7 +221,7 @@ impl Worker {
                     let inner = inner.clone();
                     tasks.spawn(async move {
                         let mut steps = tokio::task::JoinSet::new();
-                        handle_hints(&inner, hints, permits, Mode::New, &mut steps).await;
+                        handle_hints(&inner, hints, permits, StartMode::New, &mut steps).await;
                         while steps.join_next().await.is_some() {}
                     });
                 }
@@ -292,61 +288,23 @@ async fn read_hints(
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reading the queue"))?;
-    // [[stream, [entries]]]
-    let Value::Array(streams) = v else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for s in streams {
-        if let Value::Array(mut parts) = s
-            && parts.len() == 2
-            && let Some(entries) = parts.pop()
-        {
-            out.extend(parse_entries(entries));
-        }
-    }
-    Ok(out)
+    let entries = streams::read_reply(&v).map_err(|detail| EngineError::Protocol {
+        what: "reading the queue",
+        detail,
+    })?;
+    Ok(entries.into_iter().map(hint).collect())
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
+/// A hint from its stream entry; a malformed one keeps empty fields, so it is still
+/// acknowledged (and then dropped).
+fn hint(entry: streams::Entry) -> Hint {
+    let part = |name| field(&entry.fields, name).unwrap_or_default().to_owned();
+    Hint {
+        run: part("r"),
+        step: part("s"),
+        tool: part("t"),
+        entry: entry.id,
     }
-}
-
-/// Stream entries `[[id, [field, value, ...]], ...]` into hints; malformed ones are kept with
-/// empty fields so they still get acknowledged.
-fn parse_entries(v: Value) -> Vec<Hint> {
-    let Value::Array(entries) = v else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter_map(|e| {
-            let Value::Array(parts) = e else { return None };
-            let entry = text(parts.first()?)?;
-            let mut hint = Hint {
-                entry,
-                run: String::new(),
-                step: String::new(),
-                tool: String::new(),
-            };
-            if let Some(Value::Array(fields)) = parts.get(1) {
-                for kv in fields.chunks_exact(2) {
-                    let val = text(&kv[1]).unwrap_or_default();
-                    match text(&kv[0]).as_deref() {
-                        Some("r") => hint.run = val,
-                        Some("s") => hint.step = val,
-                        Some("t") => hint.tool = val,
-                        _ => {}
-                    }
-                }
-            }
-            Some(hint)
-        })
-        .collect()
 }
 
 fn owner_token(consumer: &str) -> String {
@@ -368,7 +326,7 @@ async fn handle_hints(
     inner: &Arc<Inner>,
     hints: Vec<Hint>,
     mut permits: Vec<OwnedSemaphorePermit>,
-    mode: Mode,
+    mode: StartMode,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
     let cfg = &inner.config;
@@ -403,27 +361,29 @@ async fn handle_hints(
         push_to_run(&mut runs, keys, (hint, owner));
     }
     if !parked.is_empty() {
-        let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &parked);
-        if let Err(e) = eval_pipeline(&mut conn, vec![cmd], "parking hints").await {
+        let call = pool_after(&cfg.pool, &cfg.engine.breaker, &parked);
+        if let Err(e) = call.run(&mut conn, "parking hints").await {
             warn!(error = %e, "parking hints failed; they will be reclaimed");
         }
     }
     if runs.is_empty() {
         return;
     }
-    let m = if mode == Mode::New { "new" } else { "reclaim" };
-    let cmds = runs
+    let calls = runs
         .iter()
         .map(|(keys, batch)| {
-            let mut args = Vec::with_capacity(1 + 3 * batch.len());
-            args.push(m.to_owned());
-            for (hint, owner) in batch {
-                args.extend([hint.step.clone(), owner.clone(), hint.entry.clone()]);
-            }
-            run_cmd(&SCRIPTS.start, keys, &args)
+            let hints: Vec<StartHint<'_>> = batch
+                .iter()
+                .map(|(hint, owner)| StartHint {
+                    step: &hint.step,
+                    owner,
+                    entry: &hint.entry,
+                })
+                .collect();
+            scripts::start(keys, mode, &hints)
         })
         .collect();
-    let replies = match eval_pipeline_rows(&mut conn, cmds, "starting steps").await {
+    let replies = match run_all(&mut conn, calls, "starting steps").await {
         Ok(r) => r,
         Err(e) => {
             // Leases run out and the hints are reclaimed; nothing is lost.
@@ -442,52 +402,45 @@ async fn handle_hints(
         let mut rows = rows.into_iter();
         for (hint, owner) in batch {
             // A missing row (a reply shorter than the batch) is treated like a drop.
-            let reply = rows.next().unwrap_or_default();
-            match reply.first().map(String::as_str) {
-                Some("ok") => {
+            let reply = rows.next().unwrap_or(StartReply::Dropped {
+                why: "no reply".into(),
+            });
+            let (ready, run_done) = match reply {
+                StartReply::Started(started) => {
                     // Without a slot (a reclaim raced the reader) the started step runs
                     // anyway: holding it unstarted would only waste its lease.
                     let permit = permits
                         .pop()
                         .or_else(|| inner.slots.clone().try_acquire_owned().ok());
-                    spawn_step(inner, tasks, hint, owner, reply, permit);
+                    spawn_step(inner, tasks, hint, owner, started, permit);
+                    continue;
                 }
-                status => {
-                    lock(&inner.in_flight).remove(&hint.entry);
-                    let (ready, run_done) = if status == Some("finished") {
-                        completion_parts(&reply)
-                    } else {
-                        debug!(run = %hint.run, step = %hint.step, why = reply.get(1).map(String::as_str).unwrap_or(""), "dropping hint");
-                        (Vec::new(), false)
-                    };
-                    acks.push(PoolAfter {
-                        ack: Some(hint.entry),
-                        run: hint.run,
-                        ready,
-                        run_done,
-                        ..PoolAfter::default()
-                    });
+                StartReply::Finished(ended) => {
+                    let run_done = ended.run_done();
+                    (ended.ready, run_done)
                 }
-            }
+                StartReply::Dropped { why } => {
+                    debug!(run = %hint.run, step = %hint.step, why = %why, "dropping hint");
+                    (Vec::new(), false)
+                }
+            };
+            lock(&inner.in_flight).remove(&hint.entry);
+            acks.push(PoolAfter {
+                ack: Some(hint.entry),
+                run: hint.run,
+                ready,
+                run_done,
+                ..PoolAfter::default()
+            });
         }
     }
     if acks.is_empty() {
         return;
     }
-    let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &acks);
-    if let Err(e) = eval_pipeline(&mut conn, vec![cmd], "acknowledging hints").await {
+    let call = pool_after(&cfg.pool, &cfg.engine.breaker, &acks);
+    if let Err(e) = call.run(&mut conn, "acknowledging hints").await {
         warn!(error = %e, "acknowledging hints failed; they will be reclaimed and dropped");
     }
-}
-
-/// From a completion reply `{status, run_phase, retry_due, tool, ready...}`.
-fn completion_parts(reply: &[String]) -> (Vec<String>, bool) {
-    let ready = reply.iter().skip(4).cloned().collect();
-    let done = matches!(
-        reply.get(1).map(String::as_str),
-        Some("Succeeded" | "Failed" | "Cancelled")
-    );
-    (ready, done)
 }
 
 /// When the tool's breaker is open (per the local cache), until when.
@@ -507,14 +460,14 @@ fn spawn_step(
     tasks: &mut tokio::task::JoinSet<()>,
     hint: Hint,
     owner: String,
-    reply: Vec<String>,
+    started: Started,
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let span = info_span!("step", run = %hint.run, step = %hint.step, tool = %hint.tool);
     let inner = inner.clone();
     tasks.spawn(
         async move {
-            run_step(&inner, &hint, &owner, reply).await;
+            run_step(&inner, &hint, &owner, started).await;
             lock(&inner.in_flight).remove(&hint.entry);
             drop(permit);
         }
@@ -522,44 +475,7 @@ fn spawn_step(
     );
 }
 
-/// What the start script gave us.
-struct Started {
-    attempt: u32,
-    step: Step,
-    namespace: String,
-    options: RunOptions,
-    outputs: HashMap<StepId, Json>,
-}
-
-fn parse_started(reply: &[String]) -> Result<Started, String> {
-    let attempt = reply
-        .get(1)
-        .and_then(|a| a.parse().ok())
-        .ok_or("missing attempt")?;
-    let step: Step = serde_json::from_str(reply.get(2).ok_or("missing step")?)
-        .map_err(|e| format!("step spec: {e}"))?;
-    let namespace = reply.get(3).cloned().ok_or("missing namespace")?;
-    let options: RunOptions = serde_json::from_str(reply.get(4).ok_or("missing options")?)
-        .map_err(|e| format!("run options: {e}"))?;
-    let mut outputs = HashMap::new();
-    for kv in reply.get(5..).unwrap_or_default().chunks_exact(2) {
-        let id: StepId = kv[0]
-            .parse()
-            .map_err(|_| format!("output id {:?}", kv[0]))?;
-        let v: Json =
-            serde_json::from_str(&kv[1]).map_err(|e| format!("output of step {id}: {e}"))?;
-        outputs.insert(id, v);
-    }
-    Ok(Started {
-        attempt,
-        step,
-        namespace,
-        options,
-        outputs,
-    })
-}
-
-async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<String>) {
+async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started) {
     let tool_label = if inner.toolbox.catalog().contains(&hint.tool) {
         hint.tool.clone()
     } else {
@@ -567,9 +483,9 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
     };
     inner.metrics.in_flight.inc();
     let began = Instant::now();
-    let (attempt, result, retry_policy) = match parse_started(&reply) {
+    let attempt = started.attempt;
+    let (result, retry_policy) = match started.work {
         Ok(s) => {
-            let attempt = s.attempt;
             let ctx = ToolContext {
                 namespace: s.namespace.clone(),
                 run_id: hint.run.clone(),
@@ -597,10 +513,9 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
                 r = call => Some(r),
                 _ = release_rx.wait_for(|v| *v) => None,
             };
-            (attempt, result, s.options.retry)
+            (result, s.options.retry)
         }
         Err(e) => (
-            reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(1),
             Some(Err(ToolError::InvalidInput(format!(
                 "corrupt step state: {e}"
             )))),
@@ -654,11 +569,18 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
     if let Some((phase, remaining)) = breaker {
         cache_breaker(inner, &hint.tool, phase, remaining);
     }
-    let status = reply.first().map(String::as_str).unwrap_or("");
-    let label = match (&result, status) {
-        (_, "stale") => "stale".to_owned(),
-        (Ok(_), _) => "succeeded".to_owned(),
-        (Err(e), _) if reply.get(2).is_some_and(|d| d != "0") => {
+    let retried = matches!(
+        &reply,
+        CompleteReply::Accepted(StepEnded {
+            retry_due_ms: Some(_),
+            ..
+        })
+    );
+    let stale = matches!(reply, CompleteReply::Stale { .. });
+    let label = match &result {
+        _ if stale => "stale".to_owned(),
+        Ok(_) => "succeeded".to_owned(),
+        Err(e) if retried => {
             inner
                 .metrics
                 .retries
@@ -668,7 +590,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
                 .inc();
             format!("retry_{}", e.metric_label())
         }
-        (Err(e), _) => e.metric_label().to_owned(),
+        Err(e) => e.metric_label().to_owned(),
     };
     inner
         .metrics
@@ -678,7 +600,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, reply: Vec<Strin
             outcome: label,
         })
         .inc();
-    if status == "stale" {
+    if stale {
         debug!("late completion ignored; the step belongs to another attempt");
         return;
     }
@@ -700,17 +622,22 @@ struct Completion {
 }
 
 impl Completion {
-    /// The `complete` script's arguments for this attempt (see `lua/complete.lua`).
-    fn args(&self) -> [String; 7] {
-        [
-            self.hint.step.clone(),
-            self.owner.clone(),
-            self.attempt.to_string(),
-            (if self.ok { "ok" } else { "err" }).to_owned(),
-            self.payload.clone(),
-            (if self.retryable { "1" } else { "0" }).to_owned(),
-            self.backoff.to_string(),
-        ]
+    /// This attempt as the `complete` script takes it.
+    fn end(&self) -> AttemptEnd<'_> {
+        AttemptEnd {
+            step: &self.hint.step,
+            owner: &self.owner,
+            attempt: self.attempt,
+            outcome: if self.ok {
+                AttemptOutcome::Output(&self.payload)
+            } else {
+                AttemptOutcome::Error {
+                    message: &self.payload,
+                    retryable: self.retryable,
+                }
+            },
+            backoff_ms: self.backoff,
+        }
     }
 
     /// What the tool's breaker records: a success, a retryable failure, or nothing (invalid
@@ -727,7 +654,7 @@ impl Completion {
 /// What the engine made of a completion.
 struct Completed {
     /// The `complete` script's reply for this attempt.
-    reply: Vec<String>,
+    reply: CompleteReply,
     /// The tool's breaker after the batch, when it was read.
     breaker: Option<(BreakerPhase, u64)>,
 }
@@ -776,14 +703,14 @@ async fn complete_batch(
             push_to_run(&mut runs, keys, c);
         }
     }
-    let cmds: Vec<_> = runs
+    let calls: Vec<_> = runs
         .iter()
         .map(|(keys, cs)| {
-            let args: Vec<String> = cs.iter().flat_map(Completion::args).collect();
-            run_cmd(&SCRIPTS.complete, keys, &args)
+            let ends: Vec<AttemptEnd<'_>> = cs.iter().map(Completion::end).collect();
+            scripts::complete(keys, &ends)
         })
         .collect();
-    let Some(replies) = complete_with_retry(conn, cmds).await else {
+    let Some(replies) = complete_with_retry(conn, calls).await else {
         return;
     };
     let mut done = Vec::new();
@@ -796,67 +723,50 @@ async fn complete_batch(
         // (naming the batch's last accepted step and the run's phase after it).
         let mut last_accepted = None;
         for c in cs {
-            let reply = rows.next().unwrap_or_default();
+            // A missing row should not happen; the lease expiring is the safe way out.
+            let Some(reply) = rows.next() else { continue };
             let hint = &c.hint;
-            match reply.first().map(String::as_str) {
+            match &reply {
                 // Another attempt holds the step (our lease expired): leave its entry alone.
-                Some("stale") if reply.get(1).map(String::as_str) == Some("1") => {}
-                // A missing row should not happen; the lease expiring is the safe way out.
-                None => {}
-                Some("stale") => afters.push(PoolAfter {
+                CompleteReply::Stale { held: true } => {}
+                CompleteReply::Stale { held: false } => afters.push(PoolAfter {
                     ack: Some(hint.entry.clone()),
                     run: hint.run.clone(),
                     ..PoolAfter::default()
                 }),
-                Some(_) => {
-                    let (ready, run_done) = completion_parts(&reply);
-                    if run_done {
-                        run_ended = reply.get(1).cloned();
+                CompleteReply::Accepted(ended) => {
+                    if ended.run_done() {
+                        run_ended = Some(ended.run_phase);
                     }
-                    let retry_due: u64 = reply.get(2).and_then(|d| d.parse().ok()).unwrap_or(0);
                     afters.push(PoolAfter {
                         ack: Some(hint.entry.clone()),
                         run: hint.run.clone(),
-                        ready,
-                        delay: (retry_due > 0)
-                            .then(|| (format!("{}|{}", hint.step, hint.tool), retry_due)),
+                        ready: ended.ready.clone(),
+                        delay: ended
+                            .retry_due_ms
+                            .map(|due| (format!("{}|{}", hint.step, hint.tool), due)),
                         breaker: Some((hint.tool.clone(), c.breaker_outcome())),
-                        run_done,
+                        run_done: ended.run_done(),
                     });
-                    last_accepted = Some((hint.step.clone(), reply.get(1).cloned()));
+                    last_accepted = Some((hint.step.clone(), ended.run_phase));
                 }
             }
             done.push((c, reply));
         }
         if let Some((step, phase)) = last_accepted {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(GLOBAL_EVENTS)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(100_000)
-                .arg("*")
-                .arg("run")
-                .arg(keys.run_id())
-                .arg("step")
-                .arg(step)
-                .arg("phase")
-                .arg(phase.unwrap_or_default());
-            notify.push(cmd);
+            notify.push(events::publish(keys.run_id(), &step, phase));
         }
         if let Some(phase) = run_ended {
-            info!(run = %keys.run_id(), phase = %phase, "run finished");
+            info!(run = %keys.run_id(), phase = ?phase, "run finished");
         }
     }
     let mut states: HashMap<String, (BreakerPhase, u64)> = HashMap::new();
     if !afters.is_empty() {
-        let mut cmds = vec![pool_after_cmd(pool, breaker, &afters)];
-        cmds.extend(notify);
-        match eval_pipeline(conn, cmds, "queueing the next steps").await {
-            Ok(r) => {
-                for (tool, phase, remaining) in
-                    breaker_replies(r.first().map_or(&[], Vec::as_slice))
-                {
-                    states.insert(tool.to_owned(), (phase, remaining));
+        let calls = vec![pool_after(pool, breaker, &afters)];
+        match run_with(conn, calls, notify, "queueing the next steps").await {
+            Ok(updates) => {
+                for u in updates.into_iter().flatten() {
+                    states.insert(u.tool, (u.phase, u.remaining_open_ms));
                 }
             }
             // The sweeper re-enqueues ready steps and due retries this missed.
@@ -875,11 +785,11 @@ async fn complete_batch(
 /// retry after an applied-but-unanswered call comes back `stale` and is harmless.
 async fn complete_with_retry(
     conn: &mut ConnectionManager,
-    cmds: Vec<redis::Cmd>,
-) -> Option<Vec<Vec<Vec<String>>>> {
+    calls: Vec<Call<Vec<CompleteReply>>>,
+) -> Option<Vec<Vec<CompleteReply>>> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..40 {
-        match eval_pipeline_rows(conn, cmds.clone(), "completing steps").await {
+        match run_all(conn, calls.clone(), "completing steps").await {
             Ok(r) => return Some(r),
             Err(e) => {
                 warn!(error = %e, "completing steps failed; retrying");
@@ -902,27 +812,19 @@ async fn release(
     attempt: u32,
 ) {
     let cfg = &inner.config;
-    let args = [hint.step.clone(), owner.to_owned(), attempt.to_string()];
-    let reply = match eval_pipeline(
-        conn,
-        vec![run_cmd(&SCRIPTS.release, keys, &args)],
-        "releasing a step",
-    )
-    .await
-    {
-        Ok(mut r) => r.pop().unwrap_or_default(),
+    let call = scripts::release(keys, &hint.step, owner, attempt);
+    let ready = match call.run(conn, "releasing a step").await {
+        Ok(ReleaseReply::Released) => {
+            inner.released.fetch_add(1, Ordering::Relaxed);
+            vec![format!("{}|{}", hint.step, hint.tool)]
+        }
+        Ok(ReleaseReply::Stale) => Vec::new(),
         Err(e) => {
             warn!(error = %e, "releasing failed; the lease will expire instead");
             return;
         }
     };
-    let ready = if reply.first().map(String::as_str) == Some("released") {
-        inner.released.fetch_add(1, Ordering::Relaxed);
-        vec![format!("{}|{}", hint.step, hint.tool)]
-    } else {
-        Vec::new()
-    };
-    let cmd = pool_after_cmd(
+    let call = pool_after(
         &cfg.pool,
         &cfg.engine.breaker,
         &[PoolAfter {
@@ -932,7 +834,7 @@ async fn release(
             ..PoolAfter::default()
         }],
     );
-    if let Err(e) = eval_pipeline(conn, vec![cmd], "requeueing a released step").await {
+    if let Err(e) = call.run(conn, "requeueing a released step").await {
         warn!(error = %e, "requeueing a released step failed; the sweeper will recover it");
     }
     info!("step released");
@@ -979,8 +881,14 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                     Ok(hints) if !hints.is_empty() => {
                         info!(count = hints.len(), "reclaiming steps of a lost worker");
                         *lock(&inner.last_activity) = Instant::now();
-                        handle_hints(&inner, hints, Vec::new(), Mode::Reclaim, &mut reclaim_tasks)
-                            .await;
+                        handle_hints(
+                            &inner,
+                            hints,
+                            Vec::new(),
+                            StartMode::Reclaim,
+                            &mut reclaim_tasks,
+                        )
+                        .await;
                     }
                     Ok(_) => {}
                     Err(e) => debug!(error = %e, "reclaim failed"),
@@ -1045,13 +953,12 @@ async fn reclaim(
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reclaiming expired leases"))?;
-    let Value::Array(mut parts) = v else {
-        return Ok(Vec::new());
+    // [next cursor, entries, deleted ids]
+    let entries = match &v {
+        Value::Array(parts) => parts.get(1).map(streams::entries).unwrap_or_default(),
+        _ => Vec::new(),
     };
-    if parts.len() < 2 {
-        return Ok(Vec::new());
-    }
-    Ok(parse_entries(parts.swap_remove(1)))
+    Ok(entries.into_iter().map(hint).collect())
 }
 
 /// One worker per pool at a time (SET NX PX): re-enqueue what a crash between the two slots
@@ -1076,19 +983,13 @@ async fn sweep(inner: &Inner, conn: &mut ConnectionManager) -> Result<(), Engine
         .await
         .map_err(EngineError::redis("listing active runs"))?;
     for chunk in runs.chunks(100) {
-        let mut cmds = Vec::new();
+        let mut calls = Vec::new();
         let mut valid = Vec::new();
         for run in chunk {
             match RunKeys::new(run) {
                 Ok(keys) => {
-                    cmds.push(run_cmd(
-                        &SCRIPTS.sweep,
-                        &keys,
-                        &[
-                            ms(cfg.engine.sweep_threshold).to_string(),
-                            ms(cfg.engine.lease).to_string(),
-                        ],
-                    ));
+                    let engine = &cfg.engine;
+                    calls.push(scripts::sweep(&keys, engine.sweep_threshold, engine.lease));
                     valid.push(run.clone());
                 }
                 Err(_) => {
@@ -1100,12 +1001,14 @@ async fn sweep(inner: &Inner, conn: &mut ConnectionManager) -> Result<(), Engine
                 }
             }
         }
-        let replies = eval_pipeline(conn, cmds, "sweeping").await?;
+        let replies = run_all(conn, calls, "sweeping").await?;
         let mut follow = Vec::new();
         for (run, reply) in valid.into_iter().zip(replies) {
-            let status = reply.first().map(String::as_str).unwrap_or("");
-            let run_done = status != "active";
-            let ready: Vec<String> = reply.into_iter().skip(1).collect();
+            let run_done = reply.run_done();
+            let ready = match reply {
+                SweepReply::Active { requeue } => requeue,
+                SweepReply::Gone | SweepReply::Done => Vec::new(),
+            };
             if run_done || !ready.is_empty() {
                 if !ready.is_empty() {
                     info!(run = %run, steps = ?ready, "sweeper re-enqueues steps");
@@ -1119,8 +1022,9 @@ async fn sweep(inner: &Inner, conn: &mut ConnectionManager) -> Result<(), Engine
             }
         }
         if !follow.is_empty() {
-            let cmd = pool_after_cmd(&cfg.pool, &cfg.engine.breaker, &follow);
-            eval_pipeline(conn, vec![cmd], "re-enqueueing swept steps").await?;
+            pool_after(&cfg.pool, &cfg.engine.breaker, &follow)
+                .run(conn, "re-enqueueing swept steps")
+                .await?;
         }
     }
     Ok(())
@@ -1151,7 +1055,7 @@ mod tests {
             Value::Array(vec![bulk("2-0"), Value::Nil]),
             Value::Int(7),
         ]);
-        let hints = parse_entries(v);
+        let hints: Vec<Hint> = streams::entries(&v).into_iter().map(hint).collect();
         assert_eq!(hints.len(), 2);
         assert_eq!(
             (
@@ -1163,40 +1067,5 @@ mod tests {
         );
         assert_eq!(hints[1].entry, "2-0");
         assert!(hints[1].run.is_empty());
-    }
-
-    #[test]
-    fn started_reply_errors_name_the_bad_part() {
-        let ok = vec![
-            "ok".to_owned(),
-            "2".to_owned(),
-            r#"{"id":3,"tool":"calculator","input":{"expression":"{step_1_output}"}}"#.to_owned(),
-            "default".to_owned(),
-            serde_json::to_string(&RunOptions::default()).unwrap_or_default(),
-            "1".to_owned(),
-            "42".to_owned(),
-        ];
-        let s = parse_started(&ok).unwrap();
-        assert_eq!(
-            (s.attempt, s.step.id, s.outputs.get(&1)),
-            (2, 3, Some(&serde_json::json!(42)))
-        );
-        let mut bad = ok.clone();
-        bad[2] = "{".into();
-        assert!(
-            parse_started(&bad)
-                .err()
-                .unwrap_or_default()
-                .contains("step spec")
-        );
-        let mut bad = ok.clone();
-        bad[6] = "not json".into();
-        assert!(
-            parse_started(&bad)
-                .err()
-                .unwrap_or_default()
-                .contains("output of step 1")
-        );
-        assert!(parse_started(&ok[..2]).is_err());
     }
 }

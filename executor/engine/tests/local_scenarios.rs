@@ -3,39 +3,11 @@
 mod common;
 
 use common::memory_scenario_toolbox;
-use common::scenarios;
-use crane_engine::LocalExecutor;
+use crane_engine::{Executor, LocalExecutor};
 
-fn exec() -> LocalExecutor {
-    LocalExecutor::new(memory_scenario_toolbox())
+/// A fresh in-process engine with the scenario tools.
+async fn with_local(scenario: impl AsyncFnOnce(&dyn Executor)) {
+    scenario(&LocalExecutor::new(memory_scenario_toolbox())).await;
 }
 
-macro_rules! scenario_tests {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $name() {
-            scenarios::$name(&exec()).await;
-        }
-    )*};
-}
-
-scenario_tests!(
-    dag_order_and_parallelism,
-    variables_across_steps,
-    several_sinks_make_an_object_result,
-    todo_add_then_list,
-    retry_then_success,
-    retries_exhausted,
-    non_retryable_failure,
-    fail_fast,
-    continue_independent,
-    step_timeout,
-    input_rechecked_after_resolution,
-    invalid_plan_is_refused,
-);
-
-/// One executor for the whole suite, as a long-lived worker would be.
-#[tokio::test]
-async fn run_all_on_one_executor() {
-    scenarios::run_all(&exec()).await;
-}
+common::scenarios::scenario_tests!(with_local);

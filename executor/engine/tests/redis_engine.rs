@@ -8,22 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crane_core::plan::Plan;
 use crane_core::run::{RetryPolicy, RunOptions, RunPhase, StepPhase};
 use crane_core::tool::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec};
 use crane_engine::api::{InitOutcome, init_run, run_report};
-use crane_engine::queue::{BreakerPhase, PoolAfter, pool_after_cmd};
-use crane_engine::scripts::{SCRIPTS, eval_pipeline, eval_pipeline_rows, evalsha};
+use crane_engine::queue::{BreakerPhase, PoolAfter, pool_after};
+use crane_engine::replies::{BreakerUpdate, CompleteReply, StartReply, Started, StepEnded};
+use crane_engine::scripts::{self, AttemptEnd, AttemptOutcome, StartHint, StartMode};
 use crane_engine::{
     BreakerConfig, EngineConfig, EngineError, RunKeys, breaker_states, cancel_run, delete_run,
     queue_depth,
 };
 use redis::aio::ConnectionManager;
+use redis_common::plan;
 use serde_json::{Value, json};
-
-fn plan(steps: Value) -> Plan {
-    serde_json::from_value(json!({ "steps": steps })).unwrap_or_else(|e| panic!("{e}"))
-}
 
 async fn start(
     conn: &mut ConnectionManager,
@@ -31,26 +28,50 @@ async fn start(
     step: &str,
     owner: &str,
     entry: &str,
-    mode: &str,
-) -> Vec<String> {
+    mode: StartMode,
+) -> StartReply {
     let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
-    let args = [
-        mode.to_owned(),
-        step.to_owned(),
-        owner.to_owned(),
-        entry.to_owned(),
-    ];
-    one_row(conn, evalsha(&SCRIPTS.start, &keys.script_keys(), &args)).await
-}
-
-/// The single row a batch script returns for a batch of one.
-async fn one_row(conn: &mut ConnectionManager, cmd: redis::Cmd) -> Vec<String> {
-    let mut rows = eval_pipeline_rows(conn, vec![cmd], "test batch of one")
+    let hint = StartHint { step, owner, entry };
+    let mut rows = scripts::start(&keys, mode, &[hint])
+        .run(conn, "test start")
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .remove(0);
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows.len(), 1, "{rows:?}");
     rows.remove(0)
+}
+
+/// The attempt a start reply began, or a panic naming what came back instead.
+fn attempt(reply: StartReply) -> u32 {
+    match reply {
+        StartReply::Started(Started { attempt, .. }) => attempt,
+        other => panic!("not started: {other:?}"),
+    }
+}
+
+fn dropped(reply: &StartReply) -> bool {
+    matches!(reply, StartReply::Dropped { .. })
+}
+
+fn succeeded<'a>(step: &'a str, owner: &'a str, attempt: u32, output: &'a str) -> AttemptEnd<'a> {
+    AttemptEnd {
+        step,
+        owner,
+        attempt,
+        outcome: AttemptOutcome::Output(output),
+        backoff_ms: 0,
+    }
+}
+
+async fn complete_all(
+    conn: &mut ConnectionManager,
+    run: &str,
+    ends: &[AttemptEnd<'_>],
+) -> Vec<CompleteReply> {
+    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    scripts::complete(&keys, ends)
+        .run(conn, "test complete")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn complete(
@@ -60,18 +81,18 @@ async fn complete(
     owner: &str,
     attempt: u32,
     output: &str,
-) -> Vec<String> {
-    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
-    let args = [
-        step.to_owned(),
-        owner.to_owned(),
-        attempt.to_string(),
-        "ok".into(),
-        output.to_owned(),
-        "0".into(),
-        "0".into(),
-    ];
-    one_row(conn, evalsha(&SCRIPTS.complete, &keys.script_keys(), &args)).await
+) -> CompleteReply {
+    let mut rows = complete_all(conn, run, &[succeeded(step, owner, attempt, output)]).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows.remove(0)
+}
+
+/// What an accepted completion did, or a panic naming what came back instead.
+fn accepted(reply: CompleteReply) -> StepEnded {
+    match reply {
+        CompleteReply::Accepted(ended) => ended,
+        other => panic!("not accepted: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -88,33 +109,29 @@ async fn duplicate_and_late_completions_are_ignored() {
     assert_eq!(again.ok(), Some(InitOutcome::AlreadyExists));
 
     // Step 2 is not ready: a hint for it is dropped.
+    let new = StartMode::New;
+    assert!(dropped(
+        &start(&mut e.conn, "dup", "2", "a", "1-1", new).await
+    ));
     assert_eq!(
-        start(&mut e.conn, "dup", "2", "a", "1-1", "new").await[0],
-        "drop"
+        attempt(start(&mut e.conn, "dup", "1", "a", "1-1", new).await),
+        1
     );
-    let s = start(&mut e.conn, "dup", "1", "a", "1-1", "new").await;
-    assert_eq!((s[0].as_str(), s[1].as_str()), ("ok", "1"), "{s:?}");
     // A duplicated hint of a running step does not start it twice.
-    assert_eq!(
-        start(&mut e.conn, "dup", "1", "b", "1-2", "new").await[0],
-        "drop"
-    );
+    assert!(dropped(
+        &start(&mut e.conn, "dup", "1", "b", "1-2", new).await
+    ));
     // A completion by someone who does not own the step is ignored.
-    assert_eq!(
-        complete(&mut e.conn, "dup", "1", "b", 1, "99").await[0],
-        "stale"
-    );
-    let c = complete(&mut e.conn, "dup", "1", "a", 1, "1").await;
-    assert_eq!(c[0], "accepted");
-    assert_eq!(
-        c.get(4).map(String::as_str),
-        Some("2|calculator"),
-        "step 2 became ready: {c:?}"
-    );
+    assert!(matches!(
+        complete(&mut e.conn, "dup", "1", "b", 1, "99").await,
+        CompleteReply::Stale { .. }
+    ));
+    let c = accepted(complete(&mut e.conn, "dup", "1", "a", 1, "1").await);
+    assert_eq!(c.ready, ["2|calculator"], "step 2 became ready: {c:?}");
     // The same completion delivered twice is ignored, and does not overwrite the output.
     assert_eq!(
         complete(&mut e.conn, "dup", "1", "a", 1, "7").await,
-        vec!["stale".to_owned(), "0".to_owned()]
+        CompleteReply::Stale { held: false }
     );
     let r = run_report(&mut e.conn, "dup")
         .await
@@ -138,50 +155,52 @@ async fn batched_starts_and_completions_judge_each_step_on_its_own() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let keys = RunKeys::new("batch").unwrap_or_else(|e| panic!("{e}"));
-    let args: Vec<String> = [
-        "new", "1", "a", "1-1", // ready: starts
-        "3", "a", "1-2", // waits for 1 and 2: dropped
-        "1", "b", "1-3", // the same step again in the same batch: dropped
-        "2", "a", "1-4", // ready: starts
-        "9", "a", "1-5", // not in the plan: dropped
-    ]
-    .map(String::from)
-    .to_vec();
-    let rows = eval_pipeline_rows(
-        &mut e.conn,
-        vec![evalsha(&SCRIPTS.start, &keys.script_keys(), &args)],
-        "test batch start",
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .remove(0);
-    let status: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(status, ["ok", "drop", "drop", "ok", "drop"], "{rows:?}");
-    assert_eq!(rows[2][1], "step is Running");
-    assert_eq!(rows[4][1], "no such step");
+    let hint = |step, owner, entry| StartHint { step, owner, entry };
+    let hints = [
+        hint("1", "a", "1-1"), // ready: starts
+        hint("3", "a", "1-2"), // waits for 1 and 2: dropped
+        hint("1", "b", "1-3"), // the same step again in the same batch: dropped
+        hint("2", "a", "1-4"), // ready: starts
+        hint("9", "a", "1-5"), // not in the plan: dropped
+    ];
+    let rows = scripts::start(&keys, StartMode::New, &hints)
+        .run(&mut e.conn, "test batch start")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started: Vec<bool> = rows.iter().map(|r| !dropped(r)).collect();
+    assert_eq!(started, [true, false, false, true, false], "{rows:?}");
+    let why = |r: &StartReply| match r {
+        StartReply::Dropped { why } => why.clone(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(why(&rows[2]), "step is Running");
+    assert_eq!(why(&rows[4]), "no such step");
 
-    let done =
-        |id: &str, owner: &str, out: &str| [id, owner, "1", "ok", out, "0", "0"].map(String::from);
-    let args: Vec<String> = [
-        done("1", "b", "10"),
-        done("1", "a", "1"),
-        done("2", "a", "2"),
-    ]
-    .concat();
-    let rows = eval_pipeline_rows(
+    let rows = complete_all(
         &mut e.conn,
-        vec![evalsha(&SCRIPTS.complete, &keys.script_keys(), &args)],
-        "test batch complete",
+        "batch",
+        &[
+            succeeded("1", "b", 1, "10"),
+            succeeded("1", "a", 1, "1"),
+            succeeded("2", "a", 1, "2"),
+        ],
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .remove(0);
+    .await;
     // Step 1 belongs to owner a: b's completion is stale (and a holds the entry), a's counts.
-    assert_eq!(rows[0], ["stale", "1"]);
-    assert_eq!(&rows[1][..2], ["accepted", "Running"]);
-    assert_eq!(rows[1].len(), 4, "step 3 still waits for step 2: {rows:?}");
+    let mut rows = rows.into_iter();
+    assert_eq!(rows.next(), Some(CompleteReply::Stale { held: true }));
+    let first = rows.next().map(accepted);
+    assert_eq!(first.as_ref().map(|c| c.run_phase), Some(RunPhase::Running));
+    assert_eq!(
+        first.map(|c| c.ready),
+        Some(vec![]),
+        "step 3 still waits for step 2"
+    );
     // The last completion of the batch frees step 3.
-    assert_eq!(rows[2].get(4).map(String::as_str), Some("3|calculator"));
+    assert_eq!(
+        rows.next().map(|c| accepted(c).ready),
+        Some(vec!["3|calculator".to_owned()])
+    );
     let r = run_report(&mut e.conn, "batch")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -204,28 +223,29 @@ async fn a_reclaimed_step_counts_an_attempt_and_the_old_owner_is_ignored() {
     e.init("reclaim", &p, &options)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let (new, reclaim) = (StartMode::New, StartMode::Reclaim);
     assert_eq!(
-        start(&mut e.conn, "reclaim", "1", "a", "5-0", "new").await[1],
-        "1"
+        attempt(start(&mut e.conn, "reclaim", "1", "a", "5-0", new).await),
+        1
     );
     // Another worker reclaims the entry after the lease: a new attempt, a new owner.
-    assert_eq!(
-        start(&mut e.conn, "reclaim", "1", "b", "9-9", "reclaim").await[0],
-        "drop",
+    assert!(
+        dropped(&start(&mut e.conn, "reclaim", "1", "b", "9-9", reclaim).await),
         "wrong entry"
     );
-    let s = start(&mut e.conn, "reclaim", "1", "b", "5-0", "reclaim").await;
-    assert_eq!((s[0].as_str(), s[1].as_str()), ("ok", "2"));
+    assert_eq!(
+        attempt(start(&mut e.conn, "reclaim", "1", "b", "5-0", reclaim).await),
+        2
+    );
     // The old owner's late completion is ignored and it must not acknowledge the entry.
     assert_eq!(
         complete(&mut e.conn, "reclaim", "1", "a", 1, "1").await,
-        vec!["stale".to_owned(), "1".to_owned()]
+        CompleteReply::Stale { held: true }
     );
     // With the attempts used up, one more reclaim fails the step for good.
-    let f = start(&mut e.conn, "reclaim", "1", "c", "5-0", "reclaim").await;
-    assert_eq!(
-        (f[0].as_str(), f[1].as_str()),
-        ("finished", "Failed"),
+    let f = start(&mut e.conn, "reclaim", "1", "c", "5-0", reclaim).await;
+    assert!(
+        matches!(&f, StartReply::Finished(ended) if ended.run_phase == RunPhase::Failed),
         "{f:?}"
     );
     let r = run_report(&mut e.conn, "reclaim")
@@ -302,18 +322,18 @@ async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        start(&mut e.conn, "cancel", "1", "a", "1-0", "new").await[0],
-        "ok"
+        attempt(start(&mut e.conn, "cancel", "1", "a", "1-0", StartMode::New).await),
+        1
     );
     // Step 1 runs on: the run is not over until it ends.
     assert_eq!(
         cancel_run(&mut e.conn, "cancel").await.ok(),
         Some(RunPhase::Running)
     );
-    let c = complete(&mut e.conn, "cancel", "1", "a", 1, "{}").await;
+    let c = accepted(complete(&mut e.conn, "cancel", "1", "a", 1, "{}").await);
     assert_eq!(
-        (c[0].as_str(), c[1].as_str(), c.len()),
-        ("accepted", "Cancelled", 4),
+        (c.run_phase, c.ready.len()),
+        (RunPhase::Cancelled, 0),
         "nothing new starts: {c:?}"
     );
     let r = run_report(&mut e.conn, "cancel")
@@ -391,20 +411,21 @@ fn breaker_cfg() -> BreakerConfig {
     }
 }
 
-async fn record(e: &mut redis_common::Engine, ok: bool) -> Vec<String> {
+async fn record(e: &mut redis_common::Engine, ok: bool) -> BreakerUpdate {
     let after = PoolAfter {
         run: "r".into(),
         breaker: Some(("wait".into(), Some(ok))),
         ..PoolAfter::default()
     };
-    let cmd = pool_after_cmd(&e.pool, &breaker_cfg(), &[after]);
-    let reply = eval_pipeline(&mut e.conn, vec![cmd], "test breaker")
+    let mut reply = pool_after(&e.pool, &breaker_cfg(), &[after])
+        .run(&mut e.conn, "test breaker")
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .remove(0);
-    // One section naming one tool: {tool, state, remaining_open_ms}.
-    assert_eq!(reply.first().map(String::as_str), Some("wait"), "{reply:?}");
-    reply.into_iter().skip(1).collect()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // One section naming one tool: its breaker after the call.
+    assert_eq!(reply.len(), 1, "{reply:?}");
+    let update = reply.remove(0);
+    assert_eq!(update.tool, "wait", "{update:?}");
+    update
 }
 
 async fn phase_of(e: &mut redis_common::Engine) -> BreakerPhase {
@@ -427,20 +448,20 @@ async fn until_half_open(e: &mut redis_common::Engine) {
 #[tokio::test]
 async fn breaker_opens_half_opens_and_closes() {
     let mut e = redis_common::engine(false).await;
-    assert_eq!(record(&mut e, false).await[0], "closed");
+    assert_eq!(record(&mut e, false).await.phase, BreakerPhase::Closed);
     // A success resets the consecutive count.
     record(&mut e, true).await;
-    assert_eq!(record(&mut e, false).await[0], "closed");
+    assert_eq!(record(&mut e, false).await.phase, BreakerPhase::Closed);
     let opened = record(&mut e, false).await;
-    assert_eq!(opened[0], "open");
-    assert!(opened[1].parse::<u64>().unwrap_or(0) > 0, "{opened:?}");
+    assert_eq!(opened.phase, BreakerPhase::Open);
+    assert!(opened.remaining_open_ms > 0, "{opened:?}");
     assert_eq!(phase_of(&mut e).await, BreakerPhase::Open);
     until_half_open(&mut e).await;
     // A failed probe re-opens it.
-    assert_eq!(record(&mut e, false).await[0], "open");
+    assert_eq!(record(&mut e, false).await.phase, BreakerPhase::Open);
     until_half_open(&mut e).await;
-    assert_eq!(record(&mut e, true).await[0], "half_open");
-    assert_eq!(record(&mut e, true).await[0], "closed");
+    assert_eq!(record(&mut e, true).await.phase, BreakerPhase::HalfOpen);
+    assert_eq!(record(&mut e, true).await.phase, BreakerPhase::Closed);
     assert_eq!(phase_of(&mut e).await, BreakerPhase::Closed);
 }
 

@@ -8,29 +8,39 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crane_core::plan::Plan;
+use crane_core::plan::{Plan, StepId};
 use crane_core::run::{RunOptions, RunPhase, RunReport, StepPhase};
 use crane_engine::api::{InitOutcome, init_run, run_report};
-use crane_engine::{
-    EngineError, RestoredStep, RetryOutcome, cancel_run, restore_run, retry_run, wait_for_run,
-};
+use crane_engine::{EngineError, RestoredStep, RetryOutcome, cancel_run, restore_run, retry_run};
 use crane_tools::TodoStore;
 use crane_tools::todo::MemoryTodoStore;
+use redis_common::{Engine, options, plan};
 use serde_json::{Value, json};
 
 const NS: &str = "restore";
 /// Guard against a hung test; no assertion depends on it.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn plan(steps: Value) -> Plan {
-    serde_json::from_value(json!({ "steps": steps })).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn options() -> RunOptions {
-    RunOptions {
-        step_timeout_ms: 5_000,
-        ..RunOptions::default()
-    }
+/// Restores run `run` of `p` in namespace `ns` on the test pool, the `completed` steps done.
+async fn restore(
+    e: &mut Engine,
+    run: &str,
+    ns: &str,
+    p: &Plan,
+    completed: &BTreeMap<StepId, RestoredStep>,
+) -> Result<InitOutcome, EngineError> {
+    let config = redis_common::fast_config();
+    restore_run(
+        &mut e.conn,
+        run,
+        ns,
+        &e.pool,
+        p,
+        &options(),
+        completed,
+        &config,
+    )
+    .await
 }
 
 fn done(output: Value, attempts: u32) -> RestoredStep {
@@ -64,22 +74,11 @@ async fn a_restored_run_feeds_restored_outputs_to_later_steps_and_runs_only_the_
     ]));
     // 41 is not what step 1 computes: a re-run of step 1 would show up as 2 and 4 and 5.
     let completed = BTreeMap::from([(1, done(json!(41), 3))]);
-    let outcome = restore_run(
-        &mut e.conn,
-        "restored",
-        NS,
-        &e.pool,
-        &p,
-        &options(),
-        &completed,
-        &redis_common::fast_config(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(outcome, InitOutcome::Created);
-    let before = run_report(&mut e.conn, "restored")
+    let outcome = restore(&mut e, "restored", NS, &p, &completed)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome, InitOutcome::Created);
+    let before = e.report("restored").await;
     assert_eq!(before.phase, RunPhase::Running);
     assert_eq!(
         [1, 2, 3, 4].map(|id| step(&before, id).phase),
@@ -98,9 +97,7 @@ async fn a_restored_run_feeds_restored_outputs_to_later_steps_and_runs_only_the_
     let workers = e
         .spawn_workers(2, e.worker_config(4), Arc::new(crane_tools::in_memory()))
         .await;
-    let r = wait_for_run(&e.client, &mut e.conn, "restored", Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = e.finished("restored", PATIENCE).await;
     workers.stop().await;
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
     assert_eq!(
@@ -122,42 +119,20 @@ async fn restore_never_overwrites_a_run_redis_still_has_and_a_fully_done_run_set
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let all = BTreeMap::from([(1, done(json!(7), 1)), (2, done(json!({"x": [1]}), 2))]);
-    let again = restore_run(
-        &mut e.conn,
-        "kept",
-        NS,
-        &e.pool,
-        &p,
-        &options(),
-        &all,
-        &config,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(again, InitOutcome::AlreadyExists);
-    let kept = run_report(&mut e.conn, "kept")
+    let again = restore(&mut e, "kept", NS, &p, &all)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, InitOutcome::AlreadyExists);
+    let kept = e.report("kept").await;
     assert_eq!(kept.phase, RunPhase::Running);
     assert!(kept.steps.iter().all(|s| s.output.is_none()), "{kept:#?}");
 
     // Every step done: the run is Succeeded without any worker, with the sink's output.
-    let outcome = restore_run(
-        &mut e.conn,
-        "all-done",
-        NS,
-        &e.pool,
-        &p,
-        &options(),
-        &all,
-        &config,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(outcome, InitOutcome::Created);
-    let r = run_report(&mut e.conn, "all-done")
+    let outcome = restore(&mut e, "all-done", NS, &p, &all)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome, InitOutcome::Created);
+    let r = e.report("all-done").await;
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
     assert_eq!(r.result, Some(json!({"x": [1]})));
     assert_eq!(step(&r, 2).attempts, 2);
@@ -166,52 +141,20 @@ async fn restore_never_overwrites_a_run_redis_still_has_and_a_fully_done_run_set
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_rejects_hostile_input_with_the_reason() {
     let mut e = redis_common::engine(false).await;
-    let config = redis_common::fast_config();
     let p = plan(json!([{"id": 1, "tool": "calculator", "input": {"expression": "2"}}]));
     let stranger = BTreeMap::from([(99, done(json!(1), 1))]);
-    let err = restore_run(
-        &mut e.conn,
-        "r",
-        NS,
-        &e.pool,
-        &p,
-        &options(),
-        &stranger,
-        &config,
-    )
-    .await
-    .unwrap_err();
+    let err = restore(&mut e, "r", NS, &p, &stranger).await.unwrap_err();
     assert!(
         matches!(&err, EngineError::InvalidPlan(m) if m.contains("step 99")),
         "{err}"
     );
     let none = BTreeMap::new();
     for bad_id in ["", "a}b", "a{b", "a b", &"x".repeat(300)] {
-        let r = restore_run(
-            &mut e.conn,
-            bad_id,
-            NS,
-            &e.pool,
-            &p,
-            &options(),
-            &none,
-            &config,
-        )
-        .await;
+        let r = restore(&mut e, bad_id, NS, &p, &none).await;
         assert!(r.is_err(), "{bad_id:?}");
     }
     for bad_ns in ["", "A", "a/b", "{x}"] {
-        let r = restore_run(
-            &mut e.conn,
-            "r",
-            bad_ns,
-            &e.pool,
-            &p,
-            &options(),
-            &none,
-            &config,
-        )
-        .await;
+        let r = restore(&mut e, "r", bad_ns, &p, &none).await;
         assert!(r.is_err(), "{bad_ns:?}");
     }
     let cycle = plan(json!([
@@ -220,18 +163,7 @@ async fn restore_rejects_hostile_input_with_the_reason() {
     ]));
     // Even with every step "done", a cycle is refused before anything is written.
     let both = BTreeMap::from([(1, done(json!(1), 1)), (2, done(json!(1), 1))]);
-    let err = restore_run(
-        &mut e.conn,
-        "cyc",
-        NS,
-        &e.pool,
-        &cycle,
-        &options(),
-        &both,
-        &config,
-    )
-    .await
-    .unwrap_err();
+    let err = restore(&mut e, "cyc", NS, &cycle, &both).await.unwrap_err();
     assert!(err.to_string().contains("cycle"), "{err}");
     assert!(matches!(
         run_report(&mut e.conn, "cyc").await,
@@ -263,9 +195,7 @@ async fn retry_from_failure_reruns_only_failed_and_skipped_steps_and_the_run_suc
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let workers = e.spawn_workers(1, e.worker_config(4), toolbox).await;
-    let failed = wait_for_run(&e.client, &mut e.conn, "retry", Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let failed = e.finished("retry", PATIENCE).await;
     assert_eq!(failed.phase, RunPhase::Failed, "{failed:#?}");
     assert_eq!(
         [1, 2, 3].map(|id| step(&failed, id).phase),
@@ -281,9 +211,7 @@ async fn retry_from_failure_reruns_only_failed_and_skipped_steps_and_the_run_suc
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome, RetryOutcome::Retried { steps: 2 });
-    let r = wait_for_run(&e.client, &mut e.conn, "retry", Some(PATIENCE))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = e.finished("retry", PATIENCE).await;
     workers.stop().await;
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
     assert_eq!(r.error, None);
@@ -331,9 +259,7 @@ async fn retry_from_failure_reruns_only_failed_and_skipped_steps_and_the_run_suc
             .unwrap_or_else(|e| panic!("{e}")),
         RetryOutcome::Retried { steps: 3 }
     );
-    let again = run_report(&mut e.conn, "cancelled")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = e.report("cancelled").await;
     assert_eq!(again.phase, RunPhase::Running, "{again:#?}");
     assert_eq!(
         [1, 2, 3].map(|id| step(&again, id).phase),

@@ -148,6 +148,18 @@ fn rules_plan(prompt: &str) -> crane_core::plan::Plan {
 
 const SHORT: Duration = Duration::from_secs(10);
 
+/// Auto mode with `config`'s LLM: it must fall back to the rules planner's plan of MILK.
+/// Returns why it fell back.
+async fn fallback_reason(config: &LlmConfig) -> String {
+    let outcome = plan_prompt(MILK, PlannerMode::Auto, Some(config), &Catalog::builtins()).await;
+    let Ok(outcome) = outcome else {
+        panic!("auto mode should fall back: {outcome:?}")
+    };
+    assert_eq!(outcome.source, PlanSource::Rules);
+    assert_eq!(outcome.plan, rules_plan(MILK));
+    outcome.fallback_reason.unwrap_or_default()
+}
+
 #[tokio::test]
 async fn llm_mode_uses_the_plan_and_sends_a_proper_request() {
     let provider = Provider::start(Reply::Content(format!("```json\n{}\n```", good_plan()))).await;
@@ -242,13 +254,7 @@ async fn invalid_plan_fails_llm_mode_and_falls_back_in_auto() {
         other => panic!("expected an invalid-plan error, got {other:?}"),
     }
 
-    let outcome = match plan_prompt(MILK, PlannerMode::Auto, Some(&config), &catalog).await {
-        Ok(o) => o,
-        Err(e) => panic!("auto mode should fall back: {e}"),
-    };
-    assert_eq!(outcome.source, PlanSource::Rules);
-    assert_eq!(outcome.plan, rules_plan(MILK));
-    let reason = outcome.fallback_reason.unwrap_or_default();
+    let reason = fallback_reason(&config).await;
     assert!(
         reason.contains("invalid") && reason.contains("book_flight"),
         "{reason}"
@@ -268,13 +274,7 @@ async fn http_error_fails_llm_mode_and_falls_back_in_auto() {
         "{err:?}"
     );
 
-    let outcome = plan_prompt(MILK, PlannerMode::Auto, Some(&config), &catalog).await;
-    let Ok(outcome) = outcome else {
-        panic!("auto mode should fall back: {outcome:?}")
-    };
-    assert_eq!(outcome.source, PlanSource::Rules);
-    assert_eq!(outcome.plan, rules_plan(MILK));
-    let reason = outcome.fallback_reason.unwrap_or_default();
+    let reason = fallback_reason(&config).await;
     assert!(
         reason.contains("HTTP 500") && reason.contains("upstream exploded"),
         "{reason}"
@@ -294,13 +294,7 @@ async fn slow_provider_times_out_and_auto_falls_back() {
         "{err:?}"
     );
 
-    let outcome = plan_prompt(MILK, PlannerMode::Auto, Some(&config), &catalog).await;
-    let Ok(outcome) = outcome else {
-        panic!("auto mode should fall back: {outcome:?}")
-    };
-    assert_eq!(outcome.source, PlanSource::Rules);
-    assert_eq!(outcome.plan, rules_plan(MILK));
-    let reason = outcome.fallback_reason.unwrap_or_default();
+    let reason = fallback_reason(&config).await;
     assert!(reason.contains("did not answer within 0.3 s"), "{reason}");
 }
 
@@ -321,12 +315,7 @@ async fn garbage_replies_are_unparsable_and_auto_falls_back() {
             "{err:?}"
         );
 
-        let outcome = plan_prompt(MILK, PlannerMode::Auto, Some(&config), &catalog).await;
-        let Ok(outcome) = outcome else {
-            panic!("auto mode should fall back: {outcome:?}")
-        };
-        assert_eq!(outcome.source, PlanSource::Rules);
-        let reason = outcome.fallback_reason.unwrap_or_default();
+        let reason = fallback_reason(&config).await;
         assert!(reason.contains("not a plan"), "{reason}");
     }
 }
@@ -353,12 +342,8 @@ async fn unreachable_provider_falls_back() {
         matches!(&err, Err(PlannerError::Llm(LlmError::Unreachable { .. }))),
         "{err:?}"
     );
-    let outcome = plan_prompt(MILK, PlannerMode::Auto, Some(&config), &catalog).await;
-    assert!(
-        matches!(&outcome, Ok(o) if o.source == PlanSource::Rules
-            && o.fallback_reason.as_deref().is_some_and(|r| r.contains("could not reach"))),
-        "{outcome:?}"
-    );
+    let reason = fallback_reason(&config).await;
+    assert!(reason.contains("could not reach"), "{reason}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use crane_core::calc::{self, CalcError};
+use crane_core::text::json_kind;
 use crane_core::tool::{Tool, ToolContext, ToolError, ToolFuture};
 
 /// Longest expression echoed back in an error message, in characters.
@@ -35,7 +36,7 @@ fn expression_of(input: &Value) -> Result<&str, ToolError> {
     let Some(object) = input.as_object() else {
         return Err(ToolError::InvalidInput(format!(
             "calculator input must be an object like {{\"expression\": \"1+2\"}}, got {}",
-            json_type(input)
+            json_kind(input)
         )));
     };
     if let Some(unknown) = object.keys().find(|key| *key != "expression") {
@@ -48,22 +49,11 @@ fn expression_of(input: &Value) -> Result<&str, ToolError> {
         Some(Value::String(expression)) => Ok(expression),
         Some(other) => Err(ToolError::InvalidInput(format!(
             "calculator `expression` must be a string, got {}",
-            json_type(other)
+            json_kind(other)
         ))),
         None => Err(ToolError::InvalidInput(
             "calculator input is missing `expression`".into(),
         )),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

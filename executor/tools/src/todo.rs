@@ -591,6 +591,12 @@ mod tests {
             };
             tool.execute(ctx, input).await
         }
+
+        /// `todo_store.add {title}`.
+        async fn add(&self, ctx: &ToolContext, title: &str) -> Result<Value, ToolError> {
+            self.call("todo_store.add", ctx, json!({ "title": title }))
+                .await
+        }
     }
 
     async fn redis_store(server: &RedisServer) -> Arc<dyn TodoStore> {
@@ -615,20 +621,12 @@ mod tests {
             tools.call("todo_store.list", &c, json!({})).await,
             Ok(json!([]))
         );
-        let milk = tools
-            .call("todo_store.add", &c, json!({"title": "Buy milk"}))
-            .await;
+        let milk = tools.add(&c, "Buy milk").await;
         assert_eq!(
             milk,
             Ok(json!({"id": 1, "title": "Buy milk", "completed": false}))
         );
-        let eggs = tools
-            .call(
-                "todo_store.add",
-                &ctx("crud", "run-1", 2),
-                json!({"title": "Eggs"}),
-            )
-            .await;
+        let eggs = tools.add(&ctx("crud", "run-1", 2), "Eggs").await;
         assert_eq!(
             eggs,
             Ok(json!({"id": 2, "title": "Eggs", "completed": false}))
@@ -684,13 +682,7 @@ mod tests {
             );
         }
         // Ids are never reused after a delete.
-        let again = tools
-            .call(
-                "todo_store.add",
-                &ctx("crud", "run-2", 1),
-                json!({"title": "Eggs"}),
-            )
-            .await;
+        let again = tools.add(&ctx("crud", "run-2", 1), "Eggs").await;
         assert_eq!(again.ok().map(|v| v["id"].clone()), Some(json!(13)));
         // A deleted, completed todo leaves no completed flag behind for anyone.
         let listed = tools
@@ -707,12 +699,8 @@ mod tests {
     async fn idempotent_add(store: Arc<dyn TodoStore>) {
         let tools = Tools(todo_tools(store.clone()));
         let c = ctx("idem", "run-9", 4);
-        let first = tools
-            .call("todo_store.add", &c, json!({"title": "Once"}))
-            .await;
-        let retried = tools
-            .call("todo_store.add", &retry(&c), json!({"title": "Once"}))
-            .await;
+        let first = tools.add(&c, "Once").await;
+        let retried = tools.add(&retry(&c), "Once").await;
         assert_eq!(
             first,
             Ok(json!({"id": 1, "title": "Once", "completed": false}))
@@ -720,37 +708,15 @@ mod tests {
         assert_eq!(retried, first);
         assert_eq!(store.list("idem").await.ok().map(|l| l.len()), Some(1));
         // Another step or another run is a different key.
-        let other_step = tools
-            .call(
-                "todo_store.add",
-                &ctx("idem", "run-9", 5),
-                json!({"title": "Once"}),
-            )
-            .await;
-        let other_run = tools
-            .call(
-                "todo_store.add",
-                &ctx("idem", "run-10", 4),
-                json!({"title": "Once"}),
-            )
-            .await;
+        let other_step = tools.add(&ctx("idem", "run-9", 5), "Once").await;
+        let other_run = tools.add(&ctx("idem", "run-10", 4), "Once").await;
         assert_eq!(other_step.ok().map(|v| v["id"].clone()), Some(json!(2)));
         assert_eq!(other_run.ok().map(|v| v["id"].clone()), Some(json!(3)));
         // A replay returns the todo as first created, even after it changed or was deleted.
         let _ = store.complete("idem", 1).await;
-        assert_eq!(
-            tools
-                .call("todo_store.add", &c, json!({"title": "Once"}))
-                .await,
-            first
-        );
+        assert_eq!(tools.add(&c, "Once").await, first);
         let _ = store.delete("idem", 1).await;
-        assert_eq!(
-            tools
-                .call("todo_store.add", &c, json!({"title": "Once"}))
-                .await,
-            first
-        );
+        assert_eq!(tools.add(&c, "Once").await, first);
         assert_eq!(store.list("idem").await.ok().map(|l| l.len()), Some(2));
         // The same key in another namespace is independent.
         let elsewhere = store.add("idem-2", "run-9/4", "Once").await.ok();
@@ -861,13 +827,7 @@ mod tests {
         ];
         for (i, title) in kept.iter().enumerate() {
             let step = u32::try_from(i).unwrap_or(0) + 1;
-            let added = tools
-                .call(
-                    "todo_store.add",
-                    &ctx("titles", "r", step),
-                    json!({ "title": title }),
-                )
-                .await;
+            let added = tools.add(&ctx("titles", "r", step), title).await;
             let id = added.as_ref().ok().map(|v| v["id"].clone());
             assert_eq!(
                 added.as_ref().ok().map(|v| v["title"].clone()),
@@ -887,13 +847,7 @@ mod tests {
                 "{title:?}"
             );
             // Replaying the idempotent add returns the exact bytes too.
-            let replay = tools
-                .call(
-                    "todo_store.add",
-                    &ctx("titles", "r", step),
-                    json!({ "title": title }),
-                )
-                .await;
+            let replay = tools.add(&ctx("titles", "r", step), title).await;
             assert_eq!(replay, added, "{title:?}");
         }
         let too_long = "x".repeat(10_000);
@@ -1050,13 +1004,7 @@ mod tests {
             .call("todo_store.list", &ctx("down", "r", 1), json!({}))
             .await;
         assert!(matches!(&r, Err(e) if e.is_retryable()), "{r:?}");
-        let r = tools
-            .call(
-                "todo_store.add",
-                &ctx("down", "r", 1),
-                json!({"title": "x"}),
-            )
-            .await;
+        let r = tools.add(&ctx("down", "r", 1), "x").await;
         assert!(matches!(&r, Err(ToolError::Transient(_))), "{r:?}");
     }
 

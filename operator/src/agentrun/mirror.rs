@@ -1,5 +1,5 @@
-//! Follows the engine's global progress notifications (`crane:events`, XREAD BLOCK on one
-//! dedicated connection) and turns them into reconcile requests for the AgentRun they belong
+//! Follows the engine's global progress notifications (`crane_engine::events`, blocking
+//! reads on a dedicated connection) and turns them into reconcile requests for the AgentRun they belong
 //! to, coalesced by [`Coalescer`] so one run triggers at most one status write per window
 //! however many of its steps finish. Notifications are hints: the reconcile reads the run's
 //! report, and the periodic resync covers any notification lost here.
@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crane_engine::events::{Start, follow_notifications};
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
-use redis::Value;
 
 use crate::AgentRun;
 use crate::context::Context;
@@ -121,63 +121,6 @@ impl RunIndex {
     }
 }
 
-/// `(stream entry id, run id)` pairs of an XREAD reply (RESP2 arrays or RESP3 maps).
-pub fn parse_notifications(v: &Value) -> Vec<(String, String)> {
-    fn text(v: &Value) -> Option<String> {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-    fn entries(v: &Value, out: &mut Vec<(String, String)>) {
-        let Value::Array(entries) = v else { return };
-        for entry in entries {
-            let Value::Array(parts) = entry else { continue };
-            let (Some(id), Some(fields)) = (parts.first().and_then(text), parts.get(1)) else {
-                continue;
-            };
-            let pairs: Vec<String> = match fields {
-                Value::Array(f) => f.iter().filter_map(text).collect(),
-                Value::Map(m) => m
-                    .iter()
-                    .flat_map(|(k, v)| [text(k), text(v)])
-                    .flatten()
-                    .collect(),
-                _ => continue,
-            };
-            let run = pairs
-                .chunks_exact(2)
-                .find(|c| c[0] == "run")
-                .map(|c| c[1].clone());
-            match run {
-                Some(run) => out.push((id, run)),
-                // Still advance past it.
-                None => out.push((id, String::new())),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    match v {
-        Value::Array(streams) => {
-            for s in streams {
-                if let Value::Array(parts) = s
-                    && let Some(e) = parts.get(1)
-                {
-                    entries(e, &mut out);
-                }
-            }
-        }
-        Value::Map(m) => {
-            for (_, e) in m {
-                entries(e, &mut out);
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
 /// Follows the notification stream until `shutdown`, sending coalesced reconcile requests.
 /// Redis trouble is logged and retried with backoff; it never ends the operator.
 pub async fn follow(
@@ -188,8 +131,7 @@ pub async fn follow(
 ) {
     tokio::pin!(shutdown);
     let mut coalescer: Coalescer<String> = Coalescer::new(WINDOW);
-    let mut last = "$".to_owned();
-    let mut conn = None;
+    let mut notifications = follow_notifications(ctx.redis_client.clone(), Start::Now);
     let mut backoff = Duration::from_millis(100);
     let mut lost_redis = false;
     let send = |obj: ObjectRef<AgentRun>| {
@@ -208,56 +150,31 @@ pub async fn follow(
             .next_due()
             .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
             .clamp(Duration::from_millis(5), Duration::from_secs(1));
-        if conn.is_none() {
-            match crane_engine::api::connect_with(&ctx.redis_client, Duration::from_secs(6)).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    lost_redis = true;
-                    tracing::warn!(error = %e, "cannot connect to redis to follow progress; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = &mut shutdown => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(1000)
-            .arg("BLOCK")
-            .arg(block.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(crane_engine::keys::GLOBAL_EVENTS)
-            .arg(&last);
-        let read = cmd.query_async::<Value>(c);
-        let reply = tokio::select! {
-            r = read => r,
+        let read = tokio::select! {
+            r = notifications.read(block) => r,
             () = &mut shutdown => return,
         };
-        match reply {
-            Ok(v) => {
+        match read {
+            Ok(read) => {
                 backoff = Duration::from_millis(100);
-                if std::mem::take(&mut lost_redis) {
-                    // Redis may have restarted empty: every run is looked at now, so a lost
-                    // run is rebuilt from its status at once, not at the next resync.
+                if std::mem::take(&mut lost_redis) || read.missed {
+                    // Redis may have restarted empty, or notifications were trimmed away:
+                    // every run is looked at now, so a lost run is rebuilt from its status
+                    // at once, not at the next resync.
                     let runs = index.all();
-                    tracing::info!(runs = runs.len(), "redis is back; re-checking every run");
+                    tracing::info!(
+                        runs = runs.len(),
+                        "notifications may be missing; re-checking every run"
+                    );
                     for obj in runs {
                         send(obj);
                     }
                 }
                 let now = Instant::now();
-                for (id, uid) in parse_notifications(&v) {
-                    last = id;
+                for n in read.items {
                     ctx.metrics.notifications.inc();
-                    if uid.is_empty() {
-                        continue;
-                    }
-                    if coalescer.notify(&uid, now) {
-                        if let Some(obj) = index.get(&uid) {
+                    if coalescer.notify(&n.run, now) {
+                        if let Some(obj) = index.get(&n.run) {
                             send(obj);
                         }
                     } else {
@@ -326,37 +243,5 @@ mod tests {
         }
         triggers += c.due(t0 + Duration::from_secs(3)).len();
         assert!((8..=10).contains(&triggers), "{triggers} triggers");
-    }
-
-    #[test]
-    fn notifications_parse_from_resp2_and_skip_malformed_entries() {
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let reply = Value::Array(vec![Value::Array(vec![
-            b("crane:events"),
-            Value::Array(vec![
-                Value::Array(vec![
-                    b("1-0"),
-                    Value::Array(vec![
-                        b("run"),
-                        b("uid-1"),
-                        b("step"),
-                        b("2"),
-                        b("phase"),
-                        b("Succeeded"),
-                    ]),
-                ]),
-                Value::Array(vec![b("2-0"), Value::Array(vec![b("odd")])]),
-                Value::Int(7),
-                Value::Array(vec![Value::Int(3)]),
-            ]),
-        ])]);
-        assert_eq!(
-            parse_notifications(&reply),
-            vec![
-                ("1-0".to_owned(), "uid-1".to_owned()),
-                ("2-0".to_owned(), String::new())
-            ]
-        );
-        assert!(parse_notifications(&Value::Nil).is_empty());
     }
 }

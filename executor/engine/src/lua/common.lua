@@ -1,6 +1,7 @@
 -- Shared prelude of every run-slot script. KEYS: meta, steps, deps, out, events (one hash slot).
--- The DAG rules here mirror crate::dag; change both together (the shared scenario suite runs
--- against both engines).
+-- The DAG rules here mirror crane_core::dag; change both together: the property test
+-- tests/dag_rules_match.rs compares them action by action, and the shared scenario suite runs
+-- against both engines.
 local META, STEPS, DEPS, OUT, EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 local function now_ms()

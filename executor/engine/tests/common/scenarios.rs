@@ -2,6 +2,8 @@
 //! Each scenario takes `&dyn Executor` whose toolbox has the standard tools plus `flaky`
 //! (see `super::scenario_toolbox`), uses its own run id, and asserts outcomes only (phases,
 //! attempts, outputs, timestamp order), never wall-clock durations.
+//!
+//! The list of scenarios is [`scenario_tests`]: adding one there runs it on every engine.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -9,27 +11,58 @@ use crane_core::plan::{Plan, StepId};
 use crane_core::run::{
     FailurePolicy, RetryPolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport,
 };
-use crane_engine::Executor;
+use crane_engine::{Executor, RunRequest};
 use serde_json::{Value, json};
+
+/// Every scenario, listed once. `scenario_tests!(with_engine)` in an engine's test file
+/// expands to one test per scenario and `all_scenarios_on_one_engine`, which runs them all in
+/// this order on one engine (as a long-lived worker pool sees them). `with_engine` is the
+/// engine's own part: an `async fn(impl AsyncFnOnce(&dyn Executor))` that sets the engine
+/// up, hands it to the scenario, and tears it down.
+#[allow(unused_macros)] // test binaries that include `common` without running scenarios
+macro_rules! scenario_tests {
+    ($with_engine:ident) => {
+        $crate::common::scenarios::scenario_tests!(
+            @each $with_engine:
+            dag_order_and_parallelism,
+            variables_across_steps,
+            several_sinks_make_an_object_result,
+            todo_add_then_list,
+            retry_then_success,
+            retries_exhausted,
+            non_retryable_failure,
+            fail_fast,
+            continue_independent,
+            step_timeout,
+            input_rechecked_after_resolution,
+            invalid_plan_is_refused,
+        );
+    };
+    (@each $with_engine:ident: $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $with_engine(async |exec: &dyn crane_engine::Executor| {
+                    $crate::common::scenarios::$name(exec).await
+                })
+                .await;
+            }
+        )*
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn all_scenarios_on_one_engine() {
+            $with_engine(async |exec: &dyn crane_engine::Executor| {
+                $($crate::common::scenarios::$name(exec).await;)*
+            })
+            .await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use scenario_tests;
 
 /// Namespace the scenarios run in.
 pub const NAMESPACE: &str = "scenarios";
-
-/// Every scenario, in a fixed order, each with its name.
-pub async fn run_all(exec: &dyn Executor) {
-    dag_order_and_parallelism(exec).await;
-    variables_across_steps(exec).await;
-    several_sinks_make_an_object_result(exec).await;
-    todo_add_then_list(exec).await;
-    retry_then_success(exec).await;
-    retries_exhausted(exec).await;
-    non_retryable_failure(exec).await;
-    fail_fast(exec).await;
-    continue_independent(exec).await;
-    step_timeout(exec).await;
-    input_rechecked_after_resolution(exec).await;
-    invalid_plan_is_refused(exec).await;
-}
 
 fn run_id(name: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -64,8 +97,17 @@ fn fast_retries(max_attempts: u32) -> RunOptions {
     }
 }
 
+fn request<'a>(run_id: &'a str, plan: &'a Plan, options: &'a RunOptions) -> RunRequest<'a> {
+    RunRequest {
+        run_id,
+        namespace: NAMESPACE,
+        plan,
+        options,
+    }
+}
+
 async fn execute(exec: &dyn Executor, name: &str, plan: &Plan, options: &RunOptions) -> RunReport {
-    match exec.execute(&run_id(name), NAMESPACE, plan, options).await {
+    match exec.execute(request(&run_id(name), plan, options)).await {
         Ok(report) => report,
         Err(e) => panic!("{name}: the engine failed: {e:#}"),
     }
@@ -327,7 +369,7 @@ pub async fn invalid_plan_is_refused(exec: &dyn Executor) {
         {"id": 2, "tool": "calculator", "input": {"expression": "1"}, "dependsOn": [1]},
     ]));
     match exec
-        .execute(&run_id("cycle"), NAMESPACE, &p, &RunOptions::default())
+        .execute(request(&run_id("cycle"), &p, &RunOptions::default()))
         .await
     {
         Ok(r) => panic!("a cyclic plan ran: {r:#?}"),

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crane_core::plan::Plan;
-use crane_core::run::RunOptions;
+use crane_core::run::{RunOptions, RunReport};
 use crane_core::tool::Toolbox;
 use crane_engine::api::InitOutcome;
 use crane_engine::metrics::Metrics;
 use crane_engine::{EngineConfig, EngineError, PoolName, RedisExecutor, Worker, WorkerConfig, api};
 use crane_testkit::RedisServer;
 use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,6 +26,19 @@ pub fn fast_config() -> EngineConfig {
         sweep_interval: Duration::from_millis(200),
         sweep_threshold: Duration::from_millis(1000),
         ..EngineConfig::default()
+    }
+}
+
+/// A plan from `{"steps": [...]}` JSON (panics on a typo in the test itself).
+pub fn plan(steps: Value) -> Plan {
+    serde_json::from_value(json!({ "steps": steps })).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Run options for tests with real tools: a step may take 5 s, retries as by default.
+pub fn options() -> RunOptions {
+    RunOptions {
+        step_timeout_ms: 5_000,
+        ..RunOptions::default()
     }
 }
 
@@ -83,6 +97,21 @@ impl Engine {
             &EngineConfig::default(),
         )
         .await
+    }
+
+    /// Run `run`'s report now (a panic when there is none).
+    pub async fn report(&mut self, run: &str) -> RunReport {
+        api::run_report(&mut self.conn, run)
+            .await
+            .unwrap_or_else(|e| panic!("report of {run}: {e}"))
+    }
+
+    /// Run `run`'s report once it has ended. `patience` only stops a hung test: no assertion
+    /// depends on it.
+    pub async fn finished(&mut self, run: &str, patience: Duration) -> RunReport {
+        api::wait_for_run(&self.client, &mut self.conn, run, Some(patience))
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {run}: {e}"))
     }
 
     pub fn worker_config(&self, concurrency: usize) -> WorkerConfig {
