@@ -481,33 +481,10 @@ pub async fn work(args: WorkArgs) -> CmdResult {
         .await
         .map_err(|e| (1, e.to_string()))?;
     worker
-        .run(shutdown_signal())
+        .run(crane_engine::shutdown_signal())
         .await
         .map_err(|e| (1, e.to_string()))?;
     Ok(0)
-}
-
-/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Flags of `crane-executor submit`.

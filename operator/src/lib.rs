@@ -42,22 +42,6 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// Waits until both CRDs are established, so the controllers' watches do not fail.
 async fn wait_for_crds(client: kube::Client) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
@@ -127,7 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(serve_http(addr, ctx.clone(), shutdown.clone()));
     tokio::spawn({
         async move {
-            shutdown_signal().await;
+            crane_engine::shutdown_signal().await;
             tracing::info!("shutdown requested");
             let _ = stop.send(true);
         }

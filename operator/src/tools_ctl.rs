@@ -24,8 +24,8 @@ use crate::context::Context;
 use crate::controller::{Backoff, Shutdown, apply_status, set_condition};
 use crate::metrics::Controller as Ctl;
 use crane_api::{
-    CONDITION_TOOL_READY, DiscoveredTool, HeaderSpec, MCPServer, Model, Tool, is_tool_name,
-    mcp_tool_name,
+    CONDITION_TOOL_READY, DiscoveredTool, HeaderSpec, MCPServer, Model, ReadyStatus, Tool,
+    is_tool_name, mcp_tool_name,
 };
 
 /// How often an MCP server's tools are listed again (and a failing Model checked again).
@@ -157,25 +157,17 @@ async fn reconcile_tool(tool: Arc<Tool>, reconciler: Arc<Reconciler>) -> Result<
             format!("plans in this namespace can use tool {name}"),
         )
     };
-    let mut status = tool.status.clone().unwrap_or_default();
-    set_condition(
-        &mut status.conditions,
-        CONDITION_TOOL_READY,
-        ready,
-        reason,
-        &message,
-        tool.metadata.generation,
-        &now(),
-    );
-    status.observed_generation = tool.metadata.generation;
-    let result = if tool.status.as_ref() == Some(&status) {
-        Ok(())
-    } else {
-        write(&reconciler.ctx, &*tool, &status, Ctl::tool).await
-    };
+    let result = set_ready(
+        &reconciler.ctx,
+        &*tool,
+        tool.status.as_ref(),
+        (ready, reason, &message),
+        Ctl::tool,
+    )
+    .await;
     reconciler.ctx.metrics.reconciled(
         Ctl::tool,
-        if result.is_ok() { "ok" } else { "status" },
+        result.as_ref().map_or("status", |()| "ok"),
         started.elapsed(),
     );
     result.map(|()| Action::await_change())
@@ -247,28 +239,52 @@ async fn reconcile_model(model: Arc<Model>, reconciler: Arc<Reconciler>) -> Resu
         Ok(m) => (true, "Available", m),
         Err((reason, m)) => (false, reason, m),
     };
-    let mut status = model.status.clone().unwrap_or_default();
+    let result = set_ready(
+        &reconciler.ctx,
+        &*model,
+        model.status.as_ref(),
+        (ready, reason, &message),
+        Ctl::model,
+    )
+    .await;
+    reconciler.ctx.metrics.reconciled(
+        Ctl::model,
+        result.as_ref().map_or("status", |()| "ok"),
+        started.elapsed(),
+    );
+    result.map(|()| Action::requeue(if ready { MODEL_REFRESH } else { REFRESH }))
+}
+
+/// Writes the Ready condition of a Tool or Model when it changed.
+async fn set_ready<K>(
+    ctx: &Context,
+    obj: &K,
+    old: Option<&ReadyStatus>,
+    (ready, reason, message): (bool, &str, &str),
+    ctl: Ctl,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let generation = obj.meta().generation;
+    let mut status = old.cloned().unwrap_or_default();
     set_condition(
         &mut status.conditions,
         CONDITION_TOOL_READY,
         ready,
         reason,
-        &message,
-        model.metadata.generation,
+        message,
+        generation,
         &now(),
     );
-    status.observed_generation = model.metadata.generation;
-    let result = if model.status.as_ref() == Some(&status) {
-        Ok(())
-    } else {
-        write(&reconciler.ctx, &*model, &status, Ctl::model).await
-    };
-    reconciler.ctx.metrics.reconciled(
-        Ctl::model,
-        if result.is_ok() { "ok" } else { "status" },
-        started.elapsed(),
-    );
-    result.map(|()| Action::requeue(if ready { MODEL_REFRESH } else { REFRESH }))
+    status.observed_generation = generation;
+    if old == Some(&status) {
+        return Ok(());
+    }
+    write(ctx, obj, &status, ctl).await
 }
 
 /// Lists the server's tools into status; Ready says whether that worked.

@@ -346,8 +346,9 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+/// `Retry-After` as seconds or an HTTP date, capped at ten minutes (a step's attempts and
+/// the run's deadline bound the rest).
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let raw = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)?

@@ -20,9 +20,6 @@ pub const HEADER_RUN: &str = "X-Crane-Run";
 pub const HEADER_STEP: &str = "X-Crane-Step";
 /// Most of an error body quoted in a step's error.
 const BODY_IN_ERROR: usize = 200;
-/// The longest `Retry-After` honoured; a longer one is cut to this (the step's attempts and
-/// the run's deadline bound the rest).
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// One HTTP tool.
 pub struct HttpTool {
@@ -86,7 +83,7 @@ impl HttpTool {
                 .map_err(|e| self.read_error(e))?;
             return Ok(body_value(body));
         }
-        let retry_after = retry_after(&response);
+        let retry_after = crane_llm::retry_after(&response);
         let body = read_bounded(response, 4 * 1024).await.unwrap_or_default();
         let message = format!(
             "HTTP {status}{}",
@@ -173,24 +170,6 @@ pub fn query_pairs(input: &Value) -> Vec<(String, String)> {
 pub fn body_value(body: Vec<u8>) -> Value {
     serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
-fn retry_after(response: &Response) -> Option<Duration> {
-    let raw = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let wait = match raw.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(raw)
-            .ok()?
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Why a body could not be read whole.

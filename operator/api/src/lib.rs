@@ -24,8 +24,8 @@ pub use model::{Model, ModelLimitsSpec, ModelSpec, ModelStatus};
 pub use schema::{MAX_REASONING_CHARS, MAX_TOOL_NAME_CHARS, TOOL_NAME_PATTERN};
 pub use tools::{
     CONDITION_TOOL_READY, DiscoveredTool, HeaderSource, HeaderSpec, HttpEndpoint, HttpMethod,
-    HttpToolSpec, MCPServer, MCPServerSpec, MCPServerStatus, SecretKeySelector, Tool, ToolStatus,
-    is_tool_name, mcp_tool_name,
+    HttpToolSpec, MCPServer, MCPServerSpec, MCPServerStatus, ReadyStatus, SecretKeySelector, Tool,
+    ToolStatus, is_tool_name, mcp_tool_name,
 };
 pub use workerpool::{
     BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolSpec, WorkerPoolStatus,

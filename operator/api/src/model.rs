@@ -5,7 +5,6 @@
 // `printcolumn(...)` repeats keys such as `type_` by design; clippy reads them as duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -77,18 +76,9 @@ pub struct ModelLimitsSpec {
     pub tokens_per_minute: Option<u64>,
 }
 
-/// What the operator observed of the endpoint.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelStatus {
-    /// Ready: a cheap call (GET /v1/models) succeeded; else the provider's error.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
-    pub conditions: Vec<Condition>,
-    /// The metadata.generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-}
+/// A Model's status: Ready when a cheap call (GET /v1/models) succeeded; else the
+/// provider's error.
+pub type ModelStatus = super::tools::ReadyStatus;
 
 fn default_timeout_seconds() -> u32 {
     60

@@ -157,12 +157,12 @@ pub struct SecretKeySelector {
     pub key: String,
 }
 
-/// What the operator observed of a Tool.
+/// What the operator observed of a Tool or a Model: whether it is usable.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct ToolStatus {
-    /// Ready: usable by the next AgentRun (reason NameTaken when a built-in tool has the same
-    /// name; InvalidSchema when inputSchema is not a JSON schema).
+pub struct ReadyStatus {
+    /// Ready: usable by the next AgentRun; else why not (a Tool: NameTaken when a built-in
+    /// tool has the same name, InvalidSchema; a Model: the provider's error).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -170,6 +170,9 @@ pub struct ToolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+/// A Tool's status.
+pub type ToolStatus = ReadyStatus;
 
 /// A Model Context Protocol server (Streamable HTTP) whose tools AgentRuns in this
 /// namespace may call, as `<MCPServer name>.<tool name>`.
