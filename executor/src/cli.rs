@@ -14,13 +14,13 @@ use crane_core::run::{FailurePolicy, RetryPolicy, RunOptions, RunPhase};
 use crane_core::tool::{Catalog, ToolContext, ToolError};
 use crane_core::validate::{read_plan_file, validate};
 use crane_engine::api::{
-    InitOutcome, PlannerResult, client, connect, init_run, read_password_file, run_report,
-    store_planner_result,
+    Auth, InitOutcome, PlannerResult, client, connect, init_run, load_planner_input,
+    read_password_file, run_report, store_planner_result,
 };
 use crane_engine::metrics::{Metrics, serve};
 use crane_engine::{
-    BreakerConfig, EngineConfig, EngineError, LocalExecutor, PoolName, Worker, WorkerConfig,
-    validate_run_id,
+    BreakerConfig, EngineConfig, EngineError, LocalExecutor, PoolName, RunKeys, Worker,
+    WorkerConfig, validate_run_id,
 };
 use crane_planner::{LlmConfig, PlannerError, plan_prompt};
 use crane_tools::RedisTodoStore;
@@ -85,7 +85,7 @@ fn parse_planner_mode(s: &str) -> Result<PlannerMode, String> {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["prompt", "prompt_file", "prompt_env"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["prompt", "prompt_file", "run_id"])))]
 pub struct PlanArgs {
     /// What to do, in plain words.
     #[arg(long)]
@@ -93,17 +93,17 @@ pub struct PlanArgs {
     /// Read the prompt from this file (`-` for stdin) instead.
     #[arg(long, value_name = "FILE")]
     prompt_file: Option<PathBuf>,
-    /// Read the prompt from this environment variable instead (planner Jobs use
-    /// CRANE_PROMPT, so the prompt never appears on a command line).
-    #[arg(long, value_name = "VAR")]
-    prompt_env: Option<String>,
     #[arg(long, default_value = "auto", value_parser = parse_planner_mode)]
     planner: PlannerMode,
-    /// Also store the outcome (the plan, or the planner's error) in Redis for run ID, where
-    /// the operator reads it; needs --redis.
-    #[arg(long, value_name = "ID", requires = "redis")]
+    /// Plan run ID of NAMESPACE as a planner Job does: the prompt, the namespace's tools and
+    /// the model come from Redis (where the operator put them, byte for byte), and the
+    /// outcome (the plan, or the planner's error) goes back there for the operator.
+    #[arg(long, value_name = "ID", requires_all = ["redis", "namespace"])]
     run_id: Option<String>,
-    /// Redis URL for --run-id, e.g. redis://127.0.0.1:6379.
+    /// The run's namespace, for --run-id.
+    #[arg(long, value_name = "NS", requires = "run_id")]
+    namespace: Option<String>,
+    /// Redis URL for --run-id, e.g. redis://crane-redis:6379.
     #[arg(long, value_name = "URL", requires = "run_id")]
     redis: Option<String>,
     #[command(flatten)]
@@ -112,10 +112,6 @@ pub struct PlanArgs {
 
 /// How long a stored planner outcome lives (the operator reads it within seconds).
 const PLANNER_RESULT_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-/// Longest prompt read from an environment variable, in bytes (the planner's own limit,
-/// in characters, gives the precise message).
-const MAX_PROMPT_ENV_BYTES: usize = 1024 * 1024;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["prompt", "prompt_file", "plan"])))]
@@ -147,26 +143,32 @@ pub struct RunArgs {
 const MAX_PROMPT_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 async fn plan_cmd(args: PlanArgs) -> CmdResult {
-    let (Some(run_id), Some(url)) = (args.run_id.clone(), args.redis.clone()) else {
-        let prompt = match &args.prompt_env {
-            Some(var) => prompt_from_env(var)?,
-            None => prompt_text(args.prompt, args.prompt_file.as_deref())?,
-        };
+    let (Some(run_id), Some(ns), Some(url)) = (&args.run_id, &args.namespace, &args.redis) else {
+        let prompt = prompt_text(args.prompt, args.prompt_file.as_deref())?;
         let plan = plan_for(&prompt, args.planner, &catalog()).await?;
         print_json(&plan)?;
         return Ok(0);
     };
-    validate_run_id(&run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
-    let redis = args.auth.client(&url)?;
+    let keys = RunKeys::new(ns, run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
+    let redis = args.auth.client(url)?;
     let mut conn = connect(&redis).await.map_err(|e| (1, e.to_string()))?;
+    let input = load_planner_input(&mut conn, &keys)
+        .await
+        .map_err(|e| (1, e.to_string()))?
+        .ok_or_else(|| {
+            (
+                1,
+                format!("run {run_id} of namespace {ns} has no planner input in Redis"),
+            )
+        })?;
     // Every failure from here on is the planner's, and the operator shows it to the user.
     let outcome = async {
-        let prompt = match &args.prompt_env {
-            Some(var) => prompt_from_env(var)?,
-            None => prompt_text(args.prompt, args.prompt_file.as_deref())?,
+        let llm = match &input.model {
+            Some(model) => Some(llm_config(model)?),
+            None => LlmConfig::from_env().map_err(|e| (INVALID_INPUT, e.to_string()))?,
         };
-        let llm = LlmConfig::from_env().map_err(|e| (INVALID_INPUT, e.to_string()))?;
-        plan_prompt(&prompt, args.planner, llm.as_ref(), &catalog())
+        let catalog = Catalog::new(input.tools.clone());
+        plan_prompt(&input.prompt, args.planner, llm.as_ref(), &catalog)
             .await
             .map_err(|e| (1, e.to_string()))
     }
@@ -181,6 +183,7 @@ async fn plan_cmd(args: PlanArgs) -> CmdResult {
                     plan: o.plan.clone(),
                     source: o.source,
                     fallback_reason: o.fallback_reason.clone(),
+                    usage: o.usage,
                 },
                 Ok(o),
             )
@@ -192,7 +195,7 @@ async fn plan_cmd(args: PlanArgs) -> CmdResult {
             Err((code, message)),
         ),
     };
-    store_planner_result(&mut conn, &run_id, &stored, PLANNER_RESULT_TTL)
+    store_planner_result(&mut conn, &keys, &stored, PLANNER_RESULT_TTL)
         .await
         .map_err(|e| (1, e.to_string()))?;
     let outcome = result?;
@@ -200,30 +203,19 @@ async fn plan_cmd(args: PlanArgs) -> CmdResult {
     Ok(0)
 }
 
-/// The prompt from environment variable `var` (how planner Jobs receive it).
-fn prompt_from_env(var: &str) -> Result<String, (u8, String)> {
-    prompt_from_var(var, std::env::var(var))
-}
-
-fn prompt_from_var(
-    var: &str,
-    value: Result<String, std::env::VarError>,
-) -> Result<String, (u8, String)> {
-    match value {
-        Ok(p) if p.len() > MAX_PROMPT_ENV_BYTES => Err((
-            INVALID_INPUT,
-            format!("the prompt in ${var} is larger than {MAX_PROMPT_ENV_BYTES} bytes"),
-        )),
-        Ok(p) => Ok(p),
-        Err(std::env::VarError::NotPresent) => Err((
-            INVALID_INPUT,
-            format!("--prompt-env {var}: the environment variable is not set"),
-        )),
-        Err(std::env::VarError::NotUnicode(_)) => Err((
-            INVALID_INPUT,
-            format!("--prompt-env {var}: the environment variable is not UTF-8"),
-        )),
-    }
+/// The LLM planner's settings from the run's Model; its key comes in `CRANE_LLM_API_KEY`,
+/// which the operator fills from the Model's Secret.
+fn llm_config(model: &crane_core::model::ModelConfig) -> Result<LlmConfig, (u8, String)> {
+    let api_key = std::env::var(crane_core::plan::ENV_API_KEY)
+        .ok()
+        .map(|k| k.trim_end_matches(['\r', '\n']).to_owned())
+        .filter(|k| !k.is_empty());
+    Ok(LlmConfig {
+        base_url: model.base_url.clone(),
+        model: model.model.clone(),
+        api_key,
+        timeout: Duration::from_secs(u64::from(model.timeout_seconds.max(1))),
+    })
 }
 
 async fn run_cmd(args: RunArgs) -> CmdResult {
@@ -356,10 +348,15 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), (u8, String)> {
     Ok(())
 }
 
-/// How to authenticate to Redis (the URL is each command's own flag).
+/// How to authenticate to Redis (the URL, which never carries credentials, is each
+/// command's own flag). Pods get these from their namespace's `crane-redis` Secret.
 #[derive(Args, Clone, Debug)]
 pub struct RedisAuthArgs {
-    /// Redis password (overrides one in the URL); prefer --redis-password-file.
+    /// Redis user (a namespace's own user in Crane's pods).
+    #[arg(long, env = "CRANE_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Redis password; prefer --redis-password-file or the environment (the command line
+    /// shows in process lists).
     #[arg(long, env = "CRANE_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
     /// File holding the Redis password (a mounted Secret).
@@ -375,7 +372,11 @@ impl RedisAuthArgs {
             }
             None => self.redis_password.clone(),
         };
-        client(url, password.as_deref()).map_err(|e| (INVALID_INPUT, e.to_string()))
+        let auth = Auth {
+            username: self.redis_username.clone(),
+            password,
+        };
+        client(url, &auth).map_err(|e| (INVALID_INPUT, e.to_string()))
     }
 }
 
@@ -549,17 +550,9 @@ pub async fn submit(args: SubmitArgs) -> CmdResult {
     };
     let client = args.redis.client()?;
     let mut conn = connect(&client).await.map_err(|e| (1, e.to_string()))?;
-    match init_run(
-        &mut conn,
-        &run_id,
-        pool.namespace(),
-        &pool,
-        &plan,
-        &options,
-        &config,
-    )
-    .await
-    {
+    let keys =
+        RunKeys::new(pool.namespace(), &run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
+    match init_run(&mut conn, &keys, &pool, &plan, &options, &config).await {
         Ok(InitOutcome::Created) => {
             println!("{run_id}");
             Ok(0)
@@ -583,15 +576,19 @@ pub struct StatusArgs {
     pub redis: RedisArgs,
     #[arg(long)]
     pub run_id: String,
+    /// The run's namespace (its pool's).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
 }
 
 /// `crane-executor status`: print the run as `run` does. Exit 0 Succeeded, 1 Failed or
 /// Cancelled, 3 still running, 2 invalid input or unknown run.
 pub async fn status(args: StatusArgs) -> CmdResult {
-    validate_run_id(&args.run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
+    let keys =
+        RunKeys::new(&args.namespace, &args.run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
     let client = args.redis.client()?;
     let mut conn = connect(&client).await.map_err(|e| (1, e.to_string()))?;
-    let report = match run_report(&mut conn, &args.run_id).await {
+    let report = match run_report(&mut conn, &keys).await {
         Ok(r) => r,
         Err(e @ EngineError::RunNotFound(_)) => return Err((INVALID_INPUT, e.to_string())),
         Err(e) => return Err((1, e.to_string())),
@@ -609,7 +606,6 @@ pub async fn status(args: StatusArgs) -> CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::env::VarError;
 
     #[test]
     fn policy_parsing_rejects_unknown_values() {
@@ -629,28 +625,5 @@ mod tests {
         let id = new_run_id();
         assert!(super::validate_run_id(&id).is_ok(), "{id}");
         assert_ne!(id, new_run_id());
-    }
-
-    #[test]
-    fn prompts_from_env_reject_missing_non_utf8_and_huge_values() {
-        assert_eq!(
-            prompt_from_var("CRANE_PROMPT", Ok("$(id) `x` {y}".into())),
-            Ok("$(id) `x` {y}".to_owned())
-        );
-        let (code, msg) = prompt_from_var("CRANE_PROMPT", Err(VarError::NotPresent)).unwrap_err();
-        assert_eq!(code, INVALID_INPUT);
-        assert!(
-            msg.contains("CRANE_PROMPT") && msg.contains("not set"),
-            "{msg}"
-        );
-        let (_, msg) = prompt_from_var(
-            "P",
-            Err(VarError::NotUnicode(std::ffi::OsString::from("x"))),
-        )
-        .unwrap_err();
-        assert!(msg.contains("not UTF-8"), "{msg}");
-        let (_, msg) = prompt_from_var("P", Ok("a".repeat(MAX_PROMPT_ENV_BYTES + 1))).unwrap_err();
-        assert!(msg.contains("larger than"), "{msg}");
-        assert!(prompt_from_var("P", Ok("a".repeat(MAX_PROMPT_ENV_BYTES))).is_ok());
     }
 }

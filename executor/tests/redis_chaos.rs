@@ -126,26 +126,19 @@ impl Chaos {
         (step, self.e.report(run).await)
     }
 
-    /// Creates run `run` in namespace `chaos` with the tests' options and fast engine timings.
+    /// Creates run `run` in the pool's namespace with the tests' options and fast engine
+    /// timings.
     async fn create(&mut self, run: &str, plan: &Plan) -> Result<InitOutcome, EngineError> {
         let e = &mut self.e;
         let config = redis_common::fast_config();
-        init_run(
-            &mut e.conn,
-            run,
-            "chaos",
-            &e.pool,
-            plan,
-            &options(),
-            &config,
-        )
-        .await
+        let keys = e.keys(run);
+        init_run(&mut e.conn, &keys, &e.pool, plan, &options(), &config).await
     }
 }
 
 /// Raw per-step fields of a run.
 async fn step_fields(conn: &mut ConnectionManager, run: &str) -> HashMap<String, String> {
-    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let keys = RunKeys::new(redis_common::NAMESPACE, run).unwrap_or_else(|e| panic!("{e}"));
     redis::cmd("HGETALL")
         .arg(keys.steps())
         .query_async(conn)
@@ -177,7 +170,7 @@ async fn running_on(conn: &mut ConnectionManager, run: &str, pid: u32) -> String
 
 /// The run's own events (panics when they cannot be read).
 async fn events(conn: &mut ConnectionManager, run: &str) -> Vec<RunEvent> {
-    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let keys = RunKeys::new(redis_common::NAMESPACE, run).unwrap_or_else(|e| panic!("{e}"));
     run_events(conn, &keys)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -233,7 +226,7 @@ async fn sigkilled_workers_lose_no_step_and_add_no_todo_twice() {
         "a step completed twice: {done:?}"
     );
     let todos = RedisTodoStore::new(c.e.conn.clone())
-        .list("chaos")
+        .list(redis_common::NAMESPACE)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     for i in 7..=12 {
@@ -400,7 +393,15 @@ async fn submit_and_status_drive_the_engine_without_a_cluster() {
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
     // Not finished yet: no worker runs.
-    let (code, out, _) = cli(&["status", "--redis", &url, "--run-id", "cli-1"]);
+    let (code, out, _) = cli(&[
+        "status",
+        "--redis",
+        &url,
+        "--namespace",
+        redis_common::NAMESPACE,
+        "--run-id",
+        "cli-1",
+    ]);
     assert_eq!(code, 3, "{out}");
 
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -411,7 +412,15 @@ async fn submit_and_status_drive_the_engine_without_a_cluster() {
     let _w = c.worker("w", &["--metrics-addr", &metrics_addr]);
     let start = Instant::now();
     let report: Value = loop {
-        let (code, out, err) = cli(&["status", "--redis", &url, "--run-id", "cli-1"]);
+        let (code, out, err) = cli(&[
+            "status",
+            "--redis",
+            &url,
+            "--namespace",
+            redis_common::NAMESPACE,
+            "--run-id",
+            "cli-1",
+        ]);
         if code == 0 {
             break serde_json::from_str(&out)
                 .unwrap_or_else(|e| panic!("status printed no JSON ({e}): {out}"));
@@ -458,10 +467,29 @@ async fn submit_and_status_drive_the_engine_without_a_cluster() {
             "cannot read plan file",
         ),
         (
-            vec!["status", "--redis", &url, "--run-id", "never-submitted"],
+            vec![
+                "status",
+                "--redis",
+                &url,
+                "--namespace",
+                redis_common::NAMESPACE,
+                "--run-id",
+                "never-submitted",
+            ],
             "not found",
         ),
-        (vec!["status", "--redis", &url, "--run-id", "x}y"], "run id"),
+        (
+            vec![
+                "status",
+                "--redis",
+                &url,
+                "--namespace",
+                redis_common::NAMESPACE,
+                "--run-id",
+                "x}y",
+            ],
+            "run id",
+        ),
         (
             vec!["status", "--redis", "not a url", "--run-id", "x"],
             "redis",

@@ -419,7 +419,7 @@ async fn main() -> anyhow::Result<()> {
     {
         let b = book.lock().map_err(|_| anyhow!("book poisoned"))?.clone();
         for u in &uids {
-            let key = crane_engine::RunKeys::new(u)?.steps();
+            let key = crane_engine::RunKeys::new(&ns, u)?.steps();
             let fin: Option<u64> = redis::cmd("HGET")
                 .arg(&key)
                 .arg("1:finished")
@@ -498,7 +498,7 @@ async fn main() -> anyhow::Result<()> {
     {
         let b = book.lock().map_err(|_| anyhow!("book poisoned"))?.clone();
         for u in &steady_uids {
-            let key = crane_engine::RunKeys::new(u)?.steps();
+            let key = crane_engine::RunKeys::new(&ns, u)?.steps();
             for step in [1u64, 2] {
                 let fin: Option<u64> = redis::cmd("HGET")
                     .arg(&key)
@@ -591,7 +591,7 @@ async fn main() -> anyhow::Result<()> {
     let mut enq = None;
     if let Some(u) = scale_uid.first() {
         // Step 1 has no dependencies: it is queued when the run is created.
-        let key = crane_engine::RunKeys::new(u)?.meta();
+        let key = crane_engine::RunKeys::new(&ns, u)?.meta();
         enq = redis::cmd("HGET")
             .arg(&key)
             .arg("created")

@@ -99,14 +99,14 @@ pub struct Config {
     #[arg(long, env = "CRANE_REDIS_URL")]
     pub redis_url: String,
 
-    /// File holding the Redis password for the operator itself (e.g. a mounted Secret).
+    /// The operator's own Redis user (its administrative identity, which creates the
+    /// namespaces' users); empty: Redis's default user.
+    #[arg(long, env = "CRANE_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// File holding the operator's Redis password (a mounted Secret of its own namespace).
     #[arg(long, env = "CRANE_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
-
-    /// Secret NAME/KEY (in each run's namespace) with the Redis password for planner and
-    /// worker pods; they get it as env CRANE_REDIS_PASSWORD.
-    #[arg(long, env = "CRANE_REDIS_PASSWORD_SECRET")]
-    pub redis_password_secret: Option<SecretKeyRef>,
 
     /// Image of planner and worker pods (runs `crane-executor`).
     #[arg(
@@ -168,8 +168,8 @@ impl Config {
     pub fn new(redis_url: impl Into<String>) -> Self {
         Self {
             redis_url: redis_url.into(),
+            redis_username: None,
             redis_password_file: None,
-            redis_password_secret: None,
             executor_image: "crane-executor:dev".to_owned(),
             image_pull_policy: "IfNotPresent".to_owned(),
             namespaces: Vec::new(),

@@ -71,13 +71,16 @@ pub async fn context(config: Config) -> anyhow::Result<Arc<Context>> {
     let client = kube::Client::try_default()
         .await
         .context("creating the Kubernetes client (in-cluster or KUBECONFIG)")?;
-    let password = config
-        .redis_password_file
-        .as_deref()
-        .map(crane_engine::api::read_password_file)
-        .transpose()?;
+    let auth = crane_engine::api::Auth {
+        username: config.redis_username.clone(),
+        password: config
+            .redis_password_file
+            .as_deref()
+            .map(crane_engine::api::read_password_file)
+            .transpose()?,
+    };
     let redis_client =
-        crane_engine::api::client(&config.redis_url, password.as_deref()).context("--redis-url")?;
+        crane_engine::api::client(&config.redis_url, &auth).context("--redis-url")?;
     let redis = crane_engine::connect(&redis_client)
         .await
         .context("connecting to redis")?;

@@ -5,10 +5,37 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecurityContext,
+    Capabilities, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The Secret, in every namespace Crane runs in, holding that namespace's own Redis user
+/// (keys `username` and `password`); the operator creates and rotates it.
+pub const REDIS_SECRET: &str = "crane-redis";
+
+/// How planner and worker containers get their namespace's Redis identity: environment
+/// variables from [`REDIS_SECRET`] (never part of a URL or an argument).
+pub fn redis_credentials_env() -> Vec<EnvVar> {
+    [
+        ("CRANE_REDIS_USERNAME", "username"),
+        ("CRANE_REDIS_PASSWORD", "password"),
+    ]
+    .into_iter()
+    .map(|(var, key)| EnvVar {
+        name: var.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: REDIS_SECRET.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+    .collect()
+}
 
 /// The hardened pod running `container` (its securityContext is set here), labelled `labels`.
 /// Callers add placement (nodeSelector, tolerations) to the returned spec when they have any.

@@ -62,7 +62,7 @@ impl Pool {
     }
 }
 
-/// Creates run `id` on `pool` in namespace `bench`, with the default options and timings.
+/// Creates run `id` on `pool` (namespace `bench`), with the default options and timings.
 async fn submit(
     conn: &mut ConnectionManager,
     id: &str,
@@ -70,7 +70,8 @@ async fn submit(
     plan: &Plan,
 ) -> Result<()> {
     let (options, config) = (RunOptions::default(), EngineConfig::default());
-    init_run(conn, id, "bench", pool, plan, &options, &config).await?;
+    let keys = RunKeys::new(pool.namespace(), id)?;
+    init_run(conn, &keys, pool, plan, &options, &config).await?;
     Ok(())
 }
 
@@ -168,7 +169,8 @@ async fn wait_all(client: &redis::Client, conn: &ConnectionManager, runs: &[Stri
     for run in runs {
         let (client, mut conn, run) = (client.clone(), conn.clone(), run.clone());
         set.spawn(async move {
-            wait_for_run(&client, &mut conn, &run, Some(Duration::from_secs(600))).await
+            let keys = RunKeys::new("bench", &run)?;
+            wait_for_run(&client, &mut conn, &keys, Some(Duration::from_secs(600))).await
         });
     }
     while let Some(r) = set.join_next().await {
@@ -194,7 +196,7 @@ async fn throughput(
     concurrency: usize,
     tag: &str,
 ) -> Result<Throughput> {
-    let client = api::client(&server.url(), None)?;
+    let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
     let mut conn = api::connect(&client).await?;
     let pool = PoolName::parse(&format!("bench/{tag}"))?;
     let workers_pool = Pool::start(&client, &pool, workers, concurrency).await?;
@@ -238,7 +240,7 @@ async fn dispatch(
     rate: u32,
     seconds: u32,
 ) -> Result<Vec<f64>> {
-    let client = api::client(&server.url(), None)?;
+    let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
     let conn = api::connect(&client).await?;
     let pool = PoolName::parse("bench/dispatch")?;
     let workers_pool = Pool::start(&client, &pool, workers, concurrency).await?;
@@ -271,7 +273,7 @@ async fn dispatch(
         let mut pipe = redis::pipe();
         for id in chunk {
             pipe.cmd("HGET")
-                .arg(RunKeys::new(id)?.steps())
+                .arg(RunKeys::new("bench", id)?.steps())
                 .arg("1:started");
         }
         let started: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
@@ -289,7 +291,7 @@ async fn dispatch(
 
 /// One run of 100 parallel `wait 100 ms` steps: makespan ÷ 100 ms.
 async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> Result<(f64, f64)> {
-    let client = api::client(&server.url(), None)?;
+    let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
     let mut conn = api::connect(&client).await?;
     let pool = PoolName::parse("bench/makespan")?;
     let workers_pool = Pool::start(&client, &pool, workers, concurrency).await?;
@@ -303,9 +305,9 @@ async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> R
         let id = format!("wide-{round}");
         let t0 = Instant::now();
         submit(&mut conn, &id, &pool, &plan).await?;
-        wait_for_run(&client, &mut conn, &id, Some(Duration::from_secs(60))).await?;
+        let keys = RunKeys::new("bench", &id)?;
+        wait_for_run(&client, &mut conn, &keys, Some(Duration::from_secs(60))).await?;
         let client_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let keys = RunKeys::new(&id)?;
         let (created, finished): (u64, u64) = redis::cmd("HMGET")
             .arg(keys.meta())
             .arg("created")

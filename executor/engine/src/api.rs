@@ -25,19 +25,44 @@ use crane_core::tool::Catalog;
 
 use crate::{ExecuteFuture, Executor, RunRequest};
 
-/// A Redis client for `url`, with the password (from a Secret) overriding any in the URL.
-pub fn client(url: &str, password: Option<&str>) -> Result<redis::Client, EngineError> {
+/// Who a client connects as: a namespace's own Redis user (worker and planner pods), or the
+/// operator's identity. Never part of a URL, an argument or a Job spec: values come from
+/// Secrets (environment variables from `secretKeyRef`, or mounted files).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A Redis client for `url` (which must not carry credentials) as `auth`.
+pub fn client(url: &str, auth: &Auth) -> Result<redis::Client, EngineError> {
     let info = url
         .into_connection_info()
         .map_err(EngineError::redis("parsing the redis URL"))?;
-    let info = match password {
-        Some(pw) if !pw.is_empty() => {
-            let settings = info.redis_settings().clone().set_password(pw);
-            info.set_redis_settings(settings)
-        }
-        _ => info,
-    };
-    redis::Client::open(info).map_err(EngineError::redis("creating the redis client"))
+    let settings = info.redis_settings().clone();
+    if settings.password().is_some() || settings.username().is_some() {
+        return Err(EngineError::Config(
+            "the redis URL carries credentials; give them as a username and password from a Secret instead (they would show in process lists and pod specs)".into(),
+        ));
+    }
+    let mut settings = settings;
+    if let Some(user) = auth.username.as_deref().filter(|u| !u.is_empty()) {
+        settings = settings.set_username(user);
+    }
+    if let Some(pw) = auth.password.as_deref().filter(|p| !p.is_empty()) {
+        settings = settings.set_password(pw);
+    }
+    redis::Client::open(info.set_redis_settings(settings))
+        .map_err(EngineError::redis("creating the redis client"))
 }
 
 /// A password kept in a file (a mounted Secret), without the trailing newline editors add.
@@ -103,16 +128,6 @@ fn check_structure(plan: &Plan) -> Result<(), EngineError> {
         }
     }
     Ok(())
-}
-
-fn check_namespace(ns: &str) -> Result<(), EngineError> {
-    // The same rule as a pool's namespace part.
-    PoolName::parse(&format!("{ns}/x"))
-        .map(|_| ())
-        .map_err(|e| EngineError::InvalidNamespace {
-            namespace: ns.chars().take(80).collect(),
-            why: e.to_string(),
-        })
 }
 
 /// The script arguments every run-creating script starts with (see init.lua).
@@ -236,19 +251,31 @@ async fn queue_ready(
         .map(drop)
 }
 
-/// Stores a validated plan as run `run_id` and queues its first steps on `pool`.
-#[allow(clippy::too_many_arguments)]
+/// A run lives in its pool's namespace: the namespace's Redis user can reach both.
+fn check_same_namespace(keys: &RunKeys, pool: &PoolName) -> Result<(), EngineError> {
+    if keys.namespace() == pool.namespace() {
+        return Ok(());
+    }
+    Err(EngineError::InvalidPool {
+        pool: pool.to_string(),
+        why: format!(
+            "a run of namespace {} runs on a pool of its own namespace",
+            keys.namespace()
+        ),
+    })
+}
+
+/// Stores a validated plan as the run of `keys` and queues its first steps on `pool` (of
+/// the same namespace).
 pub async fn init_run(
     conn: &mut ConnectionManager,
-    run_id: &str,
-    namespace: &str,
+    keys: &RunKeys,
     pool: &PoolName,
     plan: &Plan,
     options: &RunOptions,
     config: &EngineConfig,
 ) -> Result<InitOutcome, EngineError> {
-    let keys = RunKeys::new(run_id)?;
-    check_namespace(namespace)?;
+    check_same_namespace(keys, pool)?;
     check_structure(plan)?;
     // The step hash's fields are built here, not in Lua: string building in Redis's Lua costs
     // the single Redis thread far more than it costs us, and init sits on every run's
@@ -279,7 +306,7 @@ pub async fn init_run(
             counters.extend([id, deps.len().to_string()]);
         }
     }
-    let mut args = run_args(namespace, pool, plan, options, config)?;
+    let mut args = run_args(keys.namespace(), pool, plan, options, config)?;
     args.extend([
         ids.join(","),
         fields.len().to_string(),
@@ -289,7 +316,7 @@ pub async fn init_run(
     args.extend(fields);
     args.extend(counters);
     args.extend(ready);
-    create_run(conn, &keys, pool, scripts::init(&keys, &args), config).await
+    create_run(conn, keys, pool, scripts::init(keys, &args), config).await
 }
 
 /// A step that already succeeded before Redis lost the run, as the AgentRun status kept it.
@@ -309,19 +336,16 @@ pub struct RestoredStep {
 /// dependencies that are not in `completed`, and the steps with none left are queued on
 /// `pool`. Like [`init_run`], returns [`InitOutcome::AlreadyExists`] (and changes nothing)
 /// when the run is in Redis after all. A `completed` id that is not in the plan is an error.
-#[allow(clippy::too_many_arguments)]
 pub async fn restore_run(
     conn: &mut ConnectionManager,
-    run_id: &str,
-    namespace: &str,
+    keys: &RunKeys,
     pool: &PoolName,
     plan: &Plan,
     options: &RunOptions,
     completed: &BTreeMap<StepId, RestoredStep>,
     config: &EngineConfig,
 ) -> Result<InitOutcome, EngineError> {
-    let keys = RunKeys::new(run_id)?;
-    check_namespace(namespace)?;
+    check_same_namespace(keys, pool)?;
     check_structure(plan)?;
     if let Some(id) = completed
         .keys()
@@ -331,7 +355,7 @@ pub async fn restore_run(
             "step {id} is given as completed but is not in the plan"
         )));
     }
-    let mut args = run_args(namespace, pool, plan, options, config)?;
+    let mut args = run_args(keys.namespace(), pool, plan, options, config)?;
     let opt = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
     for step in &plan.steps {
         let (children, deps, refs) = step_links(plan, step);
@@ -353,7 +377,7 @@ pub async fn restore_run(
             None => args.extend(["0", "0", "", "", ""].map(String::from)),
         }
     }
-    create_run(conn, &keys, pool, scripts::restore(&keys, &args), config).await
+    create_run(conn, keys, pool, scripts::restore(keys, &args), config).await
 }
 
 /// What [`retry_run`] did.
@@ -372,11 +396,11 @@ pub enum RetryOutcome {
 /// whose dependencies all succeeded are queued on the run's pool at once.
 pub async fn retry_run(
     conn: &mut ConnectionManager,
-    run_id: &str,
+    keys: &RunKeys,
     config: &EngineConfig,
 ) -> Result<RetryOutcome, EngineError> {
-    let keys = RunKeys::new(run_id)?;
-    match scripts::retry(&keys).run(conn, "retrying the run").await? {
+    let run_id = keys.run_id();
+    match scripts::retry(keys).run(conn, "retrying the run").await? {
         RetryReply::Missing => Err(EngineError::RunNotFound(run_id.to_owned())),
         RetryReply::NotFailed(phase) => Ok(RetryOutcome::NotFailed(phase)),
         RetryReply::Retried { pool, reset, ready } => {
@@ -401,9 +425,9 @@ pub async fn retry_run(
 /// The run as `crane-executor run` prints it, with full outputs.
 pub async fn run_report(
     conn: &mut ConnectionManager,
-    run_id: &str,
+    keys: &RunKeys,
 ) -> Result<RunReport, EngineError> {
-    let keys = RunKeys::new(run_id)?;
+    let run_id = keys.run_id();
     type Hash = HashMap<String, String>;
     let (meta, steps, out): (Hash, Hash, Hash) = redis::pipe()
         .cmd("HGETALL")
@@ -509,10 +533,10 @@ async fn meta_field(
 /// The run's phase alone (cheap).
 pub async fn run_phase(
     conn: &mut ConnectionManager,
-    run_id: &str,
+    keys: &RunKeys,
 ) -> Result<RunPhase, EngineError> {
-    let keys = RunKeys::new(run_id)?;
-    let p = meta_field(conn, &keys, "phase", "reading the run phase").await?;
+    let run_id = keys.run_id();
+    let p = meta_field(conn, keys, "phase", "reading the run phase").await?;
     let p = p.ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))?;
     phase(&p).ok_or_else(|| EngineError::Corrupt {
         what: format!("run {run_id}"),
@@ -523,10 +547,10 @@ pub async fn run_phase(
 /// Cancels a run: no new step starts, running steps finish. Returns the phase after it.
 pub async fn cancel_run(
     conn: &mut ConnectionManager,
-    run_id: &str,
+    keys: &RunKeys,
 ) -> Result<RunPhase, EngineError> {
-    let keys = RunKeys::new(run_id)?;
-    match scripts::cancel(&keys)
+    let run_id = keys.run_id();
+    match scripts::cancel(keys)
         .run(conn, "cancelling the run")
         .await?
     {
@@ -535,12 +559,15 @@ pub async fn cancel_run(
     }
 }
 
-/// Deletes every key of a run (the operator's finalizer). Idempotent.
-pub async fn delete_run(conn: &mut ConnectionManager, run_id: &str) -> Result<(), EngineError> {
-    let keys = RunKeys::new(run_id)?;
-    let pool = meta_field(conn, &keys, "pool", "reading the run's pool").await?;
+/// Deletes every key of a run, its planner result included (the operator's finalizer).
+/// Idempotent.
+pub async fn delete_run(conn: &mut ConnectionManager, keys: &RunKeys) -> Result<(), EngineError> {
+    let run_id = keys.run_id();
+    let pool = meta_field(conn, keys, "pool", "reading the run's pool").await?;
     redis::cmd("DEL")
         .arg(&keys.script_keys()[..])
+        .arg(keys.planner())
+        .arg(keys.planner_input())
         .query_async::<()>(conn)
         .await
         .map_err(EngineError::redis("deleting the run"))?;
@@ -555,19 +582,19 @@ pub async fn delete_run(conn: &mut ConnectionManager, run_id: &str) -> Result<()
 pub async fn wait_for_run(
     client: &redis::Client,
     conn: &mut ConnectionManager,
-    run_id: &str,
+    keys: &RunKeys,
     timeout: Option<Duration>,
 ) -> Result<RunReport, EngineError> {
-    let keys = RunKeys::new(run_id)?;
+    let run_id = keys.run_id();
     // The phase is read before every wait: a gap in the events costs nothing.
-    let mut events = events::follow_run(client.clone(), &keys, Start::Beginning).ignoring_gaps();
+    let mut events = events::follow_run(client.clone(), keys, Start::Beginning).ignoring_gaps();
     let started = Instant::now();
     let mut failures = 0u32;
     loop {
         if timeout.is_some_and(|t| started.elapsed() > t) {
             return Err(EngineError::WaitTimeout(run_id.to_owned()));
         }
-        match wait_step(conn, &mut events, run_id).await {
+        match wait_step(conn, &mut events, keys).await {
             Ok(Some(report)) => return Ok(report),
             Ok(None) => failures = 0,
             // Redis restarting or a dropped connection: the connections reconnect.
@@ -595,10 +622,10 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
 async fn wait_step(
     conn: &mut ConnectionManager,
     events: &mut Follower<RunEvent>,
-    run_id: &str,
+    keys: &RunKeys,
 ) -> Result<Option<RunReport>, EngineError> {
-    if run_phase(conn, run_id).await?.is_terminal() {
-        return run_report(conn, run_id).await.map(Some);
+    if run_phase(conn, keys).await?.is_terminal() {
+        return run_report(conn, keys).await.map(Some);
     }
     // Events are hints; the phase read above is the truth, so a lost event only costs one
     // block interval.
@@ -654,11 +681,12 @@ impl RedisExecutor {
         } = run;
         let mut conn = self.conn.clone();
         let (pool, config) = (&self.pool, &self.config);
-        let created = init_run(&mut conn, run_id, namespace, pool, plan, options, config).await?;
+        let keys = RunKeys::new(namespace, run_id)?;
+        let created = init_run(&mut conn, &keys, pool, plan, options, config).await?;
         if created == InitOutcome::AlreadyExists {
             return Err(EngineError::RunExists(run_id.to_owned()));
         }
-        wait_for_run(&self.client, &mut conn, run_id, self.timeout).await
+        wait_for_run(&self.client, &mut conn, &keys, self.timeout).await
     }
 }
 
@@ -683,29 +711,88 @@ pub enum PlannerResult {
         source: crane_core::plan::PlanSource,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fallback_reason: Option<String>,
+        /// Tokens the LLM planner's call used (none for the rules planner).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crane_core::model::Usage>,
     },
     Failed {
         error: String,
     },
 }
 
+/// What the operator gives a planner Job, through Redis rather than the pod spec: the prompt
+/// byte for byte (an environment variable would lose a NUL and expand `$(...)`), the tools
+/// the namespace offers (what the LLM planner may use), and the Model to plan with.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannerInput {
+    pub prompt: String,
+    /// The catalog as the planner sees it: names, descriptions, schemas (no endpoints).
+    pub tools: Vec<crane_core::tool::ToolSpec>,
+    /// `spec.model`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crane_core::model::ModelConfig>,
+}
+
+/// Largest planner input read back: a prompt and a catalog.
+const MAX_PLANNER_INPUT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Stores what the planner Job of the run of `keys` is given, expiring after `ttl`.
+pub async fn store_planner_input(
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+    input: &PlannerInput,
+    ttl: Duration,
+) -> Result<(), EngineError> {
+    let json = to_json("the planner input", input)?;
+    redis::cmd("SET")
+        .arg(keys.planner_input())
+        .arg(json)
+        .arg("PX")
+        .arg(ms(ttl).max(1))
+        .query_async::<()>(conn)
+        .await
+        .map_err(EngineError::redis("storing the planner input"))
+}
+
+/// What the planner Job of the run of `keys` is given; `None` when the operator stored
+/// nothing (the run is gone, or Redis lost it).
+pub async fn load_planner_input(
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+) -> Result<Option<PlannerInput>, EngineError> {
+    let key = keys.planner_input();
+    let text: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(EngineError::redis("reading the planner input"))?;
+    let Some(text) = text else { return Ok(None) };
+    if text.len() > MAX_PLANNER_INPUT_BYTES {
+        return Err(EngineError::Corrupt {
+            what: key,
+            detail: format!("{} bytes, more than {MAX_PLANNER_INPUT_BYTES}", text.len()),
+        });
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| EngineError::Corrupt {
+            what: key,
+            detail: format!("planner input: {e}"),
+        })
+}
+
 /// Largest stored planner result read back (a plan is at most `MAX_PLAN_BYTES`).
 const MAX_PLANNER_RESULT_BYTES: usize = crane_core::validate::MAX_PLAN_BYTES + 64 * 1024;
 
-/// `crane:{<run-id>}:planner`, in the run's slot.
-pub fn planner_key(run_id: &str) -> Result<String, EngineError> {
-    super::keys::validate_run_id(run_id)?;
-    Ok(format!("crane:{{{run_id}}}:planner"))
-}
-
-/// Stores a planner result for run `run_id`, expiring after `ttl`.
+/// Stores a planner result for the run of `keys`, expiring after `ttl`.
 pub async fn store_planner_result(
     conn: &mut ConnectionManager,
-    run_id: &str,
+    keys: &RunKeys,
     result: &PlannerResult,
     ttl: Duration,
 ) -> Result<(), EngineError> {
-    let key = planner_key(run_id)?;
+    let key = keys.planner();
     let json = serde_json::to_string(result).map_err(|e| {
         EngineError::InvalidPlan(format!("cannot serialise the planner result: {e}"))
     })?;
@@ -719,12 +806,12 @@ pub async fn store_planner_result(
         .map_err(EngineError::redis("storing the planner result"))
 }
 
-/// The planner result of run `run_id`, `None` when the planner has not stored one (yet).
+/// The planner result of the run of `keys`, `None` when the planner has not stored one (yet).
 pub async fn load_planner_result(
     conn: &mut ConnectionManager,
-    run_id: &str,
+    keys: &RunKeys,
 ) -> Result<Option<PlannerResult>, EngineError> {
-    let key = planner_key(run_id)?;
+    let key = keys.planner();
     let text: Option<String> = redis::cmd("GET")
         .arg(&key)
         .query_async(conn)
@@ -743,19 +830,6 @@ pub async fn load_planner_result(
             what: key,
             detail: format!("planner result: {e}"),
         })
-}
-
-/// Deletes a run's planner result (with [`delete_run`], by the operator's finalizer).
-pub async fn delete_planner_result(
-    conn: &mut ConnectionManager,
-    run_id: &str,
-) -> Result<(), EngineError> {
-    let key = planner_key(run_id)?;
-    redis::cmd("DEL")
-        .arg(&key)
-        .query_async::<()>(conn)
-        .await
-        .map_err(EngineError::redis("deleting the planner result"))
 }
 
 #[cfg(test)]
@@ -811,6 +885,7 @@ mod tests {
             },
             source: crane_core::plan::PlanSource::Rules,
             fallback_reason: None,
+            usage: None,
         };
         let text = serde_json::to_string(&planned).unwrap();
         assert!(text.contains("\"status\":\"planned\""), "{text}");
@@ -826,18 +901,14 @@ mod tests {
             serde_json::from_str::<PlannerResult>(&text).unwrap(),
             failed
         );
-        assert_eq!(planner_key("abc-1").unwrap(), "crane:{abc-1}:planner");
-        for bad in ["", "a}b", "a{b", "a b", "a|b"] {
-            assert!(planner_key(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]
     fn hostile_namespaces_are_rejected() {
         for bad in ["", "A", "a/b", "{x}", "a b", &"a".repeat(64)] {
-            assert!(check_namespace(bad).is_err(), "{bad:?}");
+            assert!(RunKeys::new(bad, "r").is_err(), "{bad:?}");
         }
-        assert!(check_namespace("team-a").is_ok());
+        assert!(RunKeys::new("team-a", "r").is_ok());
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! The Redis key schema, and validation of the user-controlled parts of it (run ids, pool
-//! names). Every key of a run shares the hash tag `{<run-id>}` and every key of a pool shares
-//! `{<ns>/<name>}`, so each script touches exactly one slot and Redis Cluster works.
+//! The Redis key schema, and validation of the user-controlled parts of it (namespaces, run
+//! ids, pool names).
+//!
+//! Every key of a namespace starts with `crane:ns:<namespace>:`, so the namespace's own
+//! Redis user can be allowed exactly `~crane:ns:<namespace>:*` and nothing of another
+//! namespace ([`acl_key_pattern`]). Within it, every key of a run shares the hash tag
+//! `{<run-id>}` and every key of a pool `{pool:<name>}`, so each script touches exactly one
+//! slot and Redis Cluster works. The one key outside namespaces is the global notification
+//! stream, which namespace users may only append to.
 
 use super::EngineError;
 
@@ -9,6 +15,26 @@ pub const MAX_RUN_ID_LEN: usize = 253;
 
 /// The global progress notification stream the operator follows (best effort).
 pub const GLOBAL_EVENTS: &str = "crane:events";
+
+/// Where every key of namespace `ns` starts.
+pub fn namespace_prefix(ns: &str) -> String {
+    format!("crane:ns:{ns}:")
+}
+
+/// The Redis ACL key pattern of namespace `ns`'s user: its own keys and no others (a
+/// namespace is a DNS label, so the pattern has no glob characters and no other
+/// namespace's prefix matches it).
+pub fn acl_key_pattern(ns: &str) -> String {
+    format!("{}*", namespace_prefix(ns))
+}
+
+/// Checks a namespace (a DNS-1123 label).
+pub fn validate_namespace(ns: &str) -> Result<(), EngineError> {
+    check_label(ns).map_err(|why| EngineError::InvalidNamespace {
+        namespace: printable(ns),
+        why,
+    })
+}
 
 /// Checks a run id: 1–253 characters of `[A-Za-z0-9._-]`. Everything else (braces, which
 /// would break the hash tag; `|` and `,`, which the scripts use as separators; spaces and
@@ -73,7 +99,11 @@ impl PoolName {
     }
 
     fn prefix(&self) -> String {
-        format!("crane:pool:{{{}/{}}}", self.namespace, self.name)
+        format!(
+            "{}{{pool:{}}}",
+            namespace_prefix(&self.namespace),
+            self.name
+        )
     }
 
     /// Stream of step hints, consumer group `workers`.
@@ -120,18 +150,26 @@ impl std::str::FromStr for PoolName {
     }
 }
 
-/// The keys of one run. Build it only from a validated id ([`RunKeys::new`] checks).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The keys of one run of a namespace. Build it only from validated parts ([`RunKeys::new`]
+/// checks).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RunKeys {
+    namespace: String,
     run_id: String,
 }
 
 impl RunKeys {
-    pub fn new(run_id: &str) -> Result<Self, EngineError> {
+    pub fn new(namespace: &str, run_id: &str) -> Result<Self, EngineError> {
+        validate_namespace(namespace)?;
         validate_run_id(run_id)?;
         Ok(Self {
+            namespace: namespace.to_owned(),
             run_id: run_id.to_owned(),
         })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     pub fn run_id(&self) -> &str {
@@ -139,7 +177,21 @@ impl RunKeys {
     }
 
     fn key(&self, suffix: &str) -> String {
-        format!("crane:{{{}}}:{suffix}", self.run_id)
+        format!(
+            "{}{{{}}}:{suffix}",
+            namespace_prefix(&self.namespace),
+            self.run_id
+        )
+    }
+
+    /// String: what the planner Job hands over (the plan, or its error).
+    pub fn planner(&self) -> String {
+        self.key("planner")
+    }
+
+    /// String: what the planner Job is given (the prompt, byte for byte, and the catalog).
+    pub fn planner_input(&self) -> String {
+        self.key("planner-input")
     }
 
     /// Hash: plan, options, namespace, pool, phase, error, counters, timestamps.
@@ -211,20 +263,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_keys_share_one_hash_tag() {
-        let k = RunKeys::new("run-1.a_B").unwrap();
-        for key in k.script_keys() {
-            assert!(key.starts_with("crane:{run-1.a_B}:"), "{key}");
+    fn run_keys_share_one_hash_tag_under_their_namespace() {
+        let k = RunKeys::new("team-a", "run-1.a_B").unwrap();
+        for key in k.script_keys().iter().chain([&k.planner()]) {
+            assert!(key.starts_with("crane:ns:team-a:{run-1.a_B}:"), "{key}");
         }
+        assert!(RunKeys::new("Team_A", "r").is_err());
+        assert!(RunKeys::new("", "r").is_err());
     }
 
     #[test]
-    fn pool_keys_share_one_hash_tag() {
+    fn pool_keys_share_one_hash_tag_under_their_namespace() {
         let p = PoolName::parse("team-a/default").unwrap();
         for key in p.script_keys() {
-            assert!(key.starts_with("crane:pool:{team-a/default}:"), "{key}");
+            assert!(key.starts_with("crane:ns:team-a:{pool:default}:"), "{key}");
         }
         assert_eq!(p.to_string(), "team-a/default");
+    }
+
+    #[test]
+    fn a_namespace_pattern_covers_its_keys_only() {
+        let glob = |pattern: &str, key: &str| {
+            // The patterns end in one '*' and have no other glob character.
+            pattern
+                .strip_suffix('*')
+                .is_some_and(|p| key.starts_with(p))
+        };
+        let a = acl_key_pattern("team-a");
+        assert!(glob(&a, &RunKeys::new("team-a", "r").unwrap().meta()));
+        assert!(glob(&a, &PoolName::parse("team-a/p").unwrap().queue()));
+        for other in [
+            RunKeys::new("team-a-b", "r").unwrap().meta(),
+            RunKeys::new("team", "r").unwrap().meta(),
+            PoolName::parse("team-ab/p").unwrap().queue(),
+            GLOBAL_EVENTS.to_owned(),
+        ] {
+            assert!(!glob(&a, &other), "{other}");
+        }
     }
 
     #[test]

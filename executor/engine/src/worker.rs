@@ -335,7 +335,7 @@ async fn handle_hints(
     // Per run, in order of first appearance: the hints and their owner tokens.
     let mut runs: Vec<(RunKeys, Vec<(Hint, String)>)> = Vec::new();
     for hint in hints {
-        let Ok(keys) = RunKeys::new(&hint.run) else {
+        let Ok(keys) = RunKeys::new(inner.config.pool.namespace(), &hint.run) else {
             warn!(entry = %hint.entry, "dropping a malformed hint");
             parked.push(PoolAfter {
                 ack: Some(hint.entry),
@@ -524,7 +524,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
     };
     inner.metrics.in_flight.dec();
     let Some(result) = result else {
-        if let Ok(keys) = RunKeys::new(&hint.run) {
+        if let Ok(keys) = RunKeys::new(inner.config.pool.namespace(), &hint.run) {
             release(inner, &mut inner.conn.clone(), &keys, hint, owner, attempt).await;
         }
         return;
@@ -699,7 +699,7 @@ async fn complete_batch(
     // One `complete` call per run; hints were checked when they were started.
     let mut runs: Vec<(RunKeys, Vec<Completion>)> = Vec::new();
     for c in batch {
-        if let Ok(keys) = RunKeys::new(&c.hint.run) {
+        if let Ok(keys) = RunKeys::new(pool.namespace(), &c.hint.run) {
             push_to_run(&mut runs, keys, c);
         }
     }
@@ -986,7 +986,7 @@ async fn sweep(inner: &Inner, conn: &mut ConnectionManager) -> Result<(), Engine
         let mut calls = Vec::new();
         let mut valid = Vec::new();
         for run in chunk {
-            match RunKeys::new(run) {
+            match RunKeys::new(cfg.pool.namespace(), run) {
                 Ok(keys) => {
                     let engine = &cfg.engine;
                     calls.push(scripts::sweep(&keys, engine.sweep_threshold, engine.lease));

@@ -332,18 +332,14 @@ impl Driver<'_> {
     async fn cancel(&mut self) -> Result<(), TestCaseError> {
         self.dag.cancel();
         self.seen.borrow_mut().cancels += 1;
-        let phase = cancel_run(&mut self.conn, self.keys.run_id())
-            .await
-            .map_err(fail)?;
+        let phase = cancel_run(&mut self.conn, &self.keys).await.map_err(fail)?;
         prop_assert_eq!(phase, self.dag.phase(), "the run's phase after the cancel");
         Ok(())
     }
 
     /// Both sides' reports, compared.
     async fn agree(&mut self, after: &str) -> Result<(), TestCaseError> {
-        let lua = run_report(&mut self.conn, self.keys.run_id())
-            .await
-            .map_err(fail)?;
+        let lua = run_report(&mut self.conn, &self.keys).await.map_err(fail)?;
         prop_assert_eq!(view(&self.dag.report()), view(&lua), "after {}", after);
         Ok(())
     }
@@ -369,14 +365,15 @@ async fn drive(
     };
     let mut conn = conn.clone();
     let config = EngineConfig::default();
-    init_run(&mut conn, &run, "default", pool, &plan, &options, &config)
+    let keys = RunKeys::new(pool.namespace(), &run).map_err(fail)?;
+    init_run(&mut conn, &keys, pool, &plan, &options, &config)
         .await
         .map_err(fail)?;
     let mut driver = Driver {
         dag: Dag::new(&plan, case.policy, case.max_attempts).map_err(fail)?,
         policy: case.policy,
         conn,
-        keys: RunKeys::new(&run).map_err(fail)?,
+        keys,
         attempts: BTreeMap::new(),
         backing_off: Vec::new(),
         entries: 0,

@@ -30,7 +30,7 @@ async fn start(
     entry: &str,
     mode: StartMode,
 ) -> StartReply {
-    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let keys = RunKeys::new(redis_common::NAMESPACE, run).unwrap_or_else(|e| panic!("{e}"));
     let hint = StartHint { step, owner, entry };
     let mut rows = scripts::start(&keys, mode, &[hint])
         .run(conn, "test start")
@@ -67,7 +67,7 @@ async fn complete_all(
     run: &str,
     ends: &[AttemptEnd<'_>],
 ) -> Vec<CompleteReply> {
-    let keys = RunKeys::new(run).unwrap_or_else(|e| panic!("{e}"));
+    let keys = RunKeys::new(redis_common::NAMESPACE, run).unwrap_or_else(|e| panic!("{e}"));
     scripts::complete(&keys, ends)
         .run(conn, "test complete")
         .await
@@ -133,7 +133,7 @@ async fn duplicate_and_late_completions_are_ignored() {
         complete(&mut e.conn, "dup", "1", "a", 1, "7").await,
         CompleteReply::Stale { held: false }
     );
-    let r = run_report(&mut e.conn, "dup")
+    let r = run_report(&mut e.conn, &redis_common::run_keys("dup"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.steps[0].output, Some(json!(1)));
@@ -154,7 +154,7 @@ async fn batched_starts_and_completions_judge_each_step_on_its_own() {
     e.init("batch", &p, &RunOptions::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let keys = RunKeys::new("batch").unwrap_or_else(|e| panic!("{e}"));
+    let keys = RunKeys::new(redis_common::NAMESPACE, "batch").unwrap_or_else(|e| panic!("{e}"));
     let hint = |step, owner, entry| StartHint { step, owner, entry };
     let hints = [
         hint("1", "a", "1-1"), // ready: starts
@@ -201,7 +201,7 @@ async fn batched_starts_and_completions_judge_each_step_on_its_own() {
         rows.next().map(|c| accepted(c).ready),
         Some(vec!["3|calculator".to_owned()])
     );
-    let r = run_report(&mut e.conn, "batch")
+    let r = run_report(&mut e.conn, &redis_common::run_keys("batch"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.steps[0].output, Some(json!(1)));
@@ -248,7 +248,7 @@ async fn a_reclaimed_step_counts_an_attempt_and_the_old_owner_is_ignored() {
         matches!(&f, StartReply::Finished(ended) if ended.run_phase == RunPhase::Failed),
         "{f:?}"
     );
-    let r = run_report(&mut e.conn, "reclaim")
+    let r = run_report(&mut e.conn, &redis_common::run_keys("reclaim"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.phase, RunPhase::Failed);
@@ -261,7 +261,7 @@ async fn a_reclaimed_step_counts_an_attempt_and_the_old_owner_is_ignored() {
     // Finished runs expire.
     let ttl: i64 = redis::cmd("PTTL")
         .arg(
-            RunKeys::new("reclaim")
+            RunKeys::new(redis_common::NAMESPACE, "reclaim")
                 .map(|k| k.meta())
                 .unwrap_or_default(),
         )
@@ -327,7 +327,9 @@ async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
     );
     // Step 1 runs on: the run is not over until it ends.
     assert_eq!(
-        cancel_run(&mut e.conn, "cancel").await.ok(),
+        cancel_run(&mut e.conn, &redis_common::run_keys("cancel"))
+            .await
+            .ok(),
         Some(RunPhase::Running)
     );
     let c = accepted(complete(&mut e.conn, "cancel", "1", "a", 1, "{}").await);
@@ -336,7 +338,7 @@ async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
         (RunPhase::Cancelled, 0),
         "nothing new starts: {c:?}"
     );
-    let r = run_report(&mut e.conn, "cancel")
+    let r = run_report(&mut e.conn, &redis_common::run_keys("cancel"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -347,15 +349,15 @@ async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
         r.error.as_deref(),
         Some("run cancelled after 1 of 2 steps succeeded")
     );
-    delete_run(&mut e.conn, "cancel")
+    delete_run(&mut e.conn, &redis_common::run_keys("cancel"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
-        run_report(&mut e.conn, "cancel").await,
+        run_report(&mut e.conn, &redis_common::run_keys("cancel")).await,
         Err(EngineError::RunNotFound(_))
     ));
     assert!(matches!(
-        cancel_run(&mut e.conn, "cancel").await,
+        cancel_run(&mut e.conn, &redis_common::run_keys("cancel")).await,
         Err(EngineError::RunNotFound(_))
     ));
     let members: Vec<String> = redis::cmd("SMEMBERS")
@@ -377,24 +379,31 @@ async fn hostile_ids_never_reach_redis() {
             "{bad:?}: {r:?}"
         );
         assert!(matches!(
-            run_report(&mut e.conn, bad).await,
+            RunKeys::new(redis_common::NAMESPACE, bad),
             Err(EngineError::InvalidRunId { .. })
         ));
     }
+    for ns in ["Bad NS", "a:b", "*", "ns}", ""] {
+        assert!(
+            matches!(
+                RunKeys::new(ns, "ok"),
+                Err(EngineError::InvalidNamespace { .. })
+            ),
+            "{ns:?}"
+        );
+    }
+    // A run goes on a pool of its own namespace: another namespace's pool is refused.
+    let foreign = crane_engine::PoolName::parse("other/default").unwrap_or_else(|e| panic!("{e}"));
     let r = init_run(
         &mut e.conn,
-        "ok",
-        "Bad NS",
-        &e.pool,
+        &redis_common::run_keys("ok"),
+        &foreign,
         &p,
         &RunOptions::default(),
         &EngineConfig::default(),
     )
     .await;
-    assert!(
-        matches!(r, Err(EngineError::InvalidNamespace { .. })),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(EngineError::InvalidPool { .. })), "{r:?}");
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query_async(&mut e.conn)
@@ -513,8 +522,7 @@ async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
     );
     init_run(
         &mut e.conn,
-        "gated",
-        "default",
+        &redis_common::run_keys("gated"),
         &e.pool,
         &p,
         &options,
@@ -553,7 +561,7 @@ async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = run_report(&mut e.conn, "gated")
+    let r = run_report(&mut e.conn, &redis_common::run_keys("gated"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.phase, RunPhase::Running, "{r:#?}");
@@ -567,7 +575,7 @@ async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
     let r = crane_engine::wait_for_run(
         &e.client,
         &mut e.conn,
-        "gated",
+        &redis_common::run_keys("gated"),
         Some(Duration::from_secs(60)),
     )
     .await

@@ -11,29 +11,29 @@ use std::time::Duration;
 use crane_core::plan::{Plan, StepId};
 use crane_core::run::{RunOptions, RunPhase, RunReport, StepPhase};
 use crane_engine::api::{InitOutcome, init_run, run_report};
-use crane_engine::{EngineError, RestoredStep, RetryOutcome, cancel_run, restore_run, retry_run};
+use crane_engine::{
+    EngineError, RestoredStep, RetryOutcome, RunKeys, cancel_run, restore_run, retry_run,
+};
 use crane_tools::TodoStore;
 use crane_tools::todo::MemoryTodoStore;
 use redis_common::{Engine, options, plan};
 use serde_json::{Value, json};
 
-const NS: &str = "restore";
 /// Guard against a hung test; no assertion depends on it.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Restores run `run` of `p` in namespace `ns` on the test pool, the `completed` steps done.
+/// Restores run `run` of `p` on the test pool, the `completed` steps done.
 async fn restore(
     e: &mut Engine,
     run: &str,
-    ns: &str,
     p: &Plan,
     completed: &BTreeMap<StepId, RestoredStep>,
 ) -> Result<InitOutcome, EngineError> {
     let config = redis_common::fast_config();
+    let keys = RunKeys::new(e.pool.namespace(), run)?;
     restore_run(
         &mut e.conn,
-        run,
-        ns,
+        &keys,
         &e.pool,
         p,
         &options(),
@@ -74,7 +74,7 @@ async fn a_restored_run_feeds_restored_outputs_to_later_steps_and_runs_only_the_
     ]));
     // 41 is not what step 1 computes: a re-run of step 1 would show up as 2 and 4 and 5.
     let completed = BTreeMap::from([(1, done(json!(41), 3))]);
-    let outcome = restore(&mut e, "restored", NS, &p, &completed)
+    let outcome = restore(&mut e, "restored", &p, &completed)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome, InitOutcome::Created);
@@ -115,11 +115,18 @@ async fn restore_never_overwrites_a_run_redis_still_has_and_a_fully_done_run_set
         {"id": 2, "tool": "calculator", "input": {"expression": "3"}, "dependsOn": [1]}
     ]));
     let config = redis_common::fast_config();
-    init_run(&mut e.conn, "kept", NS, &e.pool, &p, &options(), &config)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    init_run(
+        &mut e.conn,
+        &redis_common::run_keys("kept"),
+        &e.pool,
+        &p,
+        &options(),
+        &config,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let all = BTreeMap::from([(1, done(json!(7), 1)), (2, done(json!({"x": [1]}), 2))]);
-    let again = restore(&mut e, "kept", NS, &p, &all)
+    let again = restore(&mut e, "kept", &p, &all)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again, InitOutcome::AlreadyExists);
@@ -128,7 +135,7 @@ async fn restore_never_overwrites_a_run_redis_still_has_and_a_fully_done_run_set
     assert!(kept.steps.iter().all(|s| s.output.is_none()), "{kept:#?}");
 
     // Every step done: the run is Succeeded without any worker, with the sink's output.
-    let outcome = restore(&mut e, "all-done", NS, &p, &all)
+    let outcome = restore(&mut e, "all-done", &p, &all)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome, InitOutcome::Created);
@@ -143,19 +150,18 @@ async fn restore_rejects_hostile_input_with_the_reason() {
     let mut e = redis_common::engine(false).await;
     let p = plan(json!([{"id": 1, "tool": "calculator", "input": {"expression": "2"}}]));
     let stranger = BTreeMap::from([(99, done(json!(1), 1))]);
-    let err = restore(&mut e, "r", NS, &p, &stranger).await.unwrap_err();
+    let err = restore(&mut e, "r", &p, &stranger).await.unwrap_err();
     assert!(
         matches!(&err, EngineError::InvalidPlan(m) if m.contains("step 99")),
         "{err}"
     );
     let none = BTreeMap::new();
     for bad_id in ["", "a}b", "a{b", "a b", &"x".repeat(300)] {
-        let r = restore(&mut e, bad_id, NS, &p, &none).await;
+        let r = restore(&mut e, bad_id, &p, &none).await;
         assert!(r.is_err(), "{bad_id:?}");
     }
     for bad_ns in ["", "A", "a/b", "{x}"] {
-        let r = restore(&mut e, "r", bad_ns, &p, &none).await;
-        assert!(r.is_err(), "{bad_ns:?}");
+        assert!(RunKeys::new(bad_ns, "r").is_err(), "{bad_ns:?}");
     }
     let cycle = plan(json!([
         {"id": 1, "tool": "calculator", "input": {"expression": "2"}, "dependsOn": [2]},
@@ -163,10 +169,10 @@ async fn restore_rejects_hostile_input_with_the_reason() {
     ]));
     // Even with every step "done", a cycle is refused before anything is written.
     let both = BTreeMap::from([(1, done(json!(1), 1)), (2, done(json!(1), 1))]);
-    let err = restore(&mut e, "cyc", NS, &cycle, &both).await.unwrap_err();
+    let err = restore(&mut e, "cyc", &cycle, &both).await.unwrap_err();
     assert!(err.to_string().contains("cycle"), "{err}");
     assert!(matches!(
-        run_report(&mut e.conn, "cyc").await,
+        run_report(&mut e.conn, &redis_common::run_keys("cyc")).await,
         Err(EngineError::RunNotFound(_))
     ));
 }
@@ -191,9 +197,16 @@ async fn retry_from_failure_reruns_only_failed_and_skipped_steps_and_the_run_suc
         },
         ..options()
     };
-    init_run(&mut e.conn, "retry", NS, &e.pool, &p, &opts, &config)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    init_run(
+        &mut e.conn,
+        &redis_common::run_keys("retry"),
+        &e.pool,
+        &p,
+        &opts,
+        &config,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let workers = e.spawn_workers(1, e.worker_config(4), toolbox).await;
     let failed = e.finished("retry", PATIENCE).await;
     assert_eq!(failed.phase, RunPhase::Failed, "{failed:#?}");
@@ -202,12 +215,12 @@ async fn retry_from_failure_reruns_only_failed_and_skipped_steps_and_the_run_suc
         [StepPhase::Succeeded, StepPhase::Failed, StepPhase::Skipped]
     );
     let by_hand = store
-        .add(NS, "by-hand", "second")
+        .add(redis_common::NAMESPACE, "by-hand", "second")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(by_hand.id, 2);
 
-    let outcome = retry_run(&mut e.conn, "retry", &config)
+    let outcome = retry_run(&mut e.conn, &redis_common::run_keys("retry"), &config)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome, RetryOutcome::Retried { steps: 2 });
@@ -226,35 +239,46 @@ async fn retry_from_failure_reruns_only_failed_and_skipped_steps_and_the_run_suc
         1,
         "the failed step got a fresh budget"
     );
-    let todos = store.list(NS).await.unwrap_or_else(|e| panic!("{e}"));
+    let todos = store
+        .list(redis_common::NAMESPACE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(todos.len(), 2, "step 1 did not add again: {todos:?}");
     assert!(todos.iter().any(|t| t.id == 2 && t.completed), "{todos:?}");
 
     // A second retry of the same run, and a retry of an unknown run, change nothing.
     assert_eq!(
-        retry_run(&mut e.conn, "retry", &config)
+        retry_run(&mut e.conn, &redis_common::run_keys("retry"), &config)
             .await
             .unwrap_or_else(|e| panic!("{e}")),
         RetryOutcome::NotFailed(RunPhase::Succeeded)
     );
     assert!(matches!(
-        retry_run(&mut e.conn, "nobody", &config).await,
+        retry_run(&mut e.conn, &redis_common::run_keys("nobody"), &config).await,
         Err(EngineError::RunNotFound(_))
     ));
-    assert!(retry_run(&mut e.conn, "a}b", &config).await.is_err());
+    // A run id that would break out of its hash slot never reaches Redis.
+    assert!(crane_engine::RunKeys::new(redis_common::NAMESPACE, "a}b").is_err());
 
     // A cancelled run (the operator cancels one past its deadline) can be retried as well.
-    init_run(&mut e.conn, "cancelled", NS, &e.pool, &p, &opts, &config)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    init_run(
+        &mut e.conn,
+        &redis_common::run_keys("cancelled"),
+        &e.pool,
+        &p,
+        &opts,
+        &config,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        cancel_run(&mut e.conn, "cancelled")
+        cancel_run(&mut e.conn, &redis_common::run_keys("cancelled"))
             .await
             .unwrap_or_else(|e| panic!("{e}")),
         RunPhase::Cancelled
     );
     assert_eq!(
-        retry_run(&mut e.conn, "cancelled", &config)
+        retry_run(&mut e.conn, &redis_common::run_keys("cancelled"), &config)
             .await
             .unwrap_or_else(|e| panic!("{e}")),
         RetryOutcome::Retried { steps: 3 }

@@ -37,6 +37,9 @@ pub struct PlanOutcome {
     /// In `auto` mode, why the LLM's plan was not used (the rules planner made this one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// Tokens the LLM's call used, whether or not its plan was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crane_core::model::Usage>,
 }
 
 /// The model used when `CRANE_LLM_MODEL` is not set.
@@ -185,44 +188,38 @@ pub async fn plan_prompt(
     catalog: &Catalog,
 ) -> Result<PlanOutcome, PlannerError> {
     check_prompt(prompt)?;
+    let outcome = |plan, source, fallback_reason, usage| PlanOutcome {
+        plan,
+        source,
+        fallback_reason,
+        usage,
+    };
     match (mode, llm) {
         (PlannerMode::Rules, _) | (PlannerMode::Auto, None) => {
             let plan = rules_plan(prompt, catalog)?;
-            Ok(PlanOutcome {
-                plan,
-                source: PlanSource::Rules,
-                fallback_reason: None,
-            })
+            Ok(outcome(plan, PlanSource::Rules, None, None))
         }
         (PlannerMode::Llm, None) => Err(PlannerError::LlmNotConfigured),
         (PlannerMode::Llm, Some(config)) => {
-            let plan = llm::plan(prompt, config, catalog)
-                .await
-                .map_err(PlannerError::Llm)?;
-            Ok(PlanOutcome {
-                plan,
-                source: PlanSource::Llm,
-                fallback_reason: None,
-            })
+            let (planned, usage) = llm::plan(prompt, config, catalog).await;
+            let plan = planned.map_err(PlannerError::Llm)?;
+            Ok(outcome(plan, PlanSource::Llm, None, usage))
         }
         (PlannerMode::Auto, Some(config)) => match llm::plan(prompt, config, catalog).await {
-            Ok(plan) => Ok(PlanOutcome {
-                plan,
-                source: PlanSource::Llm,
-                fallback_reason: None,
-            }),
-            Err(llm_error) => {
+            (Ok(plan), usage) => Ok(outcome(plan, PlanSource::Llm, None, usage)),
+            (Err(llm_error), usage) => {
                 tracing::warn!(
                     error = %llm_error,
                     reason = llm_error.metric_label(),
                     "LLM planner failed; falling back to the rules planner"
                 );
                 match rules_plan(prompt, catalog) {
-                    Ok(plan) => Ok(PlanOutcome {
+                    Ok(plan) => Ok(outcome(
                         plan,
-                        source: PlanSource::Rules,
-                        fallback_reason: Some(llm_error.to_string()),
-                    }),
+                        PlanSource::Rules,
+                        Some(llm_error.to_string()),
+                        usage,
+                    )),
                     Err(PlannerError::Unplannable { source }) => Err(PlannerError::BothFailed {
                         llm: llm_error,
                         rules: source,
@@ -369,6 +366,7 @@ mod tests {
             plan: Plan::default(),
             source: PlanSource::Rules,
             fallback_reason: Some("timeout".into()),
+            usage: None,
         };
         assert_eq!(
             serde_json::to_value(&outcome).ok(),

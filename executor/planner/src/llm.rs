@@ -77,8 +77,24 @@ impl LlmError {
 }
 
 /// Asks the LLM in `config` to plan `prompt` with the tools in `catalog`, and validates the
-/// plan it returns.
-pub async fn plan(prompt: &str, config: &LlmConfig, catalog: &Catalog) -> Result<Plan, LlmError> {
+/// plan it returns; with the tokens the call used whenever the provider answered (a reply
+/// that is not a valid plan was still paid for).
+pub async fn plan(
+    prompt: &str,
+    config: &LlmConfig,
+    catalog: &Catalog,
+) -> (Result<Plan, LlmError>, Option<crane_core::model::Usage>) {
+    match call(prompt, config, catalog).await {
+        Ok((plan, usage)) => (plan, Some(usage)),
+        Err(e) => (Err(e), None),
+    }
+}
+
+async fn call(
+    prompt: &str,
+    config: &LlmConfig,
+    catalog: &Catalog,
+) -> Result<(Result<Plan, LlmError>, crane_core::model::Usage), LlmError> {
     let provider = Provider {
         base_url: config.base_url.clone(),
         model: config.model.clone(),
@@ -88,16 +104,25 @@ pub async fn plan(prompt: &str, config: &LlmConfig, catalog: &Catalog) -> Result
     tracing::debug!(url = %chat_completions_url(&provider.base_url), model = %provider.model, "asking the LLM for a plan");
     let client = crane_llm::client()?;
     let completion = crane_llm::chat(&client, &provider, &request(prompt, catalog), &[]).await?;
+    let usage = crane_core::model::Usage {
+        prompt_tokens: completion.usage.prompt_tokens,
+        completion_tokens: completion.usage.completion_tokens,
+    };
     let redact = |text: String| match &config.api_key {
         Some(key) if !key.is_empty() => text.replace(key.as_str(), "<redacted>"),
         _ => text,
     };
-    let plan = parse_content(&completion.content).map_err(|e| match e {
-        LlmError::Unparsable(message) => LlmError::Unparsable(redact(message)),
-        other => other,
-    })?;
-    validate(&plan, catalog).map_err(|errors| LlmError::InvalidPlan(errors.to_string()))?;
-    Ok(plan)
+    let plan = parse_content(&completion.content)
+        .map_err(|e| match e {
+            LlmError::Unparsable(message) => LlmError::Unparsable(redact(message)),
+            other => other,
+        })
+        .and_then(|plan| {
+            validate(&plan, catalog)
+                .map(|()| plan)
+                .map_err(|errors| LlmError::InvalidPlan(errors.to_string()))
+        });
+    Ok((plan, usage))
 }
 
 /// The chat request that asks for a plan of `prompt` with the tools of `catalog`.

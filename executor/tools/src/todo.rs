@@ -9,12 +9,13 @@
 //!   that first `add` created it (like a replayed HTTP response) and adds nothing.
 //! - Titles are stored byte for byte; nothing in them is interpreted.
 //!
-//! Redis layout (hash tag on the escaped namespace, so every key of a namespace is in one
-//! slot and the scripts are Redis Cluster safe):
-//! `crane:todo:{NS}:seq` (INCR counter), `crane:todo:{NS}:items` (hash id -> title),
-//! `crane:todo:{NS}:done` (set of completed ids), `crane:todo:{NS}:idem:KEY` (`ID:TITLE`,
-//! 7-day TTL). NS is the namespace with every byte outside `[A-Za-z0-9._-]` percent-encoded,
-//! an injective mapping that never yields `{`, `}` or `:`.
+//! Redis layout (under the namespace's prefix, so only its own Redis user reaches them, with
+//! a hash tag on the escaped namespace, so every key of a namespace is in one slot and the
+//! scripts are Redis Cluster safe): `crane:ns:NS:{todo:NS}:seq` (INCR counter), `…:items`
+//! (hash id -> title), `…:done` (set of completed ids), `…:idem:KEY` (`ID:TITLE`, 7-day TTL).
+//! NS is the namespace with every byte outside `[A-Za-z0-9._-]` percent-encoded, an
+//! injective mapping that never yields `{`, `}` or `:` (a Kubernetes namespace, a DNS label,
+//! is its own escape).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -230,7 +231,8 @@ struct Keys {
 impl Keys {
     fn new(namespace: &str) -> Result<Self, StoreError> {
         check_namespace(namespace)?;
-        let prefix = format!("crane:todo:{{{}}}:", escape_namespace(namespace));
+        let ns = escape_namespace(namespace);
+        let prefix = format!("crane:ns:{ns}:{{todo:{ns}}}:");
         Ok(Self {
             seq: format!("{prefix}seq"),
             items: format!("{prefix}items"),
@@ -962,9 +964,11 @@ mod tests {
         assert_eq!(keys.len(), (HOSTILE_NAMESPACES.len() + 1) * 4, "{keys:?}");
         let mut tags = std::collections::HashSet::new();
         for key in &keys {
-            // Exactly one `{...}` tag, immediately after the prefix, free of `:` and braces.
+            // Exactly one `{todo:...}` tag after the namespace prefix, free of `:` and braces.
             let rest = key
-                .strip_prefix("crane:todo:{")
+                .strip_prefix("crane:ns:")
+                .and_then(|k| k.split_once(":{todo:"))
+                .map(|(_, rest)| rest)
                 .unwrap_or_else(|| panic!("bad prefix: {key}"));
             let (tag, _) = rest
                 .split_once('}')
@@ -978,7 +982,7 @@ mod tests {
             "two namespaces share a tag: {tags:?}"
         );
         let ttl: i64 = redis::cmd("TTL")
-            .arg("crane:todo:{team-a}:idem:run/1")
+            .arg("crane:ns:team-a:{todo:team-a}:idem:run/1")
             .query_async(&mut conn)
             .await
             .expect("ttl");

@@ -38,8 +38,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crane_engine::EngineConfig;
-use crane_engine::api::delete_planner_result;
+use crane_engine::{EngineConfig, RunKeys};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -323,32 +322,38 @@ async fn reconcile(
 async fn apply(run: &AgentRun, reconciler: &Reconciler) -> Result<Action, Error> {
     let uid = build::run_id(run)?.to_owned();
     reconciler.index.insert(&uid, ObjectRef::from_obj(run));
-    let catalog = reconciler
-        .catalogs
-        .for_namespace(&run.namespace().unwrap_or_default());
+    let ns = run.namespace().unwrap_or_default();
+    let catalog = reconciler.catalogs.for_namespace(&ns);
+    let models = reconciler.catalogs.models_for(&ns);
     let env = Env {
         cluster: &reconciler.cluster,
         redis: reconciler.ctx.redis(),
         catalog: &catalog,
+        models: &models,
         engine: &reconciler.engine,
         config: &reconciler.ctx.config,
     };
-    let (status, action) = phases::advance(run, &env, &uid, &now()).await?;
+    let keys = run_keys(run, &uid)?;
+    let (status, action) = phases::advance(run, &env, &keys, &now()).await?;
     let old = run.status.clone().unwrap_or_default();
     reconciler.status.write(run, &old, status).await?;
     Ok(action)
+}
+
+/// The engine keys of a run: its namespace and uid.
+fn run_keys(run: &AgentRun, uid: &str) -> Result<RunKeys, Error> {
+    RunKeys::new(&run.namespace().unwrap_or_default(), uid)
+        .map_err(engine_err("naming the run's keys"))
 }
 
 /// Removes the run's Redis keys (idempotent).
 async fn cleanup(run: &AgentRun, reconciler: &Reconciler) -> Result<Action, Error> {
     if let Some(uid) = run.metadata.uid.as_deref() {
         let mut redis = reconciler.ctx.redis();
-        crane_engine::delete_run(&mut redis, uid)
+        let keys = run_keys(run, uid)?;
+        crane_engine::delete_run(&mut redis, &keys)
             .await
             .map_err(engine_err("deleting the run's redis keys"))?;
-        delete_planner_result(&mut redis, uid)
-            .await
-            .map_err(engine_err("deleting the planner result"))?;
         reconciler.index.remove(uid);
         reconciler.status.forget(uid);
         info!("removed the run's redis keys");

@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
+use crane_core::model::ModelConfig;
 use crane_core::plan::{Plan, PlanSource};
-use crane_core::tool::Catalog;
-use crane_engine::api::{PlannerResult, load_planner_result};
-use crane_engine::{EngineConfig, EngineError, PoolName};
+use crane_core::tool::{Catalog, ToolSpec};
+use crane_engine::api::{PlannerInput, PlannerResult, load_planner_result, store_planner_input};
+use crane_engine::{EngineConfig, EngineError, PoolName, RunKeys};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -36,8 +37,10 @@ pub const POOL_RECHECK: Duration = Duration::from_secs(60);
 pub struct Env<'a, C> {
     pub cluster: &'a C,
     pub redis: ConnectionManager,
-    /// What plans are validated against.
+    /// What plans are validated against: the namespace's catalog.
     pub catalog: &'a Catalog,
+    /// The namespace's Ready Models.
+    pub models: &'a [ModelConfig],
     pub engine: &'a EngineConfig,
     pub config: &'a Config,
 }
@@ -45,11 +48,11 @@ pub struct Env<'a, C> {
 /// The status to write (equal to the old one when nothing changed) and when to look again.
 pub type Next = (AgentRunStatus, Action);
 
-/// One pass of the pipeline for a live AgentRun with engine run id `uid`.
+/// One pass of the pipeline for a live AgentRun whose engine keys are `keys`.
 pub async fn advance<C: Cluster>(
     run: &AgentRun,
     env: &Env<'_, C>,
-    uid: &str,
+    keys: &RunKeys,
     now: &Time,
 ) -> Result<Next, Error> {
     let ns = run.namespace().unwrap_or_default();
@@ -60,7 +63,7 @@ pub async fn advance<C: Cluster>(
         .flatten();
     let (status, action) = if let Some(token) = retry {
         let mut redis = env.redis.clone();
-        let status = recovery::retry(run, &mut redis, env.engine, uid, &token, now).await?;
+        let status = recovery::retry(run, &mut redis, env.engine, keys, &token, now).await?;
         (status, Action::requeue(RESYNC))
     } else if phase.is_terminal() {
         return Ok((old, finished(run, env.cluster).await?));
@@ -69,9 +72,9 @@ pub async fn advance<C: Cluster>(
         return Ok((status, Action::requeue(Duration::from_secs(1))));
     } else {
         match phase {
-            AgentRunPhase::Pending => pending(run, env, uid, &ns, now).await?,
-            AgentRunPhase::Planning => planning(run, env, uid, &ns, now).await?,
-            _ => running(run, env, uid, now).await?,
+            AgentRunPhase::Pending => pending(run, env, keys, &ns, now).await?,
+            AgentRunPhase::Planning => planning(run, env, keys, &ns, now).await?,
+            _ => running(run, env, keys, now).await?,
         }
     };
     // A terminal status is followed by the TTL check on the write's own watch event.
@@ -87,7 +90,7 @@ pub async fn advance<C: Cluster>(
 async fn pending<C: Cluster>(
     run: &AgentRun,
     env: &Env<'_, C>,
-    uid: &str,
+    keys: &RunKeys,
     ns: &str,
     now: &Time,
 ) -> Result<Next, Error> {
@@ -99,10 +102,41 @@ async fn pending<C: Cluster>(
     {
         return Ok((build::pool_missing(run, now), Action::requeue(POOL_RECHECK)));
     }
+    let model = match &run.spec.model {
+        Some(name) => match env.models.iter().find(|m| &m.name == name) {
+            Some(m) => Some(m),
+            None => {
+                return Ok((
+                    build::model_missing(run, name, now),
+                    Action::requeue(POOL_RECHECK),
+                ));
+            }
+        },
+        None => None,
+    };
     match &run.spec.plan {
-        Some(plan) => start(run, env, uid, ns, plan.clone(), PlanSource::Spec, now).await,
+        Some(plan) => start(run, env, keys, ns, plan.clone(), PlanSource::Spec, now).await,
         None => {
-            let job = build::planner_job(run, env.config)?;
+            // The planner gets the prompt and the catalog through Redis, byte for byte; the
+            // endpoints (bindings) stay out of it: planning needs names, words and schemas.
+            let tools = env
+                .catalog
+                .specs()
+                .map(|s| ToolSpec {
+                    binding: None,
+                    ..s.clone()
+                })
+                .collect();
+            let input = PlannerInput {
+                prompt: run.spec.prompt.clone().unwrap_or_default(),
+                tools,
+                model: model.cloned(),
+            };
+            let mut redis = env.redis.clone();
+            store_planner_input(&mut redis, keys, &input, env.engine.ttl)
+                .await
+                .map_err(engine_err("storing the planner input"))?;
+            let job = build::planner_job(run, env.config, model)?;
             env.cluster.apply_job(&job).await?;
             let name = job.name_any();
             info!(job = %name, "planner Job applied");
@@ -118,7 +152,7 @@ async fn pending<C: Cluster>(
 async fn start<C: Cluster>(
     run: &AgentRun,
     env: &Env<'_, C>,
-    uid: &str,
+    keys: &RunKeys,
     ns: &str,
     plan: Plan,
     source: PlanSource,
@@ -153,8 +187,7 @@ async fn start<C: Cluster>(
     let mut redis = env.redis.clone();
     let init = crane_engine::init_run(
         &mut redis,
-        uid,
-        ns,
+        keys,
         &pool,
         &plan,
         &build::run_options(run),
@@ -177,7 +210,7 @@ async fn start<C: Cluster>(
     let started = build::started(run, status_plan, source, now);
     // A short run may already be over (or this is a repeat on a stale cached object): then
     // the terminal status is the first status write, not Running followed by it.
-    let report = crane_engine::run_report(&mut redis, uid)
+    let report = crane_engine::run_report(&mut redis, keys)
         .await
         .map_err(engine_err("reading the run report"))?;
     if report.phase.is_terminal() {
@@ -193,7 +226,7 @@ async fn start<C: Cluster>(
 async fn planning<C: Cluster>(
     run: &AgentRun,
     env: &Env<'_, C>,
-    uid: &str,
+    keys: &RunKeys,
     ns: &str,
     now: &Time,
 ) -> Result<Next, Error> {
@@ -205,9 +238,9 @@ async fn planning<C: Cluster>(
     };
     let failed = |message: &str| fail(REASON_PLANNER_FAILED, message);
     let mut redis = env.redis.clone();
-    match load_planner_result(&mut redis, uid).await {
+    match load_planner_result(&mut redis, keys).await {
         Ok(Some(PlannerResult::Planned { plan, source, .. })) => {
-            return start(run, env, uid, ns, plan, source, now).await;
+            return start(run, env, keys, ns, plan, source, now).await;
         }
         Ok(Some(PlannerResult::Failed { error })) => {
             return failed(&format!("planner failed: {error}"));
@@ -259,23 +292,23 @@ async fn planning<C: Cluster>(
 async fn running<C: Cluster>(
     run: &AgentRun,
     env: &Env<'_, C>,
-    uid: &str,
+    keys: &RunKeys,
     now: &Time,
 ) -> Result<Next, Error> {
     let mut redis = env.redis.clone();
     let old = run.status.clone().unwrap_or_default();
     let deadline = deadline_passed(run, &old);
     if run.spec.cancel || deadline {
-        match crane_engine::cancel_run(&mut redis, uid).await {
+        match crane_engine::cancel_run(&mut redis, keys).await {
             Ok(_) | Err(EngineError::RunNotFound(_)) => {}
             Err(e) => return Err(engine_err("cancelling the run")(e)),
         }
     }
-    let report = match crane_engine::run_report(&mut redis, uid).await {
+    let report = match crane_engine::run_report(&mut redis, keys).await {
         Ok(r) => r,
         // Redis lost the run (restart without persistence): rebuild it from the status.
         Err(EngineError::RunNotFound(_)) => {
-            let status = recovery::rebuild(run, &mut redis, env.engine, uid, now).await?;
+            let status = recovery::rebuild(run, &mut redis, env.engine, keys, now).await?;
             return Ok((status, Action::requeue(RESYNC)));
         }
         Err(e) => return Err(engine_err("reading the run report")(e)),
@@ -418,6 +451,7 @@ mod tests {
         redis: ConnectionManager,
         cluster: FakeCluster,
         catalog: Catalog,
+        models: Vec<ModelConfig>,
         engine: EngineConfig,
         config: Config,
     }
@@ -427,7 +461,8 @@ mod tests {
             let server = RedisServer::builder()
                 .start()
                 .unwrap_or_else(|e| panic!("redis-server: {e}"));
-            let client = client(&server.url(), None).unwrap_or_else(|e| panic!("{e}"));
+            let client = client(&server.url(), &crane_engine::api::Auth::default())
+                .unwrap_or_else(|e| panic!("{e}"));
             let redis = connect(&client).await.unwrap_or_else(|e| panic!("{e}"));
             World {
                 config: Config::new(server.url()),
@@ -436,6 +471,7 @@ mod tests {
                 redis,
                 cluster: FakeCluster::default(),
                 catalog: Catalog::builtins(),
+                models: Vec::new(),
                 engine: EngineConfig::default(),
             }
         }
@@ -447,19 +483,20 @@ mod tests {
                 cluster: &self.cluster,
                 redis: self.redis.clone(),
                 catalog: &self.catalog,
+                models: &self.models,
                 engine: &self.engine,
                 config: &self.config,
             };
-            let uid = run.metadata.uid.clone().unwrap_or_default();
-            let (status, action) = advance(run, &env, &uid, &now())
+            let keys = run_keys(run);
+            let (status, action) = advance(run, &env, &keys, &now())
                 .await
                 .unwrap_or_else(|e| panic!("advance: {e}"));
             run.status = Some(status);
             action
         }
 
-        /// Runs workers on `ns/default` until `uid` is finished in the engine.
-        async fn work_until_finished(&self, uid: &str) {
+        /// Runs workers on `ns/default` until the run of `keys` is finished in the engine.
+        async fn work_until_finished(&self, keys: &RunKeys) {
             let pool = PoolName::parse("team-a/default").unwrap_or_else(|e| panic!("{e}"));
             let mut config = WorkerConfig::new(pool);
             config.idle_timeout = None;
@@ -480,7 +517,7 @@ mod tests {
             let report = crane_engine::wait_for_run(
                 &self.client,
                 &mut redis,
-                uid,
+                keys,
                 Some(Duration::from_secs(60)),
             )
             .await
@@ -489,6 +526,11 @@ mod tests {
             let _ = stop.send(());
             let _ = handle.await;
         }
+    }
+
+    fn run_keys(run: &AgentRun) -> RunKeys {
+        RunKeys::new("team-a", run.metadata.uid.as_deref().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn now() -> Time {
@@ -561,8 +603,8 @@ mod tests {
         assert_eq!(status.progress.as_deref(), Some("0/1"));
         assert!(status.plan.is_none(), "a spec plan is not copied to status");
 
-        let uid = run.metadata.uid.clone().unwrap_or_default();
-        w.work_until_finished(&uid).await;
+        let keys = run_keys(&run);
+        w.work_until_finished(&keys).await;
         let action = w.advance(&mut run).await;
         assert_eq!(phase(&run), AgentRunPhase::Succeeded);
         assert_eq!(
@@ -615,14 +657,15 @@ mod tests {
         assert_eq!(phase(&run), AgentRunPhase::Planning);
         assert!(action != Action::await_change());
 
-        let uid = run.metadata.uid.clone().unwrap_or_default();
+        let keys = run_keys(&run);
         let plan: Plan = serde_json::from_value(one_step_plan()).unwrap_or_default();
         let planned = PlannerResult::Planned {
             plan: plan.clone(),
             source: PlanSource::Rules,
             fallback_reason: None,
+            usage: None,
         };
-        store_planner_result(&mut redis, &uid, &planned, Duration::from_secs(60))
+        store_planner_result(&mut redis, &keys, &planned, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         w.advance(&mut run).await;
@@ -634,11 +677,11 @@ mod tests {
         // The planner's own error becomes the run's.
         let mut run = agent_run(json!({"prompt": "sing a song"}));
         w.advance(&mut run).await;
-        let uid = run.metadata.uid.clone().unwrap_or_default();
+        let keys = run_keys(&run);
         let failed = PlannerResult::Failed {
             error: "the rules planner cannot plan this prompt".into(),
         };
-        store_planner_result(&mut redis, &uid, &failed, Duration::from_secs(60))
+        store_planner_result(&mut redis, &keys, &failed, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         w.advance(&mut run).await;
@@ -676,20 +719,20 @@ mod tests {
         w.cluster.add_pool("team-a", "default");
         let mut run = agent_run(json!({"plan": one_step_plan()}));
         w.advance(&mut run).await;
-        let uid = run.metadata.uid.clone().unwrap_or_default();
+        let keys = run_keys(&run);
         let mut redis = w.redis.clone();
-        crane_engine::delete_run(&mut redis, &uid)
+        crane_engine::delete_run(&mut redis, &keys)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(crane_engine::run_report(&mut redis, &uid).await.is_err());
+        assert!(crane_engine::run_report(&mut redis, &keys).await.is_err());
 
         w.advance(&mut run).await;
         assert_eq!(phase(&run), AgentRunPhase::Running);
         assert!(
-            crane_engine::run_report(&mut redis, &uid).await.is_ok(),
+            crane_engine::run_report(&mut redis, &keys).await.is_ok(),
             "the run is back in redis"
         );
-        w.work_until_finished(&uid).await;
+        w.work_until_finished(&keys).await;
         w.advance(&mut run).await;
         assert_eq!(phase(&run), AgentRunPhase::Succeeded);
     }
@@ -703,8 +746,8 @@ mod tests {
             "retry": {"maxAttempts": 1}
         }));
         w.advance(&mut run).await;
-        let uid = run.metadata.uid.clone().unwrap_or_default();
-        w.work_until_finished(&uid).await;
+        let keys = run_keys(&run);
+        w.work_until_finished(&keys).await;
         w.advance(&mut run).await;
         assert_eq!(phase(&run), AgentRunPhase::Failed);
 
@@ -717,7 +760,7 @@ mod tests {
             run.status.as_ref().and_then(|s| s.retry_token.as_deref()),
             Some("1")
         );
-        w.work_until_finished(&uid).await;
+        w.work_until_finished(&keys).await;
         w.advance(&mut run).await;
         assert_eq!(phase(&run), AgentRunPhase::Failed, "1/0 fails again");
         // The same token does not retry twice.

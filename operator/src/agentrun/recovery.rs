@@ -23,7 +23,9 @@ use crane_core::plan::{Plan, StepId};
 use crane_core::run::{RunPhase, StepPhase};
 use crane_engine::EngineConfig;
 use crane_engine::api::{InitOutcome, run_report};
-use crane_engine::{EngineError, PoolName, RestoredStep, RetryOutcome, restore_run, retry_run};
+use crane_engine::{
+    EngineError, PoolName, RestoredStep, RetryOutcome, RunKeys, restore_run, retry_run,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use redis::aio::ConnectionManager;
@@ -139,7 +141,7 @@ async fn rebuild_in_engine(
     run: &AgentRun,
     redis: &mut ConnectionManager,
     engine: &EngineConfig,
-    uid: &str,
+    keys: &RunKeys,
 ) -> Result<bool, Error> {
     let Some(plan) = plan_of(run) else {
         return Ok(false);
@@ -150,8 +152,7 @@ async fn rebuild_in_engine(
     let completed = completed_from_status(&run.status.clone().unwrap_or_default(), &plan);
     let outcome = restore_run(
         redis,
-        uid,
-        &ns,
+        keys,
         &pool,
         &plan,
         &build::run_options(run),
@@ -176,10 +177,10 @@ pub async fn rebuild(
     run: &AgentRun,
     redis: &mut ConnectionManager,
     engine: &EngineConfig,
-    uid: &str,
+    keys: &RunKeys,
     now: &Time,
 ) -> Result<AgentRunStatus, Error> {
-    if !rebuild_in_engine(run, redis, engine, uid).await? {
+    if !rebuild_in_engine(run, redis, engine, keys).await? {
         return Ok(build::failed_early(
             run,
             build::REASON_PLANNER_FAILED,
@@ -187,7 +188,7 @@ pub async fn rebuild(
             now,
         ));
     }
-    let report = run_report(redis, uid)
+    let report = run_report(redis, keys)
         .await
         .map_err(engine_err("reading the rebuilt run"))?;
     Ok(build::from_report(run, &report, false, now)?)
@@ -198,7 +199,7 @@ pub async fn retry(
     run: &AgentRun,
     redis: &mut ConnectionManager,
     engine: &EngineConfig,
-    uid: &str,
+    keys: &RunKeys,
     token: &str,
     now: &Time,
 ) -> Result<AgentRunStatus, Error> {
@@ -212,12 +213,12 @@ pub async fn retry(
         status.retry_token = Some(token.to_owned());
         return Ok(status);
     }
-    match retry_run(redis, uid, engine).await {
+    match retry_run(redis, keys, engine).await {
         Ok(RetryOutcome::Retried { steps }) => info!(token, steps, "retrying the failed run"),
         // An earlier retry reached Redis but not the status: mirror what it became.
         Ok(RetryOutcome::NotFailed(phase)) => info!(token, ?phase, "the run was already retried"),
         Err(EngineError::RunNotFound(_)) => {
-            rebuild_in_engine(run, redis, engine, uid).await?;
+            rebuild_in_engine(run, redis, engine, keys).await?;
             info!(
                 token,
                 "retrying the failed run from its status (redis lost it)"
@@ -225,7 +226,7 @@ pub async fn retry(
         }
         Err(e) => return Err(engine_err("retrying the run")(e)),
     }
-    let report = run_report(redis, uid)
+    let report = run_report(redis, keys)
         .await
         .map_err(engine_err("reading the retried run"))?;
     let mut status = build::from_report(run, &report, false, now)?;

@@ -142,7 +142,11 @@ impl StatusWriter {
             .unwrap_or_else(|e| e.into_inner())
             .insert(uid.to_owned());
         let mut redis = self.ctx.redis();
-        if let Err(e) = crane_engine::cancel_run(&mut redis, uid).await {
+        let keys = crane_engine::RunKeys::new(&run.namespace().unwrap_or_default(), uid);
+        if let Err(e) = match keys {
+            Ok(keys) => crane_engine::cancel_run(&mut redis, &keys).await.map(drop),
+            Err(e) => Err(e),
+        } {
             warn!(error = %e, "cannot stop the run whose status is too large");
         }
         let why = crane_core::text::truncate(&error.to_string(), 300);

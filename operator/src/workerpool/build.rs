@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::{Container, Pod, SecretVolumeSource, Volume, Vol
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
-use crate::context::{Config, SecretKeyRef};
+use crate::context::Config;
 use crate::controller::set_condition;
-use crate::pod::hardened_pod;
+use crate::pod::{hardened_pod, redis_credentials_env};
 use crane_api::{BreakerState, BreakerStatus, CONDITION_READY, WorkerPool, WorkerPoolStatus};
 
 /// Label every worker Job and pod carries: `app.kubernetes.io/name=crane-worker`.
@@ -22,11 +22,14 @@ pub const LABEL_APP: &str = "app.kubernetes.io/name";
 pub const APP_WORKER: &str = "crane-worker";
 /// Label naming the pool a worker serves (the WorkerPool's name).
 pub const LABEL_POOL: &str = "crane.dev/pool";
-/// Env var through which a worker gets the Redis password (read by `crane-executor work`).
-pub const ENV_REDIS_PASSWORD: &str = "CRANE_REDIS_PASSWORD";
 /// Env vars the operator owns on worker pods; a pool's template may not set them, since
 /// they would override how the worker reaches Redis.
-pub const RESERVED_ENV: [&str; 3] = [ENV_REDIS_PASSWORD, "CRANE_REDIS_PASSWORD_FILE", "REDIS_URL"];
+pub const RESERVED_ENV: [&str; 4] = [
+    "CRANE_REDIS_USERNAME",
+    "CRANE_REDIS_PASSWORD",
+    "CRANE_REDIS_PASSWORD_FILE",
+    "REDIS_URL",
+];
 /// Annotation on worker Jobs: which set of tool Secrets their pods mount. A worker whose set
 /// is not the namespace's current one is replaced (a new Tool's Secret reaches new pods only).
 pub const ANNOTATION_SECRETS: &str = "crane.dev/tool-secrets";
@@ -63,8 +66,6 @@ pub struct WorkerSettings {
     pub image: String,
     pub image_pull_policy: String,
     pub redis_url: String,
-    /// Secret (in the pool's namespace) holding the Redis password.
-    pub redis_password_secret: Option<SecretKeyRef>,
 }
 
 impl WorkerSettings {
@@ -73,7 +74,6 @@ impl WorkerSettings {
             image: config.executor_image.clone(),
             image_pull_policy: config.image_pull_policy.clone(),
             redis_url: config.redis_url.clone(),
-            redis_password_secret: config.redis_password_secret.clone(),
         }
     }
 }
@@ -241,10 +241,7 @@ pub fn worker_job(
     let spec = &pool.spec;
     let template = spec.template.clone().unwrap_or_default();
 
-    let mut env = Vec::new();
-    if let Some(secret) = &settings.redis_password_secret {
-        env.push(secret.env_var(ENV_REDIS_PASSWORD, false));
-    }
+    let mut env = redis_credentials_env();
     env.extend(template.env.unwrap_or_default());
 
     let mut command = vec![

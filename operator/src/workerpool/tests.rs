@@ -12,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::ResourceExt;
 
 use super::build::{self, Observation, SpecError, WorkerSettings, reason};
-use crate::context::SecretKeyRef;
 use crane_api::{BreakerState, CONDITION_READY, WorkerPool, WorkerPoolSpec, WorkerTemplate};
 
 fn spec() -> WorkerPoolSpec {
@@ -44,7 +43,6 @@ fn settings() -> WorkerSettings {
         image: "crane:dev".into(),
         image_pull_policy: "IfNotPresent".into(),
         redis_url: "redis://127.0.0.1:6379".into(),
-        redis_password_secret: None,
     }
 }
 
@@ -246,10 +244,23 @@ fn worker_job_runs_the_executor_for_this_pool() {
             .map(String::from)[..]
         )
     );
+    // Workers log in as their namespace's Redis user, from the Secret the operator keeps.
+    let env = c.env.as_deref().unwrap_or_default();
+    let from_secret: Vec<(&str, &str, &str)> = env
+        .iter()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.as_str(), r.name.as_str(), r.key.as_str()))
+        })
+        .collect();
     assert_eq!(
-        c.env, None,
-        "no password secret configured, no template env"
+        from_secret,
+        [
+            ("CRANE_REDIS_USERNAME", "crane-redis", "username"),
+            ("CRANE_REDIS_PASSWORD", "crane-redis", "password")
+        ]
     );
+    assert_eq!(env.len(), 2, "no template env: {env:?}");
 }
 
 #[test]
@@ -283,7 +294,7 @@ fn worker_job_has_the_restricted_security_context() {
 }
 
 #[test]
-fn worker_job_takes_the_redis_password_from_the_secret_first() {
+fn worker_job_takes_its_namespaces_redis_identity_from_the_crane_redis_secret() {
     let mut s = spec();
     s.template = Some(WorkerTemplate {
         env: Some(vec![EnvVar {
@@ -293,12 +304,7 @@ fn worker_job_takes_the_redis_password_from_the_secret_first() {
         }]),
         ..WorkerTemplate::default()
     });
-    let mut set = settings();
-    set.redis_password_secret = Some(SecretKeyRef {
-        name: "redis-auth".into(),
-        key: "password".into(),
-    });
-    let job = job_of(&pool_with("fast", s), &set);
+    let job = job_of(&pool_with("fast", s), &settings());
     let c = job
         .spec
         .and_then(|s| s.template.spec)
@@ -306,22 +312,27 @@ fn worker_job_takes_the_redis_password_from_the_secret_first() {
         .containers[0]
         .clone();
     let env = c.env.expect("env");
-    assert_eq!(env.len(), 2);
-    assert_eq!(env[0].name, "CRANE_REDIS_PASSWORD");
+    let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
-        env[0].value, None,
-        "the password never appears in the Job spec"
+        names,
+        ["CRANE_REDIS_USERNAME", "CRANE_REDIS_PASSWORD", "RUST_LOG"]
     );
-    let sel = env[0]
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .expect("secretKeyRef");
-    assert_eq!(
-        (sel.name.as_str(), sel.key.as_str()),
-        ("redis-auth", "password")
+    for (var, key) in [(&env[0], "username"), (&env[1], "password")] {
+        assert_eq!(var.value, None, "credentials never appear in the Job spec");
+        let sel = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secretKeyRef");
+        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("crane-redis", key));
+    }
+    assert!(
+        !c.command
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.contains('@')),
+        "no credentials in the arguments"
     );
-    assert_eq!(env[1].name, "RUST_LOG");
 }
 
 #[test]

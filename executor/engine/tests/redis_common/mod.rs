@@ -10,14 +10,22 @@ use crane_core::run::{RunOptions, RunReport};
 use crane_core::tool::Toolbox;
 use crane_engine::api::InitOutcome;
 use crane_engine::metrics::Metrics;
-use crane_engine::{EngineConfig, EngineError, PoolName, RedisExecutor, Worker, WorkerConfig, api};
+use crane_engine::{
+    EngineConfig, EngineError, PoolName, RedisExecutor, RunKeys, Worker, WorkerConfig, api,
+};
 use crane_testkit::RedisServer;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub const NAMESPACE: &str = "scenarios";
 pub const POOL: &str = "scenarios/default";
+
+/// The keys of run `run` of the tests' namespace.
+pub fn run_keys(run: &str) -> RunKeys {
+    RunKeys::new(NAMESPACE, run).unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// Short leases and sweeps so recovery happens within a second or two.
 pub fn fast_config() -> EngineConfig {
@@ -54,7 +62,8 @@ pub async fn engine(aof: bool) -> Engine {
         Ok(s) => s,
         Err(e) => panic!("cannot start redis-server: {e}"),
     };
-    let client = api::client(&server.url(), None).unwrap_or_else(|e| panic!("{e}"));
+    let client = api::client(&server.url(), &crane_engine::api::Auth::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let conn = api::connect(&client)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -79,18 +88,22 @@ impl Engine {
         .with_timeout(Duration::from_secs(120))
     }
 
-    /// Creates run `run` on this engine's pool, in namespace `default` with the default
-    /// engine settings.
+    /// The keys of run `run` of this engine's pool's namespace.
+    pub fn keys(&self, run: &str) -> RunKeys {
+        run_keys(run)
+    }
+
+    /// Creates run `run` on this engine's pool, with the default engine settings.
     pub async fn init(
         &mut self,
         run: &str,
         plan: &Plan,
         options: &RunOptions,
     ) -> Result<InitOutcome, EngineError> {
+        let keys = RunKeys::new(self.pool.namespace(), run)?;
         api::init_run(
             &mut self.conn,
-            run,
-            "default",
+            &keys,
             &self.pool,
             plan,
             options,
@@ -101,7 +114,8 @@ impl Engine {
 
     /// Run `run`'s report now (a panic when there is none).
     pub async fn report(&mut self, run: &str) -> RunReport {
-        api::run_report(&mut self.conn, run)
+        let keys = self.keys(run);
+        api::run_report(&mut self.conn, &keys)
             .await
             .unwrap_or_else(|e| panic!("report of {run}: {e}"))
     }
@@ -109,7 +123,8 @@ impl Engine {
     /// Run `run`'s report once it has ended. `patience` only stops a hung test: no assertion
     /// depends on it.
     pub async fn finished(&mut self, run: &str, patience: Duration) -> RunReport {
-        api::wait_for_run(&self.client, &mut self.conn, run, Some(patience))
+        let keys = self.keys(run);
+        api::wait_for_run(&self.client, &mut self.conn, &keys, Some(patience))
             .await
             .unwrap_or_else(|e| panic!("waiting for {run}: {e}"))
     }

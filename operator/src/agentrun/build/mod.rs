@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crane_core::model::ModelConfig;
 use crane_core::run::{RunOptions, RunReport, StepPhase};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, ResourceRequirements};
@@ -11,9 +12,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 
-use crate::context::Config;
+use crate::context::{Config, SecretKeyRef};
 pub use crate::controller::set_condition;
-use crate::pod::hardened_pod;
+use crate::pod::{hardened_pod, redis_credentials_env};
 use crane_api::{
     AgentRun, AgentRunPhase, AgentRunStatus, ApiError, CONDITION_COMPLETE, CONDITION_FAILED,
     CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, MAX_ERROR_BYTES, MAX_OBJECT_BYTES,
@@ -26,14 +27,12 @@ pub const REASON_PLANNER_FAILED: &str = "PlannerFailed";
 pub const REASON_PLANNING: &str = "Planning";
 pub const REASON_PLANNED: &str = "Planned";
 pub const REASON_POOL_NOT_FOUND: &str = "WorkerPoolNotFound";
+pub const REASON_MODEL_NOT_READY: &str = "ModelNotReady";
 pub const REASON_DEADLINE: &str = "DeadlineExceeded";
 pub const REASON_CANCELLED: &str = "Cancelled";
 pub const REASON_STEP_FAILED: &str = "StepFailed";
 pub const REASON_SUCCEEDED: &str = "Succeeded";
 
-/// Env var carrying the prompt into the planner pod (never the command line: prompts may be
-/// long or sensitive, and command lines show up in `ps` and pod specs' args listings).
-pub const PROMPT_ENV: &str = "CRANE_PROMPT";
 /// Upper bound of the planner Job's own deadline, in seconds.
 pub const MAX_PLANNER_SECONDS: u32 = 900;
 
@@ -100,9 +99,15 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// The planner Job of a run without spec.plan: `crane-executor plan` with the prompt in
-/// [`PROMPT_ENV`], storing its outcome in Redis under the run's id.
-pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
+/// The planner Job of a run without spec.plan: `crane-executor plan --run-id`, which reads
+/// the prompt and the namespace's catalog from Redis (byte for byte: never through the pod
+/// spec, where Kubernetes would expand `$(...)` and refuse a NUL) and stores its outcome
+/// there. With `model` (the run's spec.model) the LLM planner uses that Model and its key.
+pub fn planner_job(
+    run: &AgentRun,
+    config: &Config,
+    model: Option<&ModelConfig>,
+) -> Result<Job, BuildError> {
     let name = run
         .metadata
         .name
@@ -114,20 +119,37 @@ pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
         crane_core::plan::PlannerMode::Rules => "rules",
         crane_core::plan::PlannerMode::Llm => "llm",
     };
-    let mut envs = vec![env(PROMPT_ENV, run.spec.prompt.clone().unwrap_or_default())];
-    if let Some(url) = &config.llm_base_url {
-        envs.push(env(crane_core::plan::ENV_BASE_URL, url.clone()));
-    }
-    if let Some(model) = &config.llm_model {
-        envs.push(env(crane_core::plan::ENV_MODEL, model.clone()));
-    }
-    if let Some(secret) = &config.llm_api_key_secret {
-        // Optional: a missing key lets the planner say clearly that the LLM is not
-        // configured instead of the pod failing to start.
-        envs.push(secret.env_var(crane_core::plan::ENV_API_KEY, true));
-    }
-    if let Some(secret) = &config.redis_password_secret {
-        envs.push(secret.env_var("CRANE_REDIS_PASSWORD", true));
+    let ns = run
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("metadata.namespace"))?;
+    let mut envs = redis_credentials_env();
+    match model {
+        // The Model's endpoint travels through Redis with the planner input; only its key
+        // is the pod's, from the Model's Secret.
+        Some(model) => {
+            if let Some(key) = &model.api_key {
+                let secret = SecretKeyRef {
+                    name: key.name.clone(),
+                    key: key.key.clone(),
+                };
+                envs.push(secret.env_var(crane_core::plan::ENV_API_KEY, true));
+            }
+        }
+        None => {
+            if let Some(url) = &config.llm_base_url {
+                envs.push(env(crane_core::plan::ENV_BASE_URL, url.clone()));
+            }
+            if let Some(model) = &config.llm_model {
+                envs.push(env(crane_core::plan::ENV_MODEL, model.clone()));
+            }
+            if let Some(secret) = &config.llm_api_key_secret {
+                // Optional: a missing key lets the planner say clearly that the LLM is not
+                // configured instead of the pod failing to start.
+                envs.push(secret.env_var(crane_core::plan::ENV_API_KEY, true));
+            }
+        }
     }
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "crane".to_owned()),
@@ -149,12 +171,12 @@ pub fn planner_job(run: &AgentRun, config: &Config) -> Result<Job, BuildError> {
                 "plan",
                 "--planner",
                 mode,
-                "--prompt-env",
-                PROMPT_ENV,
-                "--redis",
-                &config.redis_url,
                 "--run-id",
                 uid,
+                "--namespace",
+                ns,
+                "--redis",
+                &config.redis_url,
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -243,6 +265,25 @@ pub fn pool_missing(run: &AgentRun, now: &Time) -> AgentRunStatus {
         &format!(
             "WorkerPool {:?} not found in namespace {ns:?}; the run starts when it exists",
             run.spec.worker_pool
+        ),
+        run.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Pending because spec.model names a Model that does not exist or is not Ready (yet).
+pub fn model_missing(run: &AgentRun, model: &str, now: &Time) -> AgentRunStatus {
+    let mut s = base(run);
+    s.phase = Some(AgentRunPhase::Pending);
+    let ns = run.metadata.namespace.as_deref().unwrap_or("");
+    set_condition(
+        &mut s.conditions,
+        CONDITION_PLANNED,
+        false,
+        REASON_MODEL_NOT_READY,
+        &format!(
+            "Model {model:?} is not Ready in namespace {ns:?} (kubectl get models); the run starts when it is"
         ),
         run.metadata.generation,
         now,

@@ -49,7 +49,7 @@ fn planner_job_is_restricted_and_keeps_the_prompt_off_the_command_line() {
     let mut config = Config::new("redis://redis:6379");
     config.llm_base_url = Some("http://llm".into());
     config.llm_api_key_secret = Some("llm/api-key".parse().expect("ref"));
-    let job = planner_job(&r, &config).expect("job");
+    let job = planner_job(&r, &config, None).expect("job");
     assert_eq!(job.metadata.name.as_deref(), Some("milk-planner"));
     let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
     assert_eq!(
@@ -87,12 +87,12 @@ fn planner_job_is_restricted_and_keeps_the_prompt_off_the_command_line() {
             "plan",
             "--planner",
             "rules",
-            "--prompt-env",
-            "CRANE_PROMPT",
-            "--redis",
-            "redis://redis:6379",
             "--run-id",
-            "0f0e-uid"
+            "0f0e-uid",
+            "--namespace",
+            "team-a",
+            "--redis",
+            "redis://redis:6379"
         ]
     );
     assert!(
@@ -101,9 +101,10 @@ fn planner_job_is_restricted_and_keeps_the_prompt_off_the_command_line() {
     );
     let env = c.env.clone().expect("env");
     let get = |n: &str| env.iter().find(|e| e.name == n).cloned();
-    assert_eq!(
-        get("CRANE_PROMPT").and_then(|e| e.value).as_deref(),
-        Some(hostile)
+    assert!(
+        !env.iter()
+            .any(|e| e.value.as_deref().is_some_and(|v| v.contains("rm -rf"))),
+        "the prompt travels through Redis, not the pod spec"
     );
     assert_eq!(
         get("CRANE_LLM_BASE_URL").and_then(|e| e.value).as_deref(),
@@ -131,7 +132,7 @@ fn planner_job_without_uid_is_an_error_not_a_panic() {
     let mut r = run(json!({"prompt": "2+2"}));
     r.metadata.uid = None;
     assert_eq!(
-        planner_job(&r, &Config::new("redis://x")).unwrap_err(),
+        planner_job(&r, &Config::new("redis://x"), None).unwrap_err(),
         BuildError::MissingMetadata("metadata.uid")
     );
 }
