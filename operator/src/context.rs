@@ -197,6 +197,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events as `crane-operator`, counting repeats into series.
     pub recorder: Recorder,
+    /// The run namespaces' Redis logins.
+    pub tenancy: Arc<crate::tenancy::Tenancy>,
     reporter: Reporter,
     ready: AtomicBool,
 }
@@ -215,6 +217,7 @@ impl Context {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter.clone()),
+            tenancy: Arc::new(crate::tenancy::Tenancy::new(client.clone(), redis.clone())),
             reporter,
             client,
             redis,

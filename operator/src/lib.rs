@@ -10,6 +10,7 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod pod;
+pub mod tenancy;
 pub mod tools_ctl;
 pub mod workerpool;
 
@@ -143,10 +144,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn run_controllers(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!("starting controllers");
     let (catalogs, tools) = tools_ctl::start(ctx.clone(), shutdown.clone())?;
-    let (ar, wp, ()) = tokio::join!(
+    let (ar, wp, (), ()) = tokio::join!(
         agentrun::run(ctx.clone(), catalogs.clone(), shutdown.clone()),
         workerpool::run(ctx.clone(), catalogs, shutdown.clone()),
         tools,
+        ctx.tenancy.clone().run(shutdown.clone()),
     );
     ar.context("agentrun controller")?;
     wp.context("workerpool controller")?;

@@ -64,6 +64,7 @@ pub mod queue;
 pub mod replies;
 pub mod scripts;
 mod streams;
+pub mod tenancy;
 pub mod time;
 pub mod worker;
 

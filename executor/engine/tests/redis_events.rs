@@ -46,7 +46,7 @@ async fn read(
 async fn a_follower_reads_what_workers_publish_in_order_bounded_and_resumable() {
     let mut e = redis_common::engine(false).await;
     // Nothing published yet: `Now` on a stream that does not exist means everything to come.
-    let mut now = events::follow_notifications(e.client.clone(), Start::Now);
+    let mut now = events::follow_notifications(e.admin_client.clone(), Start::Now);
     let first = read(&mut now, Duration::from_millis(10)).await;
     assert_eq!((first.items.len(), first.missed), (0, false));
     let a = publish(&mut e.conn, "uid-a").await;
@@ -66,13 +66,15 @@ async fn a_follower_reads_what_workers_publish_in_order_bounded_and_resumable() 
     );
 
     // Bounded reads, resumable from the cursor by another follower.
-    let mut two = events::follow_notifications(e.client.clone(), Start::Beginning).with_count(2);
+    let mut two =
+        events::follow_notifications(e.admin_client.clone(), Start::Beginning).with_count(2);
     assert_eq!(runs(&read(&mut two, SOON).await), ["uid-a", "uid-b"]);
     let resumed_at = two.cursor().unwrap_or_else(|| panic!("no cursor"));
     assert_eq!(runs(&read(&mut two, SOON).await), ["uid-a"]);
-    let mut resumed = events::follow_notifications(e.client.clone(), Start::After(resumed_at));
+    let mut resumed =
+        events::follow_notifications(e.admin_client.clone(), Start::After(resumed_at));
     assert_eq!(runs(&read(&mut resumed, SOON).await), ["uid-a"]);
-    let mut after_first = events::follow_notifications(e.client.clone(), Start::After(a));
+    let mut after_first = events::follow_notifications(e.admin_client.clone(), Start::After(a));
     assert_eq!(
         runs(&read(&mut after_first, SOON).await),
         ["uid-b", "uid-a"]
@@ -87,7 +89,7 @@ async fn a_follower_reads_what_workers_publish_in_order_bounded_and_resumable() 
     assert_eq!(runs(&got), ["uid-c"]);
 
     // `Now` on a stream with history starts after its last entry.
-    let mut late = events::follow_notifications(e.client.clone(), Start::Now);
+    let mut late = events::follow_notifications(e.admin_client.clone(), Start::Now);
     assert!(
         read(&mut late, Duration::from_millis(10))
             .await
@@ -101,7 +103,7 @@ async fn a_follower_reads_what_workers_publish_in_order_bounded_and_resumable() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trimmed_deleted_or_recreated_stream_is_reported_as_missed() {
     let mut e = redis_common::engine(false).await;
-    let mut f = events::follow_notifications(e.client.clone(), Start::Now);
+    let mut f = events::follow_notifications(e.admin_client.clone(), Start::Now);
     publish(&mut e.conn, "seen").await;
     // `Now` is resolved at the first read: what was published before it is the past.
     assert!(

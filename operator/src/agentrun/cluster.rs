@@ -13,6 +13,7 @@ use kube::core::DeserializeGuard;
 use super::error::{Error, kube_err};
 use crate::context::FIELD_MANAGER;
 use crate::metrics::{Controller, Metrics};
+use crate::tenancy::Tenancy;
 use crane_api::{AgentRun, WorkerPool};
 
 /// The cluster as the phases see it.
@@ -28,6 +29,9 @@ pub trait Cluster: Send + Sync {
     fn apply_job(&self, job: &Job) -> impl Future<Output = Result<(), Error>> + Send;
     /// Job `name` in `ns`, if it exists.
     fn job(&self, ns: &str, name: &str) -> impl Future<Output = Result<Option<Job>, Error>> + Send;
+    /// Makes sure namespace `ns`'s pods can log in to Redis (its user and `crane-redis`
+    /// Secret) and that its Redis keys are this namespace's, before anything of it is written.
+    fn namespace_login(&self, ns: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Deletes AgentRun `name` in `ns` (absent is fine).
     fn delete_run(&self, ns: &str, name: &str) -> impl Future<Output = Result<(), Error>> + Send;
 }
@@ -36,6 +40,7 @@ pub trait Cluster: Send + Sync {
 pub struct KubeCluster {
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
+    pub tenancy: Arc<Tenancy>,
 }
 
 impl Cluster for KubeCluster {
@@ -67,6 +72,14 @@ impl Cluster for KubeCluster {
         jobs.get_opt(name)
             .await
             .map_err(kube_err("reading the planner Job"))
+    }
+
+    async fn namespace_login(&self, ns: &str) -> Result<(), Error> {
+        self.tenancy
+            .ensure(ns)
+            .await
+            .map(drop)
+            .map_err(Error::Tenancy)
     }
 
     async fn delete_run(&self, ns: &str, name: &str) -> Result<(), Error> {

@@ -100,6 +100,7 @@ pub async fn run(
         cluster: KubeCluster {
             client: ctx.client.clone(),
             metrics: ctx.metrics.clone(),
+            tenancy: ctx.tenancy.clone(),
         },
         stores: Mutex::new(Vec::new()),
         catalogs,

@@ -102,6 +102,7 @@ async fn pending<C: Cluster>(
     {
         return Ok((build::pool_missing(run, now), Action::requeue(POOL_RECHECK)));
     }
+    env.cluster.namespace_login(ns).await?;
     let model = match &run.spec.model {
         Some(name) => match env.models.iter().find(|m| &m.name == name) {
             Some(m) => Some(m),
@@ -416,6 +417,10 @@ mod tests {
     }
 
     impl Cluster for FakeCluster {
+        async fn namespace_login(&self, _ns: &str) -> Result<(), Error> {
+            Ok(())
+        }
+
         async fn pool_tools(&self, ns: &str, name: &str) -> Result<Option<Vec<String>>, Error> {
             Ok(self
                 .pools

@@ -192,9 +192,24 @@ fn secret_volumes(secrets: &[String]) -> (Vec<Volume>, Vec<VolumeMount>) {
         .unzip()
 }
 
-/// A short stable digest of a set of Secret names (FNV-1a, 64 bits).
-pub fn secrets_hash(secrets: &[String]) -> String {
-    let h = secrets.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, name| {
+/// What a worker pod gets from its namespace besides its spec: the tool Secrets it mounts
+/// and the generation of the Redis login it reads. A worker started with other ones is
+/// replaced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mounts {
+    pub secrets: Vec<String>,
+    pub login: String,
+}
+
+impl Mounts {
+    /// A short stable digest (FNV-1a, 64 bits), kept in the worker Job's annotation.
+    pub fn hash(&self) -> String {
+        secrets_hash(self.secrets.iter().chain([&self.login]))
+    }
+}
+
+fn secrets_hash<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let h = names.fold(0xcbf2_9ce4_8422_2325_u64, |h, name| {
         name.bytes()
             .chain([0])
             .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -202,7 +217,7 @@ pub fn secrets_hash(secrets: &[String]) -> String {
     format!("{h:016x}")
 }
 
-/// Whether a worker Job mounts the namespace's current set of tool Secrets.
+/// Whether a worker Job mounts the namespace's current [`Mounts`] (given by its hash).
 pub fn mounts_current_secrets(job: &Job, hash: &str) -> bool {
     job.annotations()
         .get(ANNOTATION_SECRETS)
@@ -233,7 +248,7 @@ pub fn worker_job(
     pool: &WorkerPool,
     engine_pool: &PoolName,
     settings: &WorkerSettings,
-    secrets: &[String],
+    mounted: &Mounts,
     suffix: &str,
 ) -> Job {
     let name = pool.name_any();
@@ -269,7 +284,7 @@ pub fn worker_job(
         resources: template.resources,
         ..Container::default()
     };
-    let (volumes, mounts) = secret_volumes(secrets);
+    let (volumes, mounts) = secret_volumes(&mounted.secrets);
     container.volume_mounts = (!mounts.is_empty()).then_some(mounts);
     let mut pod = hardened_pod(labels.clone(), container);
     if let Some(spec) = pod.spec.as_mut() {
@@ -280,7 +295,7 @@ pub fn worker_job(
     if let Some(meta) = pod.metadata.as_mut() {
         meta.annotations = Some(BTreeMap::from([(
             ANNOTATION_SECRETS.to_owned(),
-            secrets_hash(secrets),
+            mounted.hash(),
         )]));
     }
 
@@ -291,7 +306,7 @@ pub fn worker_job(
             labels: Some(labels.clone()),
             annotations: Some(BTreeMap::from([(
                 ANNOTATION_SECRETS.to_owned(),
-                secrets_hash(secrets),
+                mounted.hash(),
             )])),
             owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()

@@ -98,6 +98,8 @@ pub enum Error {
     },
     #[error("writing the status: {0}")]
     Status(#[source] kube::Error),
+    #[error("setting up the namespace's Redis login: {0}")]
+    Tenancy(#[source] crate::tenancy::Error),
 }
 
 impl Error {
@@ -111,6 +113,7 @@ impl Error {
             Self::JobRejected { .. } => "job_rejected",
             Self::CreateJob { .. } => "create_job",
             Self::Status(_) => "status",
+            Self::Tenancy(_) => "tenancy",
         }
     }
 
@@ -315,15 +318,20 @@ async fn reconcile_pool(
         .list(&ListParams::default().labels(&build::worker_selector(&pool.name_any())))
         .await
         .map_err(Error::ListJobs)?;
-    // Workers that do not mount the namespace's current tool Secrets are replaced: deleted
-    // (they drain on SIGTERM, their steps come back through the lease) and not counted.
-    let secrets = reconciler.catalogs.secrets_for(&ns);
-    let secrets_hash = build::secrets_hash(&secrets);
+    let login = ctx.tenancy.ensure(&ns).await.map_err(Error::Tenancy)?;
+    // Workers that do not mount the namespace's current tool Secrets, or log in with a
+    // rotated-out Redis password, are replaced: deleted (they drain on SIGTERM, their steps
+    // come back through the lease) and not counted.
+    let mounts = build::Mounts {
+        secrets: reconciler.catalogs.secrets_for(&ns),
+        login,
+    };
+    let mounts_hash = mounts.hash();
     let (active_jobs, outdated): (Vec<Job>, Vec<Job>) = jobs
         .items
         .into_iter()
         .filter(|j| build::is_worker_of(j, pool) && build::is_active(j))
-        .partition(|j| build::mounts_current_secrets(j, &secrets_hash));
+        .partition(|j| build::mounts_current_secrets(j, &mounts_hash));
     for job in &outdated {
         retire_worker(ctx, &jobs_api, job).await;
     }
@@ -389,7 +397,7 @@ async fn reconcile_pool(
             pool,
             &engine_pool,
             &reconciler.settings,
-            &secrets,
+            &mounts,
         )
         .await
         {
@@ -444,9 +452,9 @@ async fn create_worker(
     pool: &WorkerPool,
     engine_pool: &PoolName,
     settings: &WorkerSettings,
-    secrets: &[String],
+    mounts: &build::Mounts,
 ) -> Result<(), Error> {
-    let job = build::worker_job(pool, engine_pool, settings, secrets, &random_suffix());
+    let job = build::worker_job(pool, engine_pool, settings, mounts, &random_suffix());
     let name = job.name_any();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let res = api.patch(&name, &params, &Patch::Apply(&job)).await;

@@ -181,7 +181,13 @@ fn job_of(pool: &WorkerPool, settings: &WorkerSettings) -> Job {
         Ok(p) => p,
         Err(e) => panic!("fixture pool invalid: {e}"),
     };
-    build::worker_job(pool, &engine_pool, settings, &[], "x7k2q")
+    build::worker_job(
+        pool,
+        &engine_pool,
+        settings,
+        &build::Mounts::default(),
+        "x7k2q",
+    )
 }
 
 #[test]
@@ -791,14 +797,25 @@ fn a_pool_whose_workers_cannot_start_is_not_ready_and_says_why() {
 #[test]
 fn workers_mount_the_secrets_tool_headers_reference() {
     let engine_pool = build::validate(&pool()).unwrap_or_else(|e| panic!("{e}"));
-    let secrets = vec!["weather".to_owned(), "mcp-key".to_owned()];
-    let job = build::worker_job(&pool(), &engine_pool, &settings(), &secrets, "x7k2q");
-    let hash = build::secrets_hash(&secrets);
-    assert!(build::mounts_current_secrets(&job, &hash));
-    assert!(!build::mounts_current_secrets(
-        &job,
-        &build::secrets_hash(&[])
-    ));
+    let mounted = build::Mounts {
+        secrets: vec!["weather".to_owned(), "mcp-key".to_owned()],
+        login: "2026-11-29T12:00:00Z".to_owned(),
+    };
+    let job = build::worker_job(&pool(), &engine_pool, &settings(), &mounted, "x7k2q");
+    assert!(build::mounts_current_secrets(&job, &mounted.hash()));
+    // Another set of Secrets, or a rotated Redis login, makes the worker outdated.
+    for other in [
+        build::Mounts {
+            secrets: Vec::new(),
+            ..mounted.clone()
+        },
+        build::Mounts {
+            login: "2026-11-29T13:00:00Z".to_owned(),
+            ..mounted.clone()
+        },
+    ] {
+        assert!(!build::mounts_current_secrets(&job, &other.hash()));
+    }
     let pod = job.spec.and_then(|s| s.template.spec).unwrap_or_default();
     let volumes = pod.volumes.unwrap_or_default();
     assert_eq!(volumes.len(), 2);
@@ -815,8 +832,9 @@ fn workers_mount_the_secrets_tool_headers_reference() {
         Some(false),
         "Secrets come as volumes, not through the API"
     );
-    assert_ne!(
-        build::secrets_hash(&secrets),
-        build::secrets_hash(&["weathermcp-key".to_owned()])
-    );
+    let joined = build::Mounts {
+        secrets: vec!["weathermcp-key".to_owned()],
+        ..mounted.clone()
+    };
+    assert_ne!(mounted.hash(), joined.hash());
 }

@@ -50,20 +50,35 @@ pub fn options() -> RunOptions {
     }
 }
 
+/// A redis-server and the tests' namespace on it. `client` and `conn` log in as the
+/// namespace's own Redis user, as pods do, so every scenario also proves the engine needs no
+/// more than that user may do; `admin` is the server's default user.
 pub struct Engine {
     pub server: RedisServer,
     pub client: redis::Client,
     pub conn: ConnectionManager,
+    pub admin: ConnectionManager,
+    pub admin_client: redis::Client,
     pub pool: PoolName,
 }
+
+/// The password of the tests' namespace user.
+pub const PASSWORD: &str = "scenarios-password";
 
 pub async fn engine(aof: bool) -> Engine {
     let server = match RedisServer::builder().aof(aof).start() {
         Ok(s) => s,
         Err(e) => panic!("cannot start redis-server: {e}"),
     };
-    let client = api::client(&server.url(), &crane_engine::api::Auth::default())
+    let admin_client = api::client(&server.url(), &crane_engine::api::Auth::default())
         .unwrap_or_else(|e| panic!("{e}"));
+    let mut admin = api::connect(&admin_client)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    crane_engine::tenancy::ensure_user(&mut admin, NAMESPACE, &[PASSWORD])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = api::client(&server.url(), &auth()).unwrap_or_else(|e| panic!("{e}"));
     let conn = api::connect(&client)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -72,7 +87,17 @@ pub async fn engine(aof: bool) -> Engine {
         server,
         client,
         conn,
+        admin,
+        admin_client,
         pool,
+    }
+}
+
+/// The login of the tests' namespace user.
+pub fn auth() -> crane_engine::api::Auth {
+    crane_engine::api::Auth {
+        username: Some(crane_engine::tenancy::username(NAMESPACE)),
+        password: Some(PASSWORD.to_owned()),
     }
 }
 
