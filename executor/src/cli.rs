@@ -588,7 +588,7 @@ pub async fn status(args: StatusArgs) -> CmdResult {
         RunKeys::new(&args.namespace, &args.run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
     let client = args.redis.client()?;
     let mut conn = connect(&client).await.map_err(|e| (1, e.to_string()))?;
-    let report = match run_report(&mut conn, &keys).await {
+    let report = match run_report(&mut conn, &keys, crane_engine::api::Outputs::Full).await {
         Ok(r) => r,
         Err(e @ EngineError::RunNotFound(_)) => return Err((INVALID_INPUT, e.to_string())),
         Err(e) => return Err((1, e.to_string())),

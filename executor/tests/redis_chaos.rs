@@ -54,6 +54,7 @@ impl WorkerProc {
                 "1000",
             ])
             .args(extra)
+            .envs(login_env())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -333,6 +334,20 @@ async fn redis_killed_and_restarted_from_aof_mid_run_the_run_still_finishes() {
     c.e.server
         .restart()
         .unwrap_or_else(|err| panic!("restart: {err}"));
+    // ACL users are not in the AOF: the operator's resync defines the namespace's user again
+    // (workers retry their login meanwhile).
+    let start = Instant::now();
+    while let Err(err) = crane_engine::tenancy::ensure_user(
+        &mut c.e.admin,
+        redis_common::NAMESPACE,
+        &[redis_common::PASSWORD],
+    )
+    .await
+    {
+        // The admin connection reconnects behind its first failed command.
+        assert!(start.elapsed() < PATIENCE, "{err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let r = c.e.finished("aof", PATIENCE).await;
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
     assert!(
@@ -360,9 +375,21 @@ fn submit_args<'a>(url: &'a str, pool: &'a str, plan: &'a str) -> Vec<&'a str> {
     vec!["submit", "--redis", url, "--pool", pool, "--plan", plan]
 }
 
+/// The tests' namespace login, as pods get it from their `crane-redis` Secret.
+fn login_env() -> [(&'static str, String); 2] {
+    [
+        (
+            "CRANE_REDIS_USERNAME",
+            crane_engine::tenancy::username(redis_common::NAMESPACE),
+        ),
+        ("CRANE_REDIS_PASSWORD", redis_common::PASSWORD.to_owned()),
+    ]
+}
+
 fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
+        .envs(login_env())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
     (
@@ -500,6 +527,15 @@ async fn submit_and_status_drive_the_engine_without_a_cluster() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // With this namespace's login, another namespace's pool is out of reach (Redis refuses
+    // the keys), and credentials in the URL are refused before connecting.
+    let (code, _, err) = cli(&submit_args(&url, "other-team/default", &plan_arg));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.to_lowercase().contains("perm"), "{err}");
+    let with_password = url.replace("redis://", "redis://:secret@");
+    let (code, _, err) = cli(&submit_args(&with_password, redis_common::POOL, &plan_arg));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("carries credentials"), "{err}");
     let bad_plan = c.dir.path().join("bad.json");
     std::fs::write(
         &bad_plan,

@@ -21,6 +21,22 @@ use crate::text;
 /// The future a tool returns (boxed so tools can live behind `dyn Tool`).
 pub type ToolFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, ToolError>> + Send + 'a>>;
 
+/// The most bytes one step's output (as JSON) may take; a larger output fails the step, so
+/// one tool cannot fill Redis or the operator's memory.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// The most bytes all outputs of one run may take together; the step whose output would
+/// cross it fails.
+pub const MAX_RUN_OUTPUT_BYTES: usize = 16 << 20;
+
+/// A step's output as stored (JSON text), or [`ToolError::OutputTooLarge`].
+pub fn output_json(output: &Value) -> Result<String, ToolError> {
+    let text = output.to_string();
+    if text.len() > MAX_OUTPUT_BYTES {
+        return Err(ToolError::OutputTooLarge { bytes: text.len() });
+    }
+    Ok(text)
+}
+
 /// Why a tool call failed, and whether trying again could help.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ToolError {
@@ -43,6 +59,11 @@ pub enum ToolError {
         message: String,
         retry_after: Duration,
     },
+    /// The output is larger than [`MAX_OUTPUT_BYTES`]: the same call would produce it again.
+    #[error(
+        "the output is {bytes} bytes of JSON; a step's output may be at most {MAX_OUTPUT_BYTES} bytes (1 MiB)"
+    )]
+    OutputTooLarge { bytes: usize },
 }
 
 impl ToolError {
@@ -69,6 +90,7 @@ impl ToolError {
             Self::Transient(_) => "transient",
             Self::Timeout(_) => "timeout",
             Self::RetryAfter { .. } => "retry_after",
+            Self::OutputTooLarge { .. } => "output_too_large",
         }
     }
 }
@@ -186,10 +208,6 @@ impl ToolSpec {
         }
     }
 }
-
-/// The largest output one step may produce, in bytes of JSON. A tool whose answer is larger
-/// fails the step clearly instead of filling the store with it.
-pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 
 /// Longest rendering of a user value inside an error message; inputs can be megabytes long
 /// and a message must stay readable.

@@ -426,37 +426,124 @@ pub async fn retry_run(
 pub async fn run_report(
     conn: &mut ConnectionManager,
     keys: &RunKeys,
+    outputs: Outputs,
 ) -> Result<RunReport, EngineError> {
     let run_id = keys.run_id();
     type Hash = HashMap<String, String>;
-    let (meta, steps, out): (Hash, Hash, Hash) = redis::pipe()
+    let (meta, steps): (Hash, Hash) = redis::pipe()
         .cmd("HGETALL")
         .arg(keys.meta())
         .cmd("HGETALL")
         .arg(keys.steps())
-        .cmd("HGETALL")
-        .arg(keys.out())
         .query_async(conn)
         .await
         .map_err(EngineError::redis("reading the run"))?;
     if meta.is_empty() {
         return Err(EngineError::RunNotFound(run_id.to_owned()));
     }
-    build_report(run_id, &meta, &steps, &out)
+    let plan: Plan = serde_json::from_str(meta.get("plan").map(String::as_str).unwrap_or(""))
+        .map_err(|e| EngineError::Corrupt {
+            what: format!("run {run_id}"),
+            detail: format!("plan: {e}"),
+        })?;
+    let (step_bytes, result_bytes) = match outputs {
+        Outputs::Full => (usize::MAX, usize::MAX),
+        Outputs::Preview {
+            step_bytes,
+            result_bytes,
+        } => (step_bytes, result_bytes),
+    };
+    let sinks: Vec<String> = plan.sinks().iter().map(ToString::to_string).collect();
+    let raw: Vec<(String, usize, Vec<u8>)> = redis::cmd("EVAL")
+        .arg(OUTPUTS)
+        .arg(1)
+        .arg(keys.out())
+        .arg(step_bytes)
+        .arg(result_bytes.max(step_bytes))
+        .arg(sinks.join(","))
+        .query_async::<Vec<redis::Value>>(conn)
+        .await
+        .map_err(EngineError::redis("reading the run's outputs"))
+        .and_then(|v| parse_outputs(run_id, &v))?;
+    let mut out = HashMap::with_capacity(raw.len());
+    for (id, size, bytes) in raw {
+        let output = if bytes.len() == size {
+            serde_json::from_slice::<Json>(&bytes).map_err(|e| EngineError::Corrupt {
+                what: format!("run {run_id}"),
+                detail: format!("output of step {id}: {e}"),
+            })?
+        } else {
+            truncated_output(size, &bytes)
+        };
+        out.insert(id, output);
+    }
+    build_report(run_id, plan, &meta, &steps, out)
+}
+
+/// Reads outputs bounded (see `lua/outputs.lua`).
+const OUTPUTS: &str = include_str!("lua/outputs.lua");
+
+/// How much of each step output [`run_report`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outputs {
+    /// Every output whole (the CLI's report).
+    Full,
+    /// Outputs up to `step_bytes` (`result_bytes` for the final steps, whose outputs make the
+    /// result) whole, larger ones as [`truncated_output`] previews: what the operator reads, so
+    /// its memory does not grow with what tools return.
+    Preview {
+        step_bytes: usize,
+        result_bytes: usize,
+    },
+}
+
+/// The stand-in for an output too large to read whole:
+/// `{"truncated": true, "sizeBytes": N, "preview": "<its first bytes>"}` (the preview ends at
+/// a character boundary).
+pub fn truncated_output(size: usize, first_bytes: &[u8]) -> Json {
+    let preview = match std::str::from_utf8(first_bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&first_bytes[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    serde_json::json!({"truncated": true, "sizeBytes": size, "preview": preview})
+}
+
+/// Reads the outputs script's reply of `{id, size, bytes}` triples.
+fn parse_outputs(
+    run_id: &str,
+    v: &[redis::Value],
+) -> Result<Vec<(String, usize, Vec<u8>)>, EngineError> {
+    let bad = |detail: String| EngineError::Protocol {
+        what: "reading the run's outputs",
+        detail: format!("run {run_id}: {detail}"),
+    };
+    if !v.len().is_multiple_of(3) {
+        return Err(bad(format!("{} items, not triples", v.len())));
+    }
+    v.chunks(3)
+        .map(|t| {
+            let id: String =
+                redis::from_redis_value_ref(&t[0]).map_err(|e| bad(format!("step id: {e}")))?;
+            let size: usize = redis::from_redis_value_ref(&t[1])
+                .map_err(|e| bad(format!("size of step {id}: {e}")))?;
+            let bytes: Vec<u8> = redis::from_redis_value_ref(&t[2])
+                .map_err(|e| bad(format!("output of step {id}: {e}")))?;
+            Ok((id, size, bytes))
+        })
+        .collect()
 }
 
 fn build_report(
     run_id: &str,
+    plan: Plan,
     meta: &HashMap<String, String>,
     steps: &HashMap<String, String>,
-    out: &HashMap<String, String>,
+    mut out: HashMap<String, Json>,
 ) -> Result<RunReport, EngineError> {
     let corrupt = |detail: String| EngineError::Corrupt {
         what: format!("run {run_id}"),
         detail,
     };
-    let plan: Plan = serde_json::from_str(meta.get("plan").map(String::as_str).unwrap_or(""))
-        .map_err(|e| corrupt(format!("plan: {e}")))?;
     let phase = meta
         .get("phase")
         .and_then(|p| phase(p))
@@ -470,13 +557,7 @@ fn build_report(
     let mut outputs = BTreeMap::new();
     let mut reports = Vec::with_capacity(plan.steps.len());
     for step in &plan.steps {
-        let output = match out.get(&step.id.to_string()) {
-            Some(o) => Some(
-                serde_json::from_str::<Json>(o)
-                    .map_err(|e| corrupt(format!("output of step {}: {e}", step.id)))?,
-            ),
-            None => None,
-        };
+        let output = out.remove(&step.id.to_string());
         if let Some(o) = &output {
             outputs.insert(step.id, o.clone());
         }
@@ -625,7 +706,7 @@ async fn wait_step(
     keys: &RunKeys,
 ) -> Result<Option<RunReport>, EngineError> {
     if run_phase(conn, keys).await?.is_terminal() {
-        return run_report(conn, keys).await.map(Some);
+        return run_report(conn, keys, Outputs::Full).await.map(Some);
     }
     // Events are hints; the phase read above is the truth, so a lost event only costs one
     // block interval.
@@ -913,30 +994,37 @@ mod tests {
 
     #[test]
     fn corrupt_state_is_an_error_not_a_panic() {
+        let plan = Plan {
+            steps: vec![step(1, &[])],
+        };
         let mut meta = HashMap::new();
-        meta.insert("plan".to_owned(), "{not json".to_owned());
-        meta.insert("phase".to_owned(), "Running".to_owned());
-        let err = build_report("r", &meta, &HashMap::new(), &HashMap::new()).unwrap_err();
-        assert!(err.to_string().contains("plan"), "{err}");
-        meta.insert(
-            "plan".to_owned(),
-            serde_json::to_string(&Plan {
-                steps: vec![step(1, &[])],
-            })
-            .unwrap(),
-        );
         meta.insert("phase".to_owned(), "Exploded".to_owned());
-        assert!(build_report("r", &meta, &HashMap::new(), &HashMap::new()).is_err());
+        let err =
+            build_report("r", plan.clone(), &meta, &HashMap::new(), HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("phase"), "{err}");
         meta.insert("phase".to_owned(), "Running".to_owned());
-        let mut steps = HashMap::new();
-        steps.insert("1:phase".to_owned(), "Succeeded".to_owned());
-        let mut out = HashMap::new();
-        out.insert("1".to_owned(), "{bad".to_owned());
-        assert!(
-            build_report("r", &meta, &steps, &out)
-                .unwrap_err()
-                .to_string()
-                .contains("output of step 1")
+        let err = build_report("r", plan, &meta, &HashMap::new(), HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("phase of step 1"), "{err}");
+
+        use redis::Value as V;
+        let bulk = |s: &str| V::BulkString(s.as_bytes().to_vec());
+        assert!(parse_outputs("r", &[bulk("1"), V::Int(2)]).is_err());
+        let err = parse_outputs("r", &[bulk("1"), bulk("many"), bulk("{}")]).unwrap_err();
+        assert!(err.to_string().contains("size of step 1"), "{err}");
+        assert_eq!(
+            parse_outputs("r", &[bulk("1"), V::Int(2), bulk("{}")]).unwrap(),
+            [("1".to_owned(), 2, b"{}".to_vec())]
+        );
+    }
+
+    #[test]
+    fn previews_end_at_a_character_boundary() {
+        // "é" is two bytes; a cut between them drops the half character.
+        let cut = &"aé".as_bytes()[..2];
+        let t = truncated_output(1000, cut);
+        assert_eq!(
+            t,
+            serde_json::json!({"truncated": true, "sizeBytes": 1000, "preview": "a"})
         );
     }
 }

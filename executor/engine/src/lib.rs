@@ -212,6 +212,25 @@ impl Default for EngineConfig {
 }
 
 /// Milliseconds, saturating, for script arguments.
+/// The delay before attempt `next_attempt` of a step whose last attempt failed with `error`:
+/// full jitter (uniform between 0 and the exponential backoff), but never sooner than the
+/// failing service asked (`Retry-After`).
+pub(crate) fn retry_delay_ms(
+    policy: &crane_core::run::RetryPolicy,
+    next_attempt: u32,
+    error: Option<&crane_core::tool::ToolError>,
+) -> u64 {
+    use rand::Rng;
+    let cap = policy.backoff_ms(next_attempt);
+    let jittered = if cap == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..=cap)
+    };
+    let asked = error.and_then(|e| e.retry_after()).map_or(0, ms);
+    jittered.max(asked)
+}
+
 pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -89,6 +88,7 @@ impl LocalExecutor {
         let mut tasks: JoinSet<Event> = JoinSet::new();
         let mut started_at: HashMap<StepId, String> = HashMap::new();
         let mut finished_at: HashMap<StepId, String> = HashMap::new();
+        let mut output_bytes: usize = 0;
         info!("run started");
 
         loop {
@@ -187,12 +187,25 @@ impl LocalExecutor {
             };
             match event {
                 Event::Done { id, result } => {
-                    if let Err(e) = &result {
+                    let result = result.and_then(|v| {
+                        let bytes = crane_core::tool::output_json(&v)?.len();
+                        if output_bytes + bytes > crane_core::tool::MAX_RUN_OUTPUT_BYTES {
+                            return Err(ToolError::Failed(run_output_full(output_bytes, bytes)));
+                        }
+                        output_bytes += bytes;
+                        Ok(v)
+                    });
+                    let retry_after = result.as_ref().err().cloned();
+                    if let Some(e) = &retry_after {
                         debug!(step = id, error = %e, "step attempt failed");
                     }
                     match dag.complete(id, Outcome::from(result))? {
                         Completion::Retry { next_attempt } => {
-                            let delay = jittered(options.retry.backoff_ms(next_attempt));
+                            let delay = crate::retry_delay_ms(
+                                &options.retry,
+                                next_attempt,
+                                retry_after.as_ref(),
+                            );
                             debug!(
                                 step = id,
                                 next_attempt,
@@ -239,13 +252,14 @@ impl Executor for LocalExecutor {
     }
 }
 
-/// Full jitter: uniformly between 0 and the exponential backoff.
-fn jittered(max_ms: u64) -> u64 {
-    if max_ms == 0 {
-        0
-    } else {
-        rand::rng().random_range(0..=max_ms)
-    }
+/// Why a step's output was refused because the run's outputs would exceed
+/// [`crane_core::tool::MAX_RUN_OUTPUT_BYTES`]; the same words as the `complete` script's.
+pub fn run_output_full(stored: usize, bytes: usize) -> String {
+    format!(
+        "the run's step outputs would reach {} bytes with this one ({bytes} bytes); a run's outputs may be at most {} bytes (16 MiB) in all",
+        stored + bytes,
+        crane_core::tool::MAX_RUN_OUTPUT_BYTES
+    )
 }
 
 fn stamp_finished(dag: &Dag, finished_at: &mut HashMap<StepId, String>) {

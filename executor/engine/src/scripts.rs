@@ -73,7 +73,12 @@ struct Declare(Vec<String>);
 impl Declare {
     /// A run-slot script: the shared prelude, then its body.
     fn run<R>(&mut self, name: &'static str, body: &str) -> LuaScript<R> {
-        self.pool(name, &format!("{COMMON}\n{body}"))
+        // The limits the scripts enforce come from Rust, so there is one source of each.
+        let limits = format!(
+            "local MAX_RUN_OUTPUT_BYTES = {}",
+            crane_core::tool::MAX_RUN_OUTPUT_BYTES
+        );
+        self.pool(name, &format!("{limits}\n{COMMON}\n{body}"))
     }
 
     /// A pool-slot script, as it is.

@@ -536,17 +536,12 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
             tool: tool_label.clone(),
         })
         .observe(began.elapsed().as_secs_f64());
+    let result = result.and_then(|v| crane_core::tool::output_json(&v));
     let (ok, payload, retryable) = match &result {
-        Ok(v) => (true, v.to_string(), false),
+        Ok(text) => (true, text.clone(), false),
         Err(e) => (false, e.to_string(), e.is_retryable()),
     };
-    // Full jitter: uniform in [0, exponential backoff].
-    let cap = retry_policy.backoff_ms(attempt + 1);
-    let backoff = if cap == 0 {
-        0
-    } else {
-        rand::rng().random_range(0..=cap)
-    };
+    let backoff = crate::retry_delay_ms(&retry_policy, attempt + 1, result.as_ref().err());
     let (done, outcome_rx) = oneshot::channel();
     let sent = inner.completions.send(Completion {
         hint: hint.clone(),

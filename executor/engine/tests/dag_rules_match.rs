@@ -339,7 +339,9 @@ impl Driver<'_> {
 
     /// Both sides' reports, compared.
     async fn agree(&mut self, after: &str) -> Result<(), TestCaseError> {
-        let lua = run_report(&mut self.conn, &self.keys).await.map_err(fail)?;
+        let lua = run_report(&mut self.conn, &self.keys, crane_engine::api::Outputs::Full)
+            .await
+            .map_err(fail)?;
         prop_assert_eq!(view(&self.dag.report()), view(&lua), "after {}", after);
         Ok(())
     }

@@ -133,9 +133,13 @@ async fn duplicate_and_late_completions_are_ignored() {
         complete(&mut e.conn, "dup", "1", "a", 1, "7").await,
         CompleteReply::Stale { held: false }
     );
-    let r = run_report(&mut e.conn, &redis_common::run_keys("dup"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = run_report(
+        &mut e.conn,
+        &redis_common::run_keys("dup"),
+        crane_engine::api::Outputs::Full,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.steps[0].output, Some(json!(1)));
     assert_eq!(r.steps[0].attempts, 1);
     assert_eq!(r.steps[1].phase, StepPhase::Ready);
@@ -201,9 +205,13 @@ async fn batched_starts_and_completions_judge_each_step_on_its_own() {
         rows.next().map(|c| accepted(c).ready),
         Some(vec!["3|calculator".to_owned()])
     );
-    let r = run_report(&mut e.conn, &redis_common::run_keys("batch"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = run_report(
+        &mut e.conn,
+        &redis_common::run_keys("batch"),
+        crane_engine::api::Outputs::Full,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.steps[0].output, Some(json!(1)));
     assert_eq!(r.steps[1].output, Some(json!(2)));
     assert_eq!(r.steps[2].phase, StepPhase::Ready);
@@ -248,9 +256,13 @@ async fn a_reclaimed_step_counts_an_attempt_and_the_old_owner_is_ignored() {
         matches!(&f, StartReply::Finished(ended) if ended.run_phase == RunPhase::Failed),
         "{f:?}"
     );
-    let r = run_report(&mut e.conn, &redis_common::run_keys("reclaim"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = run_report(
+        &mut e.conn,
+        &redis_common::run_keys("reclaim"),
+        crane_engine::api::Outputs::Full,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.phase, RunPhase::Failed);
     let err = r.error.unwrap_or_default();
     assert!(
@@ -338,9 +350,13 @@ async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
         (RunPhase::Cancelled, 0),
         "nothing new starts: {c:?}"
     );
-    let r = run_report(&mut e.conn, &redis_common::run_keys("cancel"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = run_report(
+        &mut e.conn,
+        &redis_common::run_keys("cancel"),
+        crane_engine::api::Outputs::Full,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         (r.steps[0].phase, r.steps[1].phase),
         (StepPhase::Succeeded, StepPhase::Skipped)
@@ -353,7 +369,12 @@ async fn cancel_skips_waiting_steps_and_delete_removes_everything() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
-        run_report(&mut e.conn, &redis_common::run_keys("cancel")).await,
+        run_report(
+            &mut e.conn,
+            &redis_common::run_keys("cancel"),
+            crane_engine::api::Outputs::Full
+        )
+        .await,
         Err(EngineError::RunNotFound(_))
     ));
     assert!(matches!(
@@ -561,9 +582,13 @@ async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = run_report(&mut e.conn, &redis_common::run_keys("gated"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = run_report(
+        &mut e.conn,
+        &redis_common::run_keys("gated"),
+        crane_engine::api::Outputs::Full,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.phase, RunPhase::Running, "{r:#?}");
     assert!(
         r.steps
@@ -582,5 +607,106 @@ async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
     assert_eq!(r.result, Some(json!({"step_1": "open", "step_2": "open"})));
+    workers.stop().await;
+}
+
+/// `blob`: outputs a string of `bytes` bytes.
+struct Blob;
+
+impl Tool for Blob {
+    fn execute<'a>(&'a self, _ctx: &'a ToolContext, input: Value) -> ToolFuture<'a> {
+        Box::pin(async move {
+            let n = input["bytes"].as_u64().unwrap_or(0) as usize;
+            Ok(json!("é".repeat(n / 2)))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_bounded_per_step_per_run_and_when_read() {
+    use crane_core::tool::{MAX_OUTPUT_BYTES, MAX_RUN_OUTPUT_BYTES};
+    let mut e = redis_common::engine(false).await;
+    let blob = ToolSpec::new(
+        "blob",
+        "Outputs `bytes` bytes.",
+        json!({"type": "object", "properties": {"bytes": {"type": "integer"}}}),
+    );
+    let toolbox =
+        Arc::new(crane_tools::in_memory().with([(blob, Arc::new(Blob) as Arc<dyn Tool>)]));
+    let workers = e.spawn_workers(1, e.worker_config(4), toolbox).await;
+    let options = RunOptions {
+        failure_policy: crane_core::run::FailurePolicy::ContinueIndependent,
+        ..redis_common::options()
+    };
+
+    // A step over the per-step limit fails, for good (the same call would do it again).
+    let over = MAX_OUTPUT_BYTES + 2;
+    e.init(
+        "too-big",
+        &plan(json!([
+            {"id": 1, "tool": "blob", "input": {"bytes": over}},
+            {"id": 2, "tool": "blob", "input": {"bytes": 10}}
+        ])),
+        &options,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = e.finished("too-big", Duration::from_secs(60)).await;
+    assert_eq!(r.phase, RunPhase::Failed, "{r:#?}");
+    let s1 = &r.steps[0];
+    assert_eq!((s1.phase, s1.attempts), (StepPhase::Failed, 1), "{s1:#?}");
+    let err = s1.error.as_deref().unwrap_or_default();
+    assert!(err.contains("at most 1048576 bytes"), "{err}");
+    assert_eq!(r.steps[1].phase, StepPhase::Succeeded);
+
+    // Outputs under the step limit but over the run's total: the step crossing it fails.
+    let each = MAX_OUTPUT_BYTES - 10;
+    let n = MAX_RUN_OUTPUT_BYTES / each + 1;
+    let steps: Vec<Value> = (1..=n)
+        .map(|i| json!({"id": i, "tool": "blob", "input": {"bytes": each}}))
+        .collect();
+    e.init("total", &plan(json!(steps)), &options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = e.finished("total", Duration::from_secs(120)).await;
+    let failed: Vec<_> = r
+        .steps
+        .iter()
+        .filter(|s| s.phase == StepPhase::Failed)
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "exactly the step crossing the limit: {r:#?}"
+    );
+    let err = failed[0].error.as_deref().unwrap_or_default();
+    assert!(err.contains("at most 16777216 bytes"), "{err}");
+
+    // The operator's read: previews of what is large, whole outputs of what is small.
+    let keys = redis_common::run_keys("too-big");
+    let preview = crane_engine::api::Outputs::Preview {
+        step_bytes: 7,
+        result_bytes: 7,
+    };
+    let r = run_report(&mut e.conn, &redis_common::run_keys("total"), preview)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = r
+        .steps
+        .iter()
+        .find_map(|s| s.output.clone())
+        .unwrap_or_default();
+    assert_eq!(out["truncated"], true, "{out}");
+    assert_eq!(out["sizeBytes"], json!(each + 2), "{out}");
+    // 7 bytes of `"ééé…`: the quote and three whole characters.
+    assert_eq!(out["preview"], "\"ééé", "{out}");
+    let small = crane_engine::api::Outputs::Preview {
+        step_bytes: 100,
+        result_bytes: 100,
+    };
+    let r = run_report(&mut e.conn, &keys, small)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.steps[1].output, Some(json!("ééééé")));
     workers.stop().await;
 }

@@ -172,7 +172,12 @@ async fn restore_rejects_hostile_input_with_the_reason() {
     let err = restore(&mut e, "cyc", &cycle, &both).await.unwrap_err();
     assert!(err.to_string().contains("cycle"), "{err}");
     assert!(matches!(
-        run_report(&mut e.conn, &redis_common::run_keys("cyc")).await,
+        run_report(
+            &mut e.conn,
+            &redis_common::run_keys("cyc"),
+            crane_engine::api::Outputs::Full
+        )
+        .await,
         Err(EngineError::RunNotFound(_))
     ));
 }

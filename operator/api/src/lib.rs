@@ -66,7 +66,21 @@ pub enum ApiError {
 /// `value` when its JSON is at most `max_bytes` long; otherwise
 /// `{"truncated": true, "sizeBytes": N, "preview": "<first bytes of the JSON>"}`, whose own
 /// JSON stays within `max_bytes` plus the envelope (about 60 bytes).
+/// A value the engine already cut (it reads large outputs as such a preview) keeps its
+/// original size, with its preview cut to `max_bytes`.
 pub fn truncate_json(value: &Value, max_bytes: usize) -> Value {
+    if let (Some(true), Some(size), Some(preview)) = (
+        value.get("truncated").and_then(Value::as_bool),
+        value.get("sizeBytes").and_then(Value::as_u64),
+        value.get("preview").and_then(Value::as_str),
+    ) && value.as_object().is_some_and(|o| o.len() == 3)
+    {
+        return json!({
+            "truncated": true,
+            "sizeBytes": size,
+            "preview": truncate(preview, max_bytes),
+        });
+    }
     let text = value.to_string();
     if text.len() <= max_bytes {
         return value.clone();

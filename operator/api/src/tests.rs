@@ -295,6 +295,11 @@ fn truncate_json_replaces_large_values_with_a_bounded_preview() {
     assert!(preview.len() <= MAX_STEP_OUTPUT_BYTES);
     assert!(preview.starts_with("{\"text\":\"🦀"));
     assert!(t.to_string().len() < MAX_STEP_OUTPUT_BYTES + 100);
+    // What the engine already cut keeps the original size, not the preview's.
+    let cut = json!({"truncated": true, "sizeBytes": 5_000_000, "preview": "x".repeat(4096)});
+    let t = truncate_json(&cut, MAX_STEP_OUTPUT_BYTES);
+    assert_eq!(t["sizeBytes"], 5_000_000);
+    assert!(t["preview"].as_str().unwrap_or_default().len() <= MAX_STEP_OUTPUT_BYTES);
 }
 
 fn report() -> StepReport {

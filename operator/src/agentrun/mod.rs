@@ -66,6 +66,12 @@ pub use status::phase_label;
 
 /// Finalizer that removes a run's Redis keys before the object goes.
 pub const FINALIZER: &str = "crane.dev/cleanup";
+/// How much of step outputs the operator reads: what status shows and no more, so its memory
+/// does not grow with what tools return.
+pub const OUTPUT_PREVIEW: crane_engine::api::Outputs = crane_engine::api::Outputs::Preview {
+    step_bytes: crane_api::MAX_STEP_OUTPUT_BYTES,
+    result_bytes: crane_api::MAX_RESULT_BYTES,
+};
 
 /// The AgentRun controller's state, shared by every reconcile.
 pub struct Reconciler {

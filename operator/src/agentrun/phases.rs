@@ -211,7 +211,7 @@ async fn start<C: Cluster>(
     let started = build::started(run, status_plan, source, now);
     // A short run may already be over (or this is a repeat on a stale cached object): then
     // the terminal status is the first status write, not Running followed by it.
-    let report = crane_engine::run_report(&mut redis, keys)
+    let report = crane_engine::run_report(&mut redis, keys, crate::agentrun::OUTPUT_PREVIEW)
         .await
         .map_err(engine_err("reading the run report"))?;
     if report.phase.is_terminal() {
@@ -305,15 +305,16 @@ async fn running<C: Cluster>(
             Err(e) => return Err(engine_err("cancelling the run")(e)),
         }
     }
-    let report = match crane_engine::run_report(&mut redis, keys).await {
-        Ok(r) => r,
-        // Redis lost the run (restart without persistence): rebuild it from the status.
-        Err(EngineError::RunNotFound(_)) => {
-            let status = recovery::rebuild(run, &mut redis, env.engine, keys, now).await?;
-            return Ok((status, Action::requeue(RESYNC)));
-        }
-        Err(e) => return Err(engine_err("reading the run report")(e)),
-    };
+    let report =
+        match crane_engine::run_report(&mut redis, keys, crate::agentrun::OUTPUT_PREVIEW).await {
+            Ok(r) => r,
+            // Redis lost the run (restart without persistence): rebuild it from the status.
+            Err(EngineError::RunNotFound(_)) => {
+                let status = recovery::rebuild(run, &mut redis, env.engine, keys, now).await?;
+                return Ok((status, Action::requeue(RESYNC)));
+            }
+            Err(e) => return Err(engine_err("reading the run report")(e)),
+        };
     let status = build::from_report(run, &report, deadline, now)?;
     Ok((
         status,
@@ -729,12 +730,18 @@ mod tests {
         crane_engine::delete_run(&mut redis, &keys)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(crane_engine::run_report(&mut redis, &keys).await.is_err());
+        assert!(
+            crane_engine::run_report(&mut redis, &keys, crate::agentrun::OUTPUT_PREVIEW)
+                .await
+                .is_err()
+        );
 
         w.advance(&mut run).await;
         assert_eq!(phase(&run), AgentRunPhase::Running);
         assert!(
-            crane_engine::run_report(&mut redis, &keys).await.is_ok(),
+            crane_engine::run_report(&mut redis, &keys, crate::agentrun::OUTPUT_PREVIEW)
+                .await
+                .is_ok(),
             "the run is back in redis"
         );
         w.work_until_finished(&keys).await;

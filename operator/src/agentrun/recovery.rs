@@ -188,7 +188,7 @@ pub async fn rebuild(
             now,
         ));
     }
-    let report = run_report(redis, keys)
+    let report = run_report(redis, keys, crate::agentrun::OUTPUT_PREVIEW)
         .await
         .map_err(engine_err("reading the rebuilt run"))?;
     Ok(build::from_report(run, &report, false, now)?)
@@ -226,7 +226,7 @@ pub async fn retry(
         }
         Err(e) => return Err(engine_err("retrying the run")(e)),
     }
-    let report = run_report(redis, keys)
+    let report = run_report(redis, keys, crate::agentrun::OUTPUT_PREVIEW)
         .await
         .map_err(engine_err("reading the retried run"))?;
     let mut status = build::from_report(run, &report, false, now)?;

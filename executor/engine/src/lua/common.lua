@@ -114,6 +114,18 @@ local function finish(id, ok, payload, retryable, backoff, now, f)
   local retry_due = 0
   f = f or redis.call('HMGET', STEPS, id .. ':children', id .. ':attempt', id .. ':error')
   if ok then
+    -- A run's outputs are bounded in all (each one is bounded by the worker): the output that
+    -- would cross the limit fails its step instead of filling Redis.
+    local total = redis.call('HINCRBY', META, 'out_bytes', #payload)
+    if total > MAX_RUN_OUTPUT_BYTES then
+      redis.call('HINCRBY', META, 'out_bytes', -#payload)
+      ok, retryable = false, false
+      payload = "the run's step outputs would reach " .. total .. ' bytes with this one (' ..
+        #payload .. ' bytes); a run\'s outputs may be at most ' .. MAX_RUN_OUTPUT_BYTES ..
+        ' bytes (16 MiB) in all'
+    end
+  end
+  if ok then
     redis.call('HSET', OUT, id, payload)
     if f[3] then redis.call('HDEL', STEPS, id .. ':error') end
     mark_terminal(id, 'Succeeded', now, f[2])

@@ -140,7 +140,7 @@ impl Engine {
     /// Run `run`'s report now (a panic when there is none).
     pub async fn report(&mut self, run: &str) -> RunReport {
         let keys = self.keys(run);
-        api::run_report(&mut self.conn, &keys)
+        api::run_report(&mut self.conn, &keys, crane_engine::api::Outputs::Full)
             .await
             .unwrap_or_else(|e| panic!("report of {run}: {e}"))
     }
