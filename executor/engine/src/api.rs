@@ -580,7 +580,9 @@ fn build_report(
                 None
             },
             usage: None,
-            message: None,
+            message: (!sphase.is_terminal() && sphase != StepPhase::Running)
+                .then(|| field(step.id, "wait").cloned())
+                .flatten(),
         });
     }
     let result = (phase == RunPhase::Succeeded)

@@ -332,6 +332,7 @@ async fn handle_hints(
     let cfg = &inner.config;
     let mut conn = inner.conn.clone();
     let mut parked = Vec::new();
+    let mut held = Vec::new();
     // Per run, in order of first appearance: the hints and their owner tokens.
     let mut runs: Vec<(RunKeys, Vec<(Hint, String)>)> = Vec::new();
     for hint in hints {
@@ -348,6 +349,16 @@ async fn handle_hints(
             // half-opens.
             let due =
                 super::time::now_ms() + ms(until.saturating_duration_since(Instant::now())).max(1);
+            // Shown in the step's status until it starts (the start script clears it).
+            let at = crate::local::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(due));
+            held.push((
+                keys.steps(),
+                format!("{}:wait", hint.step),
+                format!(
+                    "waiting: the circuit breaker of tool {} in pool {} is open after repeated transient failures; the step is tried again at {at}",
+                    hint.tool, cfg.pool
+                ),
+            ));
             parked.push(PoolAfter {
                 delay: Some((format!("{}|{}", hint.step, hint.tool), due)),
                 ack: Some(hint.entry),
@@ -359,6 +370,16 @@ async fn handle_hints(
         let owner = owner_token(&cfg.consumer);
         lock(&inner.in_flight).insert(hint.entry.clone(), hint.run.clone());
         push_to_run(&mut runs, keys, (hint, owner));
+    }
+    // Noted before parking, so whoever sees the step parked also sees why.
+    if !held.is_empty() {
+        let mut pipe = redis::pipe();
+        for (steps, field, why) in &held {
+            pipe.cmd("HSET").arg(steps).arg(field).arg(why).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            debug!(error = %e, "cannot note why steps wait");
+        }
     }
     if !parked.is_empty() {
         let call = pool_after(&cfg.pool, &cfg.engine.breaker, &parked);
@@ -550,6 +571,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
         ok,
         payload,
         retryable,
+        calls_out: inner.toolbox.calls_out(&hint.tool),
         backoff,
         done,
     });
@@ -611,6 +633,8 @@ struct Completion {
     /// The output (JSON) or the error message.
     payload: String,
     retryable: bool,
+    /// Whether the tool depends on something shared ([`crane_core::tool::Tool::calls_out`]).
+    calls_out: bool,
     /// Delay before a retry, ms.
     backoff: u64,
     done: oneshot::Sender<Completed>,
@@ -635,10 +659,14 @@ impl Completion {
         }
     }
 
-    /// What the tool's breaker records: a success, a retryable failure, or nothing (invalid
-    /// input and permanent failures are the plan's fault, not the tool's).
+    /// What the tool's breaker records: a success, a retryable failure, or nothing. Invalid
+    /// input and permanent failures are the plan's fault, not the tool's; and a tool that
+    /// calls nothing shared (arithmetic, a sleep) tells nothing about anyone else's calls,
+    /// so its timeouts never hold back other runs.
     fn breaker_outcome(&self) -> Option<bool> {
-        if self.ok {
+        if !self.calls_out {
+            None
+        } else if self.ok {
             Some(true)
         } else {
             self.retryable.then_some(false)

@@ -508,6 +508,11 @@ impl Tool for Gate {
             }
         })
     }
+
+    /// A dependency that is down: what breakers are for.
+    fn calls_out(&self) -> bool {
+        true
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,6 +599,14 @@ async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
         r.steps
             .iter()
             .all(|s| s.phase != StepPhase::Failed && s.attempts < 20),
+        "{r:#?}"
+    );
+    // A held step says why it waits, in the report the operator turns into status.
+    assert!(
+        r.steps.iter().any(|s| s
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("circuit breaker of tool gate"))),
         "{r:#?}"
     );
     shut.store(false, Ordering::SeqCst);
@@ -708,5 +721,62 @@ async fn outputs_are_bounded_per_step_per_run_and_when_read() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.steps[1].output, Some(json!("ééééé")));
+    workers.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_of_local_tools_never_open_a_breaker() {
+    let mut e = redis_common::engine(false).await;
+    let mut config = e.worker_config(8);
+    config.engine.breaker = BreakerConfig {
+        failure_threshold: 2,
+        cooldown: Duration::from_secs(60),
+        success_threshold: 1,
+    };
+    let workers = e
+        .spawn_workers(1, config.clone(), Arc::new(crane_tools::in_memory()))
+        .await;
+    // Six `wait` steps time out on their own 50 ms timeout (as a careless plan would).
+    let slow: Vec<Value> = (1..=6)
+        .map(|i| json!({"id": i, "tool": "wait", "input": {"ms": 2000}}))
+        .collect();
+    let options = RunOptions {
+        step_timeout_ms: 50,
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        failure_policy: crane_core::run::FailurePolicy::ContinueIndependent,
+    };
+    e.init("careless", &plan(json!(slow)), &options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = e.finished("careless", Duration::from_secs(60)).await;
+    assert!(
+        r.steps.iter().all(|s| s.phase == StepPhase::Failed),
+        "{r:#?}"
+    );
+    let states = breaker_states(&mut e.conn, &e.pool, &config.engine.breaker)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        states.iter().all(|s| s.tool != "wait"),
+        "a local tool's timeouts reached its breaker: {states:?}"
+    );
+    // Another run's `wait` runs at once, nothing holds it.
+    e.init(
+        "bystander",
+        &plan(json!([{"id": 1, "tool": "wait", "input": {"ms": 10}}])),
+        &redis_common::options(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = e.finished("bystander", Duration::from_secs(60)).await;
+    assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
+    assert!(
+        r.steps
+            .iter()
+            .all(|s| s.attempts == 1 && s.message.is_none())
+    );
     workers.stop().await;
 }

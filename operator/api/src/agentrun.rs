@@ -27,6 +27,13 @@ pub const REASON_INVALID_PLAN: &str = "InvalidPlan";
 /// Condition type: parts of the status were left out to keep the object within its size
 /// limit (the message says which; full outputs stay in the engine).
 pub const CONDITION_STATUS_TRUNCATED: &str = "StatusTruncated";
+/// Condition type: steps that could run are held back (the message lists them and why);
+/// `False` once none is.
+pub const CONDITION_WAITING: &str = "Waiting";
+/// Condition reason on `Waiting`: a tool's circuit breaker is open in the run's pool.
+pub const REASON_BREAKER_OPEN: &str = "BreakerOpen";
+/// Condition reason on `Waiting` once no step is held back any more.
+pub const REASON_NOT_WAITING: &str = "NotWaiting";
 /// Condition reason on `Failed` when the run's budget could not cover a call.
 pub const REASON_BUDGET_EXCEEDED: &str = "BudgetExceeded";
 /// Condition reason on `Failed` when even a reduced status cannot be written.

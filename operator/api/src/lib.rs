@@ -15,9 +15,9 @@ mod workerpool;
 
 pub use agentrun::{
     AgentRun, AgentRunPhase, AgentRunSpec, AgentRunStatus, BudgetSpec, CONDITION_COMPLETE,
-    CONDITION_FAILED, CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, PlannerSpec,
-    REASON_BUDGET_EXCEEDED, REASON_INVALID_PLAN, REASON_STATUS_TOO_LARGE, RunApproval, RunUsage,
-    StepStatus, StepUsage,
+    CONDITION_FAILED, CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, CONDITION_WAITING,
+    PlannerSpec, REASON_BREAKER_OPEN, REASON_BUDGET_EXCEEDED, REASON_INVALID_PLAN,
+    REASON_NOT_WAITING, REASON_STATUS_TOO_LARGE, RunApproval, RunUsage, StepStatus, StepUsage,
 };
 pub use approval::{Approval, ApprovalSpec, ApprovalStatus, Decision, Outcome};
 pub use model::{Model, ModelLimitsSpec, ModelSpec, ModelStatus};

@@ -18,7 +18,7 @@ local function start(id, owner, entry)
   if is_terminal_run(m[1]) then return {'drop', 'run finished'} end
   local p = id .. ':'
   local s = redis.call('HMGET', STEPS, p .. 'phase', p .. 'attempt', p .. 'due', p .. 'entry',
-    p .. 'started', p .. 'spec', p .. 'refs')
+    p .. 'started', p .. 'spec', p .. 'refs', p .. 'wait')
   local phase = s[1]
   if not phase then return {'drop', 'no such step'} end
   local attempt = tonumber(s[2]) or 0
@@ -52,7 +52,8 @@ local function start(id, owner, entry)
     redis.call('HSET', STEPS, p .. 'phase', 'Running', p .. 'attempt', attempt, p .. 'owner', owner,
       p .. 'entry', entry, p .. 'astart', now, p .. 'started', now)
   end
-  if due then redis.call('HDEL', STEPS, p .. 'due') end
+  -- 'wait' says why a step that could run waits (an open breaker): no longer so.
+  if due or s[8] then redis.call('HDEL', STEPS, p .. 'due', p .. 'wait') end
   event('step', id, 'Running', attempt)
   local r = {'ok', attempt, s[6], m[6], m[7]}
   local refs = split(s[7])

@@ -17,8 +17,9 @@ pub use crate::controller::set_condition;
 use crate::pod::{hardened_pod, redis_credentials_env};
 use crane_api::{
     AgentRun, AgentRunPhase, AgentRunStatus, ApiError, CONDITION_COMPLETE, CONDITION_FAILED,
-    CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, MAX_ERROR_BYTES, MAX_OBJECT_BYTES,
-    MAX_RESULT_BYTES, REASON_INVALID_PLAN, REASON_STATUS_TOO_LARGE, StepStatus, truncate_json,
+    CONDITION_PLANNED, CONDITION_STATUS_TRUNCATED, CONDITION_WAITING, MAX_ERROR_BYTES,
+    MAX_OBJECT_BYTES, MAX_RESULT_BYTES, REASON_BREAKER_OPEN, REASON_INVALID_PLAN,
+    REASON_NOT_WAITING, REASON_STATUS_TOO_LARGE, StepStatus, truncate_json,
 };
 use crane_core::text::truncate;
 
@@ -429,6 +430,51 @@ pub fn progress(report: &RunReport) -> String {
     format!("{ran}/{}", report.steps.len())
 }
 
+/// `Waiting`: which steps that could run are held back, and why (the engine notes it on
+/// each such step); set to False when none is any more, absent when none ever was.
+fn set_waiting(
+    conditions: &mut Vec<Condition>,
+    report: &RunReport,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let held: Vec<String> = report
+        .steps
+        .iter()
+        .filter_map(|st| {
+            Some(format!(
+                "step {} ({}): {}",
+                st.id,
+                st.tool,
+                st.message.as_deref()?
+            ))
+        })
+        .collect();
+    if held.is_empty() {
+        if conditions.iter().any(|c| c.type_ == CONDITION_WAITING) {
+            set_condition(
+                conditions,
+                CONDITION_WAITING,
+                false,
+                REASON_NOT_WAITING,
+                "no step is held back",
+                generation,
+                now,
+            );
+        }
+        return;
+    }
+    set_condition(
+        conditions,
+        CONDITION_WAITING,
+        true,
+        REASON_BREAKER_OPEN,
+        &held.join("; "),
+        generation,
+        now,
+    );
+}
+
 /// The status mirroring an engine report. `deadline_exceeded` turns a run the operator
 /// cancelled for its deadline into Failed/DeadlineExceeded.
 pub fn from_report(
@@ -445,6 +491,7 @@ pub fn from_report(
         .collect::<Result<_, _>>()?;
     s.progress = Some(progress(report));
     let generation = run.metadata.generation;
+    set_waiting(&mut s.conditions, report, generation, now);
     let mut phase = AgentRunPhase::from(report.phase);
     if deadline_exceeded && !matches!(phase, AgentRunPhase::Succeeded | AgentRunPhase::Failed) {
         phase = AgentRunPhase::Failed;

@@ -461,3 +461,49 @@ fn a_status_too_large_for_the_object_is_reduced_and_says_so() {
     );
     assert!(size(&last) < 2_000);
 }
+
+#[test]
+fn steps_held_by_a_breaker_show_in_their_entry_and_a_waiting_condition() {
+    let mut r = run(json!({"plan": {"steps": []}}));
+    let now = time("2026-01-01T00:01:00Z");
+    let mut held = step(2, StepPhase::Pending, None, None);
+    held.message = Some("waiting: the circuit breaker of tool http.x is open".into());
+    let report = RunReport {
+        phase: RunPhase::Running,
+        steps: vec![step(1, StepPhase::Succeeded, Some(json!(1)), None), held],
+        result: None,
+        error: None,
+    };
+    let s = from_report(&r, &report, false, &now).expect("status");
+    assert_eq!(
+        s.steps[1].message.as_deref(),
+        Some("waiting: the circuit breaker of tool http.x is open")
+    );
+    let c = condition(&s, CONDITION_WAITING).expect("Waiting");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", REASON_BREAKER_OPEN)
+    );
+    assert!(c.message.starts_with("step 2 ("), "{}", c.message);
+
+    // Once it runs, the condition says nothing waits any more.
+    r.status = Some(s);
+    let mut moving = report.clone();
+    moving.steps[1].message = None;
+    moving.steps[1].phase = StepPhase::Running;
+    let s = from_report(&r, &moving, false, &now).expect("status");
+    let c = condition(&s, CONDITION_WAITING).expect("Waiting");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", REASON_NOT_WAITING)
+    );
+    // A run nothing ever held has no such condition.
+    r.status = None;
+    assert!(
+        condition(
+            &from_report(&r, &moving, false, &now).expect("status"),
+            CONDITION_WAITING
+        )
+        .is_none()
+    );
+}
