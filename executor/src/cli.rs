@@ -237,6 +237,7 @@ async fn run_cmd(args: RunArgs) -> CmdResult {
         },
         step_timeout_ms: args.step_timeout_seconds.saturating_mul(1000),
         failure_policy: args.failure_policy,
+        ..RunOptions::default()
     };
     // Ctrl-C cancels: no new step starts, running ones finish, the run reports Cancelled.
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
@@ -543,6 +544,7 @@ pub async fn submit(args: SubmitArgs) -> CmdResult {
         },
         step_timeout_ms: args.step_timeout_seconds * 1000,
         failure_policy: args.failure_policy,
+        ..RunOptions::default()
     };
     let config = EngineConfig {
         ttl: Duration::from_secs(args.ttl_seconds),

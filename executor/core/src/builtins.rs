@@ -9,6 +9,7 @@ use crate::tool::ToolSpec;
 
 pub const CALCULATOR: &str = "calculator";
 pub const LLM: &str = "llm";
+pub const APPROVAL: &str = "approval";
 pub const WAIT: &str = "wait";
 pub const TODO_ADD: &str = "todo_store.add";
 pub const TODO_LIST: &str = "todo_store.list";
@@ -22,6 +23,14 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 pub const MAX_TITLE_CHARS: usize = 500;
 /// The longest `llm` prompt or system text, in characters (after variables are resolved).
 pub const MAX_LLM_TEXT_CHARS: usize = 100_000;
+/// The longest an `approval` step may wait for its decision (7 days).
+pub const MAX_APPROVAL_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+/// What an `approval` step waits when it sets no `timeoutSeconds` (1 day).
+pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u64 = 24 * 3600;
+/// The longest approval message, in characters.
+pub const MAX_APPROVAL_MESSAGE_CHARS: usize = 4_096;
+/// The most approvers one gate may name.
+pub const MAX_APPROVERS: usize = 64;
 /// The most tokens one `llm` step may ask the model for.
 pub const MAX_LLM_TOKENS: u64 = 100_000;
 /// What a token budget reserves for an `llm` step that sets no `maxTokens`.
@@ -76,6 +85,24 @@ pub fn specs() -> Vec<ToolSpec> {
                     "temperature": {"type": "number", "minimum": 0, "maximum": 2}
                 },
                 "required": ["prompt"],
+                "additionalProperties": false
+            }),
+        ),
+        ToolSpec::new(
+            APPROVAL,
+            "Waits for a person to approve before the steps that depend on it run; returns \
+             {approved: true, by, comment}. A rejection (or a timeout with onTimeout Reject) \
+             fails the step. Put it before any step that acts on the world (sends, deletes, \
+             pays, deploys) and say in the message what will happen.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string", "minLength": 1, "maxLength": MAX_APPROVAL_MESSAGE_CHARS, "description": "What the approver is asked; may contain {step_N_output} variables."},
+                    "approvers": {"type": "array", "maxItems": MAX_APPROVERS, "items": {"type": "string", "minLength": 1, "maxLength": 253}, "description": "User or group names allowed to decide; empty: anyone who may update Approvals in the namespace."},
+                    "timeoutSeconds": {"type": "integer", "minimum": 1, "maximum": MAX_APPROVAL_TIMEOUT_SECONDS, "description": "How long to wait for a decision (default one day)."},
+                    "onTimeout": {"enum": ["Reject", "Approve"], "description": "What a timeout decides (default Reject)."}
+                },
+                "required": ["message"],
                 "additionalProperties": false
             }),
         ),

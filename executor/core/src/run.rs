@@ -65,6 +65,23 @@ pub struct RunOptions {
     pub retry: RetryPolicy,
     pub step_timeout_ms: u64,
     pub failure_policy: FailurePolicy,
+    /// The tools of Kubernetes objects (Tool, MCPServer) the plan uses, as they were when the
+    /// run started: endpoints and Secret references, never Secret values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::tool::ToolSpec>,
+    /// The Models the run's `llm` steps may use, resolved from Model objects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<crate::model::ModelConfig>,
+    /// The Model of `llm` steps that name none (`spec.model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// What the run may spend (`spec.budget`).
+    #[serde(default, skip_serializing_if = "crate::model::Budget::is_empty")]
+    pub budget: crate::model::Budget,
+    /// What the planner's model call spent (one call), counted in the run's usage and
+    /// against its budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner_usage: Option<crate::model::Usage>,
 }
 
 impl Default for RunOptions {
@@ -73,6 +90,11 @@ impl Default for RunOptions {
             retry: RetryPolicy::default(),
             step_timeout_ms: 30_000,
             failure_policy: FailurePolicy::FailFast,
+            tools: Vec::new(),
+            models: Vec::new(),
+            model: None,
+            budget: crate::model::Budget::default(),
+            planner_usage: None,
         }
     }
 }
@@ -103,6 +125,8 @@ pub enum StepPhase {
     /// Dependencies met; queued for a worker.
     Ready,
     Running,
+    /// Held at an approval gate until a person decides (an `Approval` object).
+    WaitingForApproval,
     Succeeded,
     Failed,
     /// Will never run: a dependency failed, or the run stopped (FailFast, cancel, deadline).

@@ -73,7 +73,7 @@ impl StepEnded {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StartReply {
     /// The step is Running under this attempt: the worker runs it.
-    Started(Started),
+    Started(Box<Started>),
     /// The step may not start now (`why`: "step is Running", "run finished", ...): the hint
     /// is dropped.
     Dropped { why: String },
@@ -294,10 +294,10 @@ impl Reply for Vec<StartReply> {
                 if outputs.len() % 2 != 0 {
                     return Err("outputs are not id/output pairs".into());
                 }
-                Ok(StartReply::Started(Started {
+                Ok(StartReply::Started(Box::new(Started {
                     attempt,
                     work: step_work(&spec, namespace, &options, &outputs),
-                }))
+                })))
             }
             "drop" => Ok(StartReply::Dropped {
                 why: r.next("reason")?,
@@ -467,7 +467,7 @@ mod tests {
 
     fn started(row: &[&str]) -> Result<Started, String> {
         match <Vec<StartReply>>::parse(Value::Array(vec![array(row)]))?.pop() {
-            Some(StartReply::Started(s)) => Ok(s),
+            Some(StartReply::Started(s)) => Ok(*s),
             other => Err(format!("not started: {other:?}")),
         }
     }

@@ -433,7 +433,7 @@ async fn handle_hints(
                     let permit = permits
                         .pop()
                         .or_else(|| inner.slots.clone().try_acquire_owned().ok());
-                    spawn_step(inner, tasks, hint, owner, started, permit);
+                    spawn_step(inner, tasks, hint, owner, *started, permit);
                     continue;
                 }
                 StartReply::Finished(ended) => {

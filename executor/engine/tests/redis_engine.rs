@@ -12,7 +12,7 @@ use crane_core::run::{RetryPolicy, RunOptions, RunPhase, StepPhase};
 use crane_core::tool::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec};
 use crane_engine::api::{InitOutcome, init_run, run_report};
 use crane_engine::queue::{BreakerPhase, PoolAfter, pool_after};
-use crane_engine::replies::{BreakerUpdate, CompleteReply, StartReply, Started, StepEnded};
+use crane_engine::replies::{BreakerUpdate, CompleteReply, StartReply, StepEnded};
 use crane_engine::scripts::{self, AttemptEnd, AttemptOutcome, StartHint, StartMode};
 use crane_engine::{
     BreakerConfig, EngineConfig, EngineError, RunKeys, breaker_states, cancel_run, delete_run,
@@ -43,7 +43,7 @@ async fn start(
 /// The attempt a start reply began, or a panic naming what came back instead.
 fn attempt(reply: StartReply) -> u32 {
     match reply {
-        StartReply::Started(Started { attempt, .. }) => attempt,
+        StartReply::Started(s) => s.attempt,
         other => panic!("not started: {other:?}"),
     }
 }
@@ -587,28 +587,37 @@ async fn a_step_behind_an_open_breaker_waits_instead_of_failing() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = run_report(
-        &mut e.conn,
-        &redis_common::run_keys("gated"),
-        crane_engine::api::Outputs::Full,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.phase, RunPhase::Running, "{r:#?}");
-    assert!(
-        r.steps
-            .iter()
-            .all(|s| s.phase != StepPhase::Failed && s.attempts < 20),
-        "{r:#?}"
-    );
-    // A held step says why it waits, in the report the operator turns into status.
-    assert!(
-        r.steps.iter().any(|s| s
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("circuit breaker of tool gate"))),
-        "{r:#?}"
-    );
+    // A held step says why it waits, in the report the operator turns into status. The note
+    // and the parking are two writes, so the report is read until it shows the note.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = run_report(
+            &mut e.conn,
+            &redis_common::run_keys("gated"),
+            crane_engine::api::Outputs::Full,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.phase, RunPhase::Running, "{r:#?}");
+        assert!(
+            r.steps
+                .iter()
+                .all(|s| s.phase != StepPhase::Failed && s.attempts < 20),
+            "{r:#?}"
+        );
+        if r.steps.iter().any(|s| {
+            s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("circuit breaker of tool gate"))
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no held step says it waits for the breaker: {r:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     shut.store(false, Ordering::SeqCst);
     let r = crane_engine::wait_for_run(
         &e.client,
@@ -747,6 +756,7 @@ async fn timeouts_of_local_tools_never_open_a_breaker() {
             ..RetryPolicy::default()
         },
         failure_policy: crane_core::run::FailurePolicy::ContinueIndependent,
+        ..RunOptions::default()
     };
     e.init("careless", &plan(json!(slow)), &options)
         .await

@@ -50,16 +50,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_builtin_spec_but_llm_has_an_implementation() {
-        // `llm` needs the run's Model, budget and the cluster's rate limits: the worker runs
-        // it (crate::llm makes the call).
+    fn every_builtin_spec_but_llm_and_approval_has_an_implementation() {
+        // `llm` needs the run's Model, budget and the cluster's rate limits, `approval` a
+        // person: the worker runs the first (crate::llm makes the call) and parks the second.
         let toolbox = in_memory();
         assert_eq!(
             toolbox.catalog().names().collect::<Vec<_>>(),
             builtins::specs()
                 .iter()
                 .map(|s| s.name.as_str())
-                .filter(|n| *n != builtins::LLM)
+                .filter(|n| *n != builtins::LLM && *n != builtins::APPROVAL)
                 .collect::<Vec<_>>()
         );
         assert_eq!(builtins(Arc::new(MemoryTodoStore::default())).len(), 7);

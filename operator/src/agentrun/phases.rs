@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crane_core::model::ModelConfig;
+use crane_core::model::{ModelConfig, Usage};
 use crane_core::plan::{Plan, PlanSource};
 use crane_core::tool::{Catalog, ToolSpec};
 use crane_engine::api::{PlannerInput, PlannerResult, load_planner_result, store_planner_input};
@@ -45,6 +45,17 @@ pub struct Env<'a, C> {
     pub config: &'a Config,
 }
 
+impl<C> Env<'_, C> {
+    /// What rebuilding a run needs of this environment.
+    fn namespace(&self) -> recovery::Namespace<'_> {
+        recovery::Namespace {
+            engine: self.engine,
+            catalog: self.catalog,
+            models: self.models,
+        }
+    }
+}
+
 /// The status to write (equal to the old one when nothing changed) and when to look again.
 pub type Next = (AgentRunStatus, Action);
 
@@ -63,7 +74,7 @@ pub async fn advance<C: Cluster>(
         .flatten();
     let (status, action) = if let Some(token) = retry {
         let mut redis = env.redis.clone();
-        let status = recovery::retry(run, &mut redis, env.engine, keys, &token, now).await?;
+        let status = recovery::retry(run, &mut redis, &env.namespace(), keys, &token, now).await?;
         (status, Action::requeue(RESYNC))
     } else if phase.is_terminal() {
         return Ok((old, finished(run, env.cluster).await?));
@@ -116,7 +127,18 @@ async fn pending<C: Cluster>(
         None => None,
     };
     match &run.spec.plan {
-        Some(plan) => start(run, env, keys, ns, plan.clone(), PlanSource::Spec, now).await,
+        Some(plan) => {
+            start(
+                run,
+                env,
+                keys,
+                ns,
+                plan.clone(),
+                (PlanSource::Spec, None),
+                now,
+            )
+            .await
+        }
         None => {
             // The planner gets the prompt and the catalog through Redis, byte for byte; the
             // endpoints (bindings) stay out of it: planning needs names, words and schemas.
@@ -156,7 +178,7 @@ async fn start<C: Cluster>(
     keys: &RunKeys,
     ns: &str,
     plan: Plan,
-    source: PlanSource,
+    (source, planner_usage): (PlanSource, Option<Usage>),
     now: &Time,
 ) -> Result<Next, Error> {
     let refuse = |reason: &str, message: &str| {
@@ -185,16 +207,12 @@ async fn start<C: Cluster>(
             return refuse("InvalidWorkerPool", &message);
         }
     };
+    let options = match build::run_options(run, &plan, env.catalog, env.models, planner_usage) {
+        Ok(o) => o,
+        Err(m) => return refuse(REASON_INVALID_PLAN, &build::invalid_plan_message(&m)),
+    };
     let mut redis = env.redis.clone();
-    let init = crane_engine::init_run(
-        &mut redis,
-        keys,
-        &pool,
-        &plan,
-        &build::run_options(run),
-        env.engine,
-    )
-    .await;
+    let init = crane_engine::init_run(&mut redis, keys, &pool, &plan, &options, env.engine).await;
     match init {
         Ok(outcome) => info!(
             ?outcome,
@@ -240,8 +258,13 @@ async fn planning<C: Cluster>(
     let failed = |message: &str| fail(REASON_PLANNER_FAILED, message);
     let mut redis = env.redis.clone();
     match load_planner_result(&mut redis, keys).await {
-        Ok(Some(PlannerResult::Planned { plan, source, .. })) => {
-            return start(run, env, keys, ns, plan, source, now).await;
+        Ok(Some(PlannerResult::Planned {
+            plan,
+            source,
+            usage,
+            ..
+        })) => {
+            return start(run, env, keys, ns, plan, (source, usage), now).await;
         }
         Ok(Some(PlannerResult::Failed { error })) => {
             return failed(&format!("planner failed: {error}"));
@@ -305,16 +328,17 @@ async fn running<C: Cluster>(
             Err(e) => return Err(engine_err("cancelling the run")(e)),
         }
     }
-    let report =
-        match crane_engine::run_report(&mut redis, keys, crate::agentrun::OUTPUT_PREVIEW).await {
-            Ok(r) => r,
-            // Redis lost the run (restart without persistence): rebuild it from the status.
-            Err(EngineError::RunNotFound(_)) => {
-                let status = recovery::rebuild(run, &mut redis, env.engine, keys, now).await?;
-                return Ok((status, Action::requeue(RESYNC)));
-            }
-            Err(e) => return Err(engine_err("reading the run report")(e)),
-        };
+    let report = match crane_engine::run_report(&mut redis, keys, crate::agentrun::OUTPUT_PREVIEW)
+        .await
+    {
+        Ok(r) => r,
+        // Redis lost the run (restart without persistence): rebuild it from the status.
+        Err(EngineError::RunNotFound(_)) => {
+            let status = recovery::rebuild(run, &mut redis, &env.namespace(), keys, now).await?;
+            return Ok((status, Action::requeue(RESYNC)));
+        }
+        Err(e) => return Err(engine_err("reading the run report")(e)),
+    };
     let status = build::from_report(run, &report, deadline, now)?;
     Ok((
         status,

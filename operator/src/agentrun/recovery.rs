@@ -135,32 +135,38 @@ fn plan_of(run: &AgentRun) -> Option<Plan> {
         .or_else(|| run.spec.plan.clone())
 }
 
+/// What rebuilding a run in the engine needs from its namespace and the operator.
+pub struct Namespace<'a> {
+    pub engine: &'a EngineConfig,
+    pub catalog: &'a crane_core::tool::Catalog,
+    pub models: &'a [crane_core::model::ModelConfig],
+}
+
 /// Re-creates the run in Redis from its status (Redis lost it). Returns whether a plan was
 /// there to rebuild from.
 async fn rebuild_in_engine(
     run: &AgentRun,
     redis: &mut ConnectionManager,
-    engine: &EngineConfig,
+    ns: &Namespace<'_>,
     keys: &RunKeys,
 ) -> Result<bool, Error> {
     let Some(plan) = plan_of(run) else {
         return Ok(false);
     };
-    let ns = run.namespace().unwrap_or_default();
-    let pool = PoolName::parse(&format!("{ns}/{}", run.spec.worker_pool))
-        .map_err(engine_err("naming the run's pool"))?;
+    // The namespace's tools and Models as they are now (the run's originals went with Redis);
+    // a step whose tool or Model is gone fails with that error when it runs.
+    let options = build::run_options(run, &plan, ns.catalog, ns.models, None)
+        .unwrap_or_else(|_| build::spec_options(run));
+    let pool = PoolName::parse(&format!(
+        "{}/{}",
+        run.namespace().unwrap_or_default(),
+        run.spec.worker_pool
+    ))
+    .map_err(engine_err("naming the run's pool"))?;
     let completed = completed_from_status(&run.status.clone().unwrap_or_default(), &plan);
-    let outcome = restore_run(
-        redis,
-        keys,
-        &pool,
-        &plan,
-        &build::run_options(run),
-        &completed,
-        engine,
-    )
-    .await
-    .map_err(engine_err("rebuilding the run from its status"))?;
+    let outcome = restore_run(redis, keys, &pool, &plan, &options, &completed, ns.engine)
+        .await
+        .map_err(engine_err("rebuilding the run from its status"))?;
     match outcome {
         InitOutcome::Created => warn!(
             kept = completed.len(),
@@ -176,11 +182,11 @@ async fn rebuild_in_engine(
 pub async fn rebuild(
     run: &AgentRun,
     redis: &mut ConnectionManager,
-    engine: &EngineConfig,
+    ns: &Namespace<'_>,
     keys: &RunKeys,
     now: &Time,
 ) -> Result<AgentRunStatus, Error> {
-    if !rebuild_in_engine(run, redis, engine, keys).await? {
+    if !rebuild_in_engine(run, redis, ns, keys).await? {
         return Ok(build::failed_early(
             run,
             build::REASON_PLANNER_FAILED,
@@ -198,7 +204,7 @@ pub async fn rebuild(
 pub async fn retry(
     run: &AgentRun,
     redis: &mut ConnectionManager,
-    engine: &EngineConfig,
+    ns: &Namespace<'_>,
     keys: &RunKeys,
     token: &str,
     now: &Time,
@@ -213,12 +219,12 @@ pub async fn retry(
         status.retry_token = Some(token.to_owned());
         return Ok(status);
     }
-    match retry_run(redis, keys, engine).await {
+    match retry_run(redis, keys, ns.engine).await {
         Ok(RetryOutcome::Retried { steps }) => info!(token, steps, "retrying the failed run"),
         // An earlier retry reached Redis but not the status: mirror what it became.
         Ok(RetryOutcome::NotFailed(phase)) => info!(token, ?phase, "the run was already retried"),
         Err(EngineError::RunNotFound(_)) => {
-            rebuild_in_engine(run, redis, engine, keys).await?;
+            rebuild_in_engine(run, redis, ns, keys).await?;
             info!(
                 token,
                 "retrying the failed run from its status (redis lost it)"

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crane_core::model::ModelConfig;
+use crane_core::model::{Budget, ModelConfig, Usage};
+use crane_core::plan::Plan;
 use crane_core::run::{RunOptions, RunReport, StepPhase};
+use crane_core::tool::Catalog;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -56,13 +58,69 @@ pub fn run_id(run: &AgentRun) -> Result<&str, BuildError> {
         .ok_or(BuildError::MissingMetadata("metadata.uid"))
 }
 
-/// The engine options of a run, from its spec.
-pub fn run_options(run: &AgentRun) -> RunOptions {
+/// The engine options a run's spec sets.
+pub fn spec_options(run: &AgentRun) -> RunOptions {
     RunOptions {
         retry: run.spec.retry,
         step_timeout_ms: u64::from(run.spec.step_timeout_seconds).saturating_mul(1000),
         failure_policy: run.spec.failure_policy,
+        model: run.spec.model.clone(),
+        budget: run
+            .spec
+            .budget
+            .map(|b| Budget {
+                max_tokens: b.max_tokens,
+                max_llm_calls: b.max_llm_calls,
+                max_tool_calls: b.max_tool_calls,
+            })
+            .unwrap_or_default(),
+        ..RunOptions::default()
     }
+}
+
+/// The engine options of a run: its spec's, plus what its steps need from the namespace,
+/// fixed for the run's life: the object-defined tools the plan uses (endpoints and Secret
+/// references) and the Models its `llm` steps use. Err: why the plan cannot run here (an
+/// `llm` step with no Model, or naming one that is not Ready). `planner_usage`: what the
+/// planner's model call spent, which the budget counts too.
+pub fn run_options(
+    run: &AgentRun,
+    plan: &Plan,
+    catalog: &Catalog,
+    models: &[ModelConfig],
+    planner_usage: Option<Usage>,
+) -> Result<RunOptions, String> {
+    let mut options = RunOptions {
+        planner_usage,
+        ..spec_options(run)
+    };
+    for step in &plan.steps {
+        if step.tool == crane_core::builtins::LLM {
+            let named = step.input.get("model").and_then(|m| m.as_str());
+            let Some(name) = named.or(run.spec.model.as_deref()) else {
+                return Err(format!(
+                    "step {} (llm) names no model and spec.model is not set",
+                    step.id
+                ));
+            };
+            let Some(model) = models.iter().find(|m| m.name == name) else {
+                return Err(format!(
+                    "step {} (llm): Model {:?} does not exist in this namespace or is not Ready",
+                    step.id,
+                    truncate(name, 63)
+                ));
+            };
+            if !options.models.iter().any(|m| m.name == name) {
+                options.models.push(model.clone());
+            }
+        } else if let Some(spec) = catalog.get(&step.tool)
+            && (spec.binding.is_some() || spec.requires_approval)
+            && !options.tools.iter().any(|t| t.name == spec.name)
+        {
+            options.tools.push(spec.clone());
+        }
+    }
+    Ok(options)
 }
 
 /// 32-bit FNV-1a, for short stable name suffixes.

@@ -363,13 +363,66 @@ fn run_options_come_from_the_spec() {
     let r = run(
         json!({"prompt": "x", "stepTimeoutSeconds": 7, "failurePolicy": "ContinueIndependent", "retry": {"maxAttempts": 5, "initialBackoffMs": 10, "maxBackoffMs": 20}}),
     );
-    let o = run_options(&r);
+    let o = spec_options(&r);
     assert_eq!(o.step_timeout_ms, 7000);
     assert_eq!(o.retry.max_attempts, 5);
     assert_eq!(
         o.failure_policy,
         crane_core::run::FailurePolicy::ContinueIndependent
     );
+}
+
+#[test]
+fn run_options_carry_the_bound_tools_and_models_the_plan_uses() {
+    use crane_core::model::{ModelConfig, ModelLimits};
+    use crane_core::plan::Plan;
+    use crane_core::tool::{Binding, Catalog, ToolSpec};
+    let mut weather = ToolSpec::new("weather", "w", json!({"type": "object"}));
+    weather.binding = Some(Binding::Http {
+        url: "http://weather.example/".into(),
+        method: "POST".into(),
+        headers: Vec::new(),
+        timeout_seconds: 5,
+    });
+    let unused = ToolSpec {
+        name: "unused".into(),
+        ..weather.clone()
+    };
+    let catalog = Catalog::builtins().with([weather.clone(), unused]);
+    let model = |name: &str| ModelConfig {
+        name: name.into(),
+        base_url: "http://llm.example/v1".into(),
+        model: "m".into(),
+        api_key: None,
+        timeout_seconds: 30,
+        limits: ModelLimits::default(),
+    };
+    let models = [model("fast"), model("smart"), model("idle")];
+    let plan: Plan = serde_json::from_value(json!({"steps": [
+        {"id": 1, "tool": "weather", "input": {}},
+        {"id": 2, "tool": "llm", "input": {"prompt": "a"}},
+        {"id": 3, "tool": "llm", "input": {"prompt": "b", "model": "smart"}},
+        {"id": 4, "tool": "weather", "input": {}},
+        {"id": 5, "tool": "calculator", "input": {"expression": "1"}}
+    ]}))
+    .expect("plan");
+    let r = run(json!({"prompt": "x", "model": "fast", "budget": {"maxLlmCalls": 3}}));
+    let o = run_options(&r, &plan, &catalog, &models, None).expect("options");
+    assert_eq!(o.tools, [weather]);
+    let names: Vec<_> = o.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["fast", "smart"]);
+    assert_eq!(
+        (o.model.as_deref(), o.budget.max_llm_calls),
+        (Some("fast"), Some(3))
+    );
+
+    // No model for an llm step, or one that is not Ready: the plan cannot run here.
+    let r = run(json!({"prompt": "x"}));
+    let err = run_options(&r, &plan, &catalog, &models, None).unwrap_err();
+    assert!(err.contains("step 2 (llm) names no model"), "{err}");
+    let r = run(json!({"prompt": "x", "model": "gone"}));
+    let err = run_options(&r, &plan, &catalog, &models, None).unwrap_err();
+    assert!(err.contains("Model \"gone\" does not exist"), "{err}");
 }
 
 #[test]
