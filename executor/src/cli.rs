@@ -479,9 +479,13 @@ pub async fn work(args: WorkArgs) -> CmdResult {
             }
         });
     }
+    // Bound tools' header secrets and Models' keys: the Secrets the operator mounts.
+    let connectors = crane_tools::Remote::new(crane_tools::Secrets::default())
+        .map_err(|e| (1, e.to_string()))?;
     let worker = Worker::new(&client, toolbox, config, metrics)
         .await
-        .map_err(|e| (1, e.to_string()))?;
+        .map_err(|e| (1, e.to_string()))?
+        .with_connectors(Arc::new(connectors));
     worker
         .run(crane_engine::shutdown_signal())
         .await

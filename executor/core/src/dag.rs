@@ -321,6 +321,8 @@ impl Dag {
             steps: self.steps.clone(),
             result: self.result(),
             error: self.error(),
+            spending: Default::default(),
+            budget_exceeded: None,
         }
     }
 

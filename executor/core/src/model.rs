@@ -52,6 +52,25 @@ impl Usage {
     }
 }
 
+/// What a run spent so far: tokens, model calls (the planner's included) and other tool
+/// calls, counted by the engine before each call is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spending {
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub llm_calls: u64,
+    #[serde(default)]
+    pub tool_calls: u64,
+}
+
+impl Spending {
+    pub fn is_empty(&self) -> bool {
+        *self == Spending::default()
+    }
+}
+
 /// `spec.budget`: limits on what one run may spend, enforced before each call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -174,6 +174,13 @@ pub struct RunReport {
     pub result: Option<Value>,
     /// When Failed: a human-readable reason, e.g. `step 2 (calculator) failed: division by zero`.
     pub error: Option<String>,
+    /// What the run spent (model tokens and calls, other tool calls).
+    #[serde(default, skip_serializing_if = "crate::model::Spending::is_empty")]
+    pub spending: crate::model::Spending,
+    /// Which limit of the budget a call was refused for (`maxTokens`, `maxLlmCalls`,
+    /// `maxToolCalls`); the run then fails with reason BudgetExceeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_exceeded: Option<String>,
 }
 
 /// The run's `error`, worded the same by both engines: for a Failed run the first step that

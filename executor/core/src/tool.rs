@@ -465,6 +465,22 @@ pub trait Tool: Send + Sync {
     }
 }
 
+/// The future of a model call: the step's output and the tokens the provider counted.
+pub type ModelFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(Value, crate::model::Usage), ToolError>> + Send + 'a>>;
+
+/// What a worker runs beyond its built-in [`Toolbox`]: the tools a run binds (HTTP, MCP),
+/// whose runners depend on the binding the run carries, and the model calls of `llm` steps.
+/// Implemented in `crane-tools`; the engine decides when a call may go out (budget, the
+/// model's limits), this only makes it.
+pub trait Connectors: Send + Sync {
+    /// What runs a step of a tool bound by `binding`.
+    fn runner(&self, binding: &Binding) -> Result<Arc<dyn Tool>, ToolError>;
+
+    /// One `llm` step on `model`, `input` validated against the `llm` spec and resolved.
+    fn chat<'a>(&'a self, model: &'a crate::model::ModelConfig, input: Value) -> ModelFuture<'a>;
+}
+
 /// A catalog and the implementations that run its tools: what an engine executes with.
 /// Cheap to clone.
 #[derive(Clone, Default)]

@@ -16,6 +16,7 @@ use super::replies::{CancelReply, CreateReply, RetryReply, phase};
 use super::scripts::{self, Call};
 use super::time::rfc3339;
 use super::{EngineConfig, EngineError, ms};
+use crane_core::model::{Spending, Usage};
 use crane_core::plan::{Plan, StepId};
 use crane_core::run::{
     FailurePolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks,
@@ -579,7 +580,7 @@ fn build_report(
             } else {
                 None
             },
-            usage: None,
+            usage: step_usage(field(step.id, "pt"), field(step.id, "ct")),
             message: (!sphase.is_terminal() && sphase != StepPhase::Running)
                 .then(|| field(step.id, "wait").cloned())
                 .flatten(),
@@ -590,12 +591,50 @@ fn build_report(
         .flatten();
     let first_failure = meta.get("first_failure").and_then(|id| id.parse().ok());
     let error = run_error(phase, &reports, first_failure);
+    let spending = spending(meta, &reports);
     Ok(RunReport {
         phase,
         steps: reports,
         result,
         error,
+        spending,
+        budget_exceeded: meta.get("budget_exceeded").cloned(),
     })
+}
+
+/// A step's tokens, when it called a model.
+fn step_usage(pt: Option<&String>, ct: Option<&String>) -> Option<Usage> {
+    let n = |v: Option<&String>| v.and_then(|v| v.parse::<u64>().ok());
+    match (n(pt), n(ct)) {
+        (None, None) => None,
+        (p, c) => Some(Usage {
+            prompt_tokens: p.unwrap_or(0),
+            completion_tokens: c.unwrap_or(0),
+        }),
+    }
+}
+
+/// What the run spent: its steps' model calls (counted by the `spend` script), the planner's
+/// (carried in the options), and every attempt of another tool.
+fn spending(meta: &HashMap<String, String>, steps: &[StepReport]) -> Spending {
+    let n = |f: &str| meta.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let planner = meta
+        .get("options")
+        .and_then(|o| serde_json::from_str::<RunOptions>(o).ok())
+        .and_then(|o| o.planner_usage);
+    let planner_tokens = planner.unwrap_or_default();
+    Spending {
+        usage: Usage {
+            prompt_tokens: n("prompt_tokens") + planner_tokens.prompt_tokens,
+            completion_tokens: n("completion_tokens") + planner_tokens.completion_tokens,
+        },
+        llm_calls: n("llm_calls") + u64::from(planner.is_some()),
+        tool_calls: steps
+            .iter()
+            .filter(|s| s.tool != crane_core::builtins::LLM)
+            .map(|s| u64::from(s.attempts))
+            .sum(),
+    }
 }
 
 /// One field of a run's metadata, `None` when the run (or the field) is not there.

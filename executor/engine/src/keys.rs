@@ -64,6 +64,23 @@ pub fn validate_run_id(id: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The keys of Model `model`'s shared limits in namespace `ns`, in the order the `govern`
+/// script expects: calls in flight, requests and tokens of the last minute. One slot,
+/// `{model:<name>}`, shared by every pool and run of the namespace.
+pub fn model_keys(ns: &str, model: &str) -> Result<[String; 3], EngineError> {
+    validate_namespace(ns)?;
+    check_label(model).map_err(|why| EngineError::InvalidModel {
+        model: printable(model),
+        why,
+    })?;
+    let p = format!("{}{{model:{model}}}", namespace_prefix(ns));
+    Ok([
+        format!("{p}:inflight"),
+        format!("{p}:requests"),
+        format!("{p}:tokens"),
+    ])
+}
+
 /// A worker pool, `<namespace>/<name>`, both Kubernetes DNS labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolName {

@@ -56,6 +56,7 @@
 //! and the progress notifications, published and followed only through [`events`].
 
 pub mod api;
+mod call;
 pub mod events;
 pub mod keys;
 pub mod local;
@@ -114,6 +115,8 @@ pub enum EngineError {
     InvalidPool { pool: String, why: String },
     #[error("invalid namespace {namespace:?}: {why}")]
     InvalidNamespace { namespace: String, why: String },
+    #[error("invalid model name {model:?}: {why}")]
+    InvalidModel { model: String, why: String },
     #[error("invalid plan: {0}")]
     InvalidPlan(String),
     #[error("run {0:?} already exists")]
@@ -148,6 +151,7 @@ impl EngineError {
             Self::InvalidRunId { .. } => "invalid_run_id",
             Self::InvalidPool { .. } => "invalid_pool",
             Self::InvalidNamespace { .. } => "invalid_namespace",
+            Self::InvalidModel { .. } => "invalid_model",
             Self::InvalidPlan(_) => "invalid_plan",
             Self::RunExists(_) => "run_exists",
             Self::RunNotFound(_) => "run_not_found",

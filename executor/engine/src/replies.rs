@@ -119,6 +119,26 @@ pub enum ReleaseReply {
     Stale,
 }
 
+/// `spend`: whether the run's budget covers a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpendReply {
+    /// Covered and counted (or, for a settle, recorded).
+    Ok,
+    /// Refused: the budget's `limit` (`maxTokens`, `maxLlmCalls`, `maxToolCalls`) and why.
+    Exceeded { limit: String, message: String },
+}
+
+/// `govern`: whether a Model's shared limits let a call go out now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GovernReply {
+    Go,
+    /// Not yet: try again in `wait_ms`; `limit` says which limit holds it back.
+    Wait {
+        wait_ms: u64,
+        limit: String,
+    },
+}
+
 /// `cancel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelReply {
@@ -444,6 +464,34 @@ impl Reply for QueueDepth {
             running: pending.min(len),
             delayed,
         })
+    }
+}
+
+impl Reply for SpendReply {
+    fn parse(v: Value) -> Result<Self, String> {
+        let mut r = Items::of(v)?;
+        match r.next("status")?.as_str() {
+            "ok" => Ok(Self::Ok),
+            "exceeded" => Ok(Self::Exceeded {
+                limit: r.next("limit")?,
+                message: r.next("message")?,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Reply for GovernReply {
+    fn parse(v: Value) -> Result<Self, String> {
+        let mut r = Items::of(v)?;
+        match r.number::<u8>("go")? {
+            1 => Ok(Self::Go),
+            0 => Ok(Self::Wait {
+                wait_ms: r.number("wait_ms")?,
+                limit: r.next("limit")?,
+            }),
+            other => Err(unexpected(&other.to_string())),
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use redis::{Script, Value};
 use crate::keys::{PoolName, RunKeys};
 use crate::queue::{BreakerState, GROUP, QueueDepth};
 use crate::replies::{
-    BreakerUpdate, CancelReply, CompleteReply, CreateReply, ReleaseReply, Reply, RetryReply,
-    StartReply, SweepReply,
+    BreakerUpdate, CancelReply, CompleteReply, CreateReply, GovernReply, ReleaseReply, Reply,
+    RetryReply, SpendReply, StartReply, SweepReply,
 };
 use crate::{EngineError, ms};
 
@@ -58,6 +58,8 @@ pub struct Scripts {
     cancel: LuaScript<CancelReply>,
     sweep: LuaScript<SweepReply>,
     retry: LuaScript<RetryReply>,
+    spend: LuaScript<SpendReply>,
+    govern: LuaScript<GovernReply>,
     pool_after: LuaScript<Vec<BreakerUpdate>>,
     promote: LuaScript<u64>,
     breakers: LuaScript<Vec<BreakerState>>,
@@ -104,6 +106,8 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         cancel: d.run("cancel", include_str!("lua/cancel.lua")),
         sweep: d.run("sweep", include_str!("lua/sweep.lua")),
         retry: d.run("retry", include_str!("lua/retry.lua")),
+        spend: d.run("spend", include_str!("lua/spend.lua")),
+        govern: d.pool("govern", include_str!("lua/govern.lua")),
         pool_after: d.pool("pool_after", include_str!("lua/pool_after.lua")),
         promote: d.pool("promote", include_str!("lua/promote.lua")),
         breakers: d.pool("breakers", include_str!("lua/breakers.lua")),
@@ -304,9 +308,108 @@ pub fn complete(keys: &RunKeys, ends: &[AttemptEnd<'_>]) -> Call<Vec<CompleteRep
 }
 
 /// `release`: a draining worker gives its attempt of `step` back without counting it.
-pub fn release(keys: &RunKeys, step: &str, owner: &str, attempt: u32) -> Call<ReleaseReply> {
-    let args = [step.to_owned(), owner.to_owned(), attempt.to_string()];
+pub fn release(
+    keys: &RunKeys,
+    step: &str,
+    owner: &str,
+    attempt: u32,
+    why: Option<&str>,
+) -> Call<ReleaseReply> {
+    let args = [
+        step.to_owned(),
+        owner.to_owned(),
+        attempt.to_string(),
+        why.unwrap_or_default().to_owned(),
+    ];
     SCRIPTS.release.call(&keys.script_keys(), &args)
+}
+
+/// What a call about to go out is, for the run's budget.
+#[derive(Clone, Copy, Debug)]
+pub struct Charge {
+    /// A model call (else another tool's).
+    pub llm: bool,
+    /// Tokens the call may use (model calls), held until it settles.
+    pub estimate: u64,
+}
+
+/// `spend` (reserve): whether the run's budget covers this call of step `step`; counts it
+/// when it does. The planner's usage, spent before the run existed, counts too.
+pub fn reserve(
+    keys: &RunKeys,
+    step: &str,
+    charge: Charge,
+    budget: &crane_core::model::Budget,
+    planner: Option<&crane_core::model::Usage>,
+) -> Call<SpendReply> {
+    let limit = |v: Option<u64>| v.map_or_else(|| "-1".to_owned(), |n| n.to_string());
+    let calls = if charge.llm {
+        budget.max_llm_calls
+    } else {
+        budget.max_tool_calls
+    };
+    let args = [
+        "reserve".to_owned(),
+        step.to_owned(),
+        if charge.llm { "llm" } else { "tool" }.to_owned(),
+        limit(calls),
+        limit(budget.max_tokens),
+        charge.estimate.to_string(),
+        planner
+            .map_or(0, crane_core::model::Usage::total)
+            .to_string(),
+        u8::from(planner.is_some()).to_string(),
+    ];
+    SCRIPTS.spend.call(&keys.script_keys(), &args)
+}
+
+/// `spend` (settle): what step `step`'s model call used, by the provider's count.
+pub fn settle(keys: &RunKeys, step: &str, usage: &crane_core::model::Usage) -> Call<SpendReply> {
+    let args = [
+        "settle".to_owned(),
+        step.to_owned(),
+        usage.prompt_tokens.to_string(),
+        usage.completion_tokens.to_string(),
+    ];
+    SCRIPTS.spend.call(&keys.script_keys(), &args)
+}
+
+/// `govern` (acquire): whether a call to the model whose keys are `model` may go out now
+/// under its shared limits; `member` names this attempt.
+pub fn acquire(
+    model: &[String; 3],
+    member: &str,
+    limits: &crane_core::model::ModelLimits,
+    estimate: u64,
+    lease: Duration,
+) -> Call<GovernReply> {
+    let args = [
+        "acquire".to_owned(),
+        member.to_owned(),
+        limits.max_concurrent_requests.unwrap_or(0).to_string(),
+        limits.requests_per_minute.unwrap_or(0).to_string(),
+        limits.tokens_per_minute.unwrap_or(0).to_string(),
+        estimate.to_string(),
+        ms(lease).to_string(),
+    ];
+    SCRIPTS.govern.call(model, &args)
+}
+
+/// `govern` (release): the call of `member` is over; `used` replaces its estimate in the
+/// tokens-per-minute window (`None`: it failed without a count, the estimate stays).
+pub fn unacquire(
+    model: &[String; 3],
+    member: &str,
+    estimate: u64,
+    used: Option<u64>,
+) -> Call<GovernReply> {
+    let args = [
+        "release".to_owned(),
+        member.to_owned(),
+        estimate.to_string(),
+        used.map_or_else(|| "-1".to_owned(), |n| n.to_string()),
+    ];
+    SCRIPTS.govern.call(model, &args)
 }
 
 /// `cancel`.

@@ -29,7 +29,8 @@ use super::scripts::{
 };
 use super::streams::{self, field};
 use super::{BreakerConfig, EngineConfig, EngineError, ms};
-use crane_core::tool::{ToolContext, ToolError, Toolbox};
+use crate::call::Attempt;
+use crane_core::tool::{Connectors, ToolContext, ToolError, Toolbox};
 
 /// How a worker behaves.
 #[derive(Clone, Debug)]
@@ -106,6 +107,8 @@ struct Inner {
     config: WorkerConfig,
     conn: ConnectionManager,
     toolbox: Arc<Toolbox>,
+    /// Runners of the tools runs bind and of model calls; none: only built-ins run.
+    connectors: Option<Arc<dyn Connectors>>,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
     /// Stream entries this worker holds a lease on (heartbeated).
@@ -158,6 +161,7 @@ impl Worker {
             config,
             conn,
             toolbox,
+            connectors: None,
             metrics,
             in_flight: Mutex::new(HashMap::new()),
             breakers: Mutex::new(HashMap::new()),
@@ -170,6 +174,14 @@ impl Worker {
             inner: Arc::new(inner),
             read_conn,
         })
+    }
+
+    /// Runs the tools runs bind (HTTP, MCP) and model calls with `connectors`.
+    pub fn with_connectors(mut self, connectors: Arc<dyn Connectors>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.connectors = Some(connectors);
+        }
+        self
     }
 
     /// Runs until idle for the idle timeout, or until `shutdown` resolves; then stops reading,
@@ -497,15 +509,23 @@ fn spawn_step(
 }
 
 async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started) {
-    let tool_label = if inner.toolbox.catalog().contains(&hint.tool) {
+    let work = started.work.as_ref().ok();
+    let known = inner.toolbox.catalog().contains(&hint.tool)
+        || hint.tool == crane_core::builtins::LLM
+        || work.is_some_and(|w| w.options.tools.iter().any(|t| t.name == hint.tool));
+    let tool_label = if known {
         hint.tool.clone()
     } else {
         "unknown".to_owned()
     };
+    let calls_out = crate::call::calls_out(&inner.toolbox, work, &hint.tool);
+    let Ok(keys) = RunKeys::new(inner.config.pool.namespace(), &hint.run) else {
+        return;
+    };
     inner.metrics.in_flight.inc();
     let began = Instant::now();
     let attempt = started.attempt;
-    let (result, retry_policy) = match started.work {
+    let (outcome, retry_policy) = match started.work {
         Ok(s) => {
             let ctx = ToolContext {
                 namespace: s.namespace.clone(),
@@ -513,42 +533,57 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
                 step_id: s.step.id,
                 attempt,
             };
-            let timeout = Duration::from_millis(s.options.step_timeout_ms.max(1));
-            let outputs = s.outputs;
-            let call = async {
-                let input =
-                    crane_core::vars::resolve(&s.step.input, &|id| outputs.get(&id).cloned())
-                        .map_err(|e| ToolError::InvalidInput(e.to_string()))?;
-                match tokio::time::timeout(
-                    timeout,
-                    inner.toolbox.call(&ctx, &s.step.tool, Json::Object(input)),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(ToolError::Timeout(timeout)),
-                }
-            };
-            let mut release_rx = inner.release_tx.subscribe();
-            let result = tokio::select! {
-                r = call => Some(r),
-                _ = release_rx.wait_for(|v| *v) => None,
-            };
-            (result, s.options.retry)
+            let outcome =
+                match crane_core::vars::resolve(&s.step.input, &|id| s.outputs.get(&id).cloned()) {
+                    Ok(input) => {
+                        let runners = crate::call::Runners {
+                            toolbox: &inner.toolbox,
+                            connectors: inner.connectors.as_ref(),
+                            conn: inner.conn.clone(),
+                            release: inner.release_tx.subscribe(),
+                        };
+                        crate::call::attempt(runners, &keys, &ctx, &s, Json::Object(input)).await
+                    }
+                    Err(e) => Attempt::Finished(Err(ToolError::InvalidInput(e.to_string()))),
+                };
+            (outcome, s.options.retry)
         }
         Err(e) => (
-            Some(Err(ToolError::InvalidInput(format!(
+            Attempt::Finished(Err(ToolError::InvalidInput(format!(
                 "corrupt step state: {e}"
             )))),
             Default::default(),
         ),
     };
     inner.metrics.in_flight.dec();
-    let Some(result) = result else {
-        if let Ok(keys) = RunKeys::new(inner.config.pool.namespace(), &hint.run) {
-            release(inner, &mut inner.conn.clone(), &keys, hint, owner, attempt).await;
+    let result = match outcome {
+        Attempt::Finished(result) => result,
+        Attempt::Released => {
+            release(
+                inner,
+                &mut inner.conn.clone(),
+                &keys,
+                hint,
+                owner,
+                attempt,
+                None,
+            )
+            .await;
+            return;
         }
-        return;
+        Attempt::Held { due, why } => {
+            release(
+                inner,
+                &mut inner.conn.clone(),
+                &keys,
+                hint,
+                owner,
+                attempt,
+                Some((due, &why)),
+            )
+            .await;
+            return;
+        }
     };
     inner
         .metrics
@@ -571,7 +606,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
         ok,
         payload,
         retryable,
-        calls_out: inner.toolbox.calls_out(&hint.tool),
+        calls_out,
         backoff,
         done,
     });
@@ -826,6 +861,8 @@ async fn complete_with_retry(
 }
 
 /// Gives a step back (shutdown past the grace period) so another worker takes it at once.
+/// Gives the step back without using its attempt: to the queue (a drain), or parked until
+/// `held`'s time with its reason shown (a model's limits).
 async fn release(
     inner: &Inner,
     conn: &mut ConnectionManager,
@@ -833,15 +870,22 @@ async fn release(
     hint: &Hint,
     owner: &str,
     attempt: u32,
+    held: Option<(u64, &str)>,
 ) {
     let cfg = &inner.config;
-    let call = scripts::release(keys, &hint.step, owner, attempt);
-    let ready = match call.run(conn, "releasing a step").await {
+    let call = scripts::release(keys, &hint.step, owner, attempt, held.map(|(_, why)| why));
+    let entry = format!("{}|{}", hint.step, hint.tool);
+    let (ready, delay) = match call.run(conn, "releasing a step").await {
         Ok(ReleaseReply::Released) => {
-            inner.released.fetch_add(1, Ordering::Relaxed);
-            vec![format!("{}|{}", hint.step, hint.tool)]
+            if held.is_none() {
+                inner.released.fetch_add(1, Ordering::Relaxed);
+            }
+            match held {
+                Some((due, _)) => (Vec::new(), Some((entry, due))),
+                None => (vec![entry], None),
+            }
         }
-        Ok(ReleaseReply::Stale) => Vec::new(),
+        Ok(ReleaseReply::Stale) => (Vec::new(), None),
         Err(e) => {
             warn!(error = %e, "releasing failed; the lease will expire instead");
             return;
@@ -854,13 +898,17 @@ async fn release(
             ack: Some(hint.entry.clone()),
             run: hint.run.clone(),
             ready,
+            delay,
             ..PoolAfter::default()
         }],
     );
     if let Err(e) = call.run(conn, "requeueing a released step").await {
         warn!(error = %e, "requeueing a released step failed; the sweeper will recover it");
     }
-    info!("step released");
+    match held {
+        Some((_, why)) => debug!(why, "step held back"),
+        None => info!("step released"),
+    }
 }
 
 /// Heartbeats, reclaims, promotion of due retries, breaker refresh and the sweeper.

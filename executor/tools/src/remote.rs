@@ -1,13 +1,16 @@
-//! Runners for the tools Kubernetes objects define (a [`Binding`] from the run's catalog):
-//! HTTP tools, and MCP tools through one client — one session — per server and worker,
-//! opened on first use and kept for the worker's life.
+//! What a worker runs beyond the built-ins ([`Connectors`]): the tools Kubernetes objects
+//! define (a [`Binding`] from the run's catalog) — HTTP tools, and MCP tools through one
+//! client, one session, per server and worker, opened on first use and kept for the worker's
+//! life — and the model calls of `llm` steps.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crane_core::tool::{Binding, Tool, ToolError};
+use crane_core::model::ModelConfig;
+use crane_core::tool::{Binding, Connectors, ModelFuture, Tool, ToolError};
+use serde_json::Value;
 
 use crate::http::HttpTool;
 use crate::mcp::{McpClient, McpTool};
@@ -38,7 +41,7 @@ impl Remote {
     }
 
     /// What runs a step of a tool bound by `binding`.
-    pub fn runner(&self, binding: &Binding) -> Result<Arc<dyn Tool>, ToolError> {
+    fn bound(&self, binding: &Binding) -> Result<Arc<dyn Tool>, ToolError> {
         match binding {
             Binding::Http {
                 url,
@@ -92,5 +95,20 @@ impl Remote {
                 ))
             })
             .clone()
+    }
+}
+
+impl Connectors for Remote {
+    fn runner(&self, binding: &Binding) -> Result<Arc<dyn Tool>, ToolError> {
+        self.bound(binding)
+    }
+
+    fn chat<'a>(&'a self, model: &'a ModelConfig, input: Value) -> ModelFuture<'a> {
+        Box::pin(async move {
+            let input = crate::llm::LlmInput::parse(&input)?;
+            let provider = crate::llm::provider(model, &self.secrets)?;
+            let (output, completion) = crate::llm::call(&self.http, &provider, &input, &[]).await?;
+            Ok((output, crate::llm::usage(completion.usage)))
+        })
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use crane_core::tool::{Binding, Header, SecretKey, ToolContext, ToolError};
+use crane_core::tool::{Binding, Connectors, Header, SecretKey, ToolContext, ToolError};
 use crane_testkit::McpEverything;
 use crane_tools::{Remote, Secrets};
 use serde_json::{Value, json};

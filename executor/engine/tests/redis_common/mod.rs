@@ -163,7 +163,13 @@ impl Engine {
         c
     }
 
-    /// `n` in-process workers sharing one toolbox (so test tools count calls across them).
+    /// Where workers read mounted Secrets (`<dir>/<secret>/<key>`), as pods do.
+    pub fn secrets_dir(&self) -> std::path::PathBuf {
+        self.server.dir().join("secrets")
+    }
+
+    /// `n` in-process workers sharing one toolbox (so test tools count calls across them),
+    /// running bound tools and model calls as pods do.
     pub async fn spawn_workers(
         &self,
         n: usize,
@@ -175,9 +181,13 @@ impl Engine {
         for i in 0..n {
             let mut c = config.clone();
             c.consumer = format!("{}-{i}", c.consumer);
+            let connectors =
+                crane_tools::Remote::new(crane_tools::Secrets::new(self.secrets_dir()))
+                    .unwrap_or_else(|e| panic!("connectors: {e}"));
             let w = Worker::new(&self.client, toolbox.clone(), c, Arc::new(Metrics::new()))
                 .await
-                .unwrap_or_else(|e| panic!("worker: {e}"));
+                .unwrap_or_else(|e| panic!("worker: {e}"))
+                .with_connectors(Arc::new(connectors));
             let mut rx = rx.clone();
             handles.push(tokio::spawn(async move {
                 w.run(async move {

@@ -548,6 +548,14 @@ pub fn from_report(
         .map(StepStatus::from_report)
         .collect::<Result<_, _>>()?;
     s.progress = Some(progress(report));
+    let spent = &report.spending;
+    s.usage = (!spent.is_empty()).then(|| crane_api::RunUsage {
+        prompt_tokens: spent.usage.prompt_tokens,
+        completion_tokens: spent.usage.completion_tokens,
+        total_tokens: spent.usage.total(),
+        llm_calls: spent.llm_calls,
+        tool_calls: spent.tool_calls,
+    });
     let generation = run.metadata.generation;
     set_waiting(&mut s.conditions, report, generation, now);
     let mut phase = AgentRunPhase::from(report.phase);
@@ -597,6 +605,14 @@ pub fn from_report(
                             "the run exceeded activeDeadlineSeconds ({} s); {} steps finished",
                             run.spec.active_deadline_seconds,
                             progress(report)
+                        ),
+                    )
+                } else if let Some(limit) = &report.budget_exceeded {
+                    (
+                        crane_api::REASON_BUDGET_EXCEEDED,
+                        format!(
+                            "spec.budget.{limit} would be exceeded: {}",
+                            report.error.as_deref().unwrap_or("a call was refused")
                         ),
                     )
                 } else {

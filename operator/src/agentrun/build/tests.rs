@@ -174,6 +174,8 @@ fn status_from_a_succeeded_report() {
         ],
         result: Some(json!({"big": "y".repeat(100_000)})),
         error: None,
+        spending: Default::default(),
+        budget_exceeded: None,
     };
     let s = from_report(&r, &report, false, &now).expect("status");
     assert_eq!(s.phase, Some(AgentRunPhase::Succeeded));
@@ -196,6 +198,44 @@ fn status_from_a_succeeded_report() {
 }
 
 #[test]
+fn a_refused_budget_fails_the_run_with_reason_budget_exceeded_and_usage_in_status() {
+    let r = run(json!({"plan": {"steps": []}}));
+    let now = time("2026-01-01T00:01:00Z");
+    let report = RunReport {
+        phase: RunPhase::Failed,
+        steps: vec![step(
+            1,
+            StepPhase::Failed,
+            None,
+            Some("budget exceeded: maxTokens is 100"),
+        )],
+        result: None,
+        error: Some("step 1 (llm) failed: budget exceeded: maxTokens is 100".into()),
+        spending: crane_core::model::Spending {
+            usage: crane_core::model::Usage {
+                prompt_tokens: 80,
+                completion_tokens: 10,
+            },
+            llm_calls: 1,
+            tool_calls: 2,
+        },
+        budget_exceeded: Some("maxTokens".into()),
+    };
+    let s = from_report(&r, &report, false, &now).expect("status");
+    assert_eq!(failed_reason(&s), Some(crane_api::REASON_BUDGET_EXCEEDED));
+    let usage = s.usage.expect("usage");
+    assert_eq!(
+        (usage.total_tokens, usage.llm_calls, usage.tool_calls),
+        (90, 1, 2)
+    );
+    assert!(
+        condition(&s, CONDITION_FAILED)
+            .is_some_and(|c| c.message.contains("spec.budget.maxTokens")),
+        "{s:#?}"
+    );
+}
+
+#[test]
 fn status_from_a_failed_and_a_running_report() {
     let r = run(json!({"plan": {"steps": []}}));
     let now = time("2026-01-01T00:01:00Z");
@@ -207,6 +247,8 @@ fn status_from_a_failed_and_a_running_report() {
         ],
         result: None,
         error: Some("step 1 (calculator) failed: division by zero".into()),
+        spending: Default::default(),
+        budget_exceeded: None,
     };
     let s = from_report(&r, &failed, false, &now).expect("status");
     assert_eq!(s.phase, Some(AgentRunPhase::Failed));
@@ -229,6 +271,8 @@ fn status_from_a_failed_and_a_running_report() {
         ],
         result: None,
         error: None,
+        spending: Default::default(),
+        budget_exceeded: None,
     };
     let s = from_report(&r, &running, false, &now).expect("status");
     assert_eq!(
@@ -281,6 +325,8 @@ fn a_bad_engine_timestamp_is_an_error_naming_the_step() {
         steps: vec![bad],
         result: None,
         error: None,
+        spending: Default::default(),
+        budget_exceeded: None,
     };
     let err = from_report(&r, &report, false, &time("2026-01-01T00:00:00Z")).unwrap_err();
     assert!(err.to_string().contains("step 7"), "{err}");
@@ -476,6 +522,8 @@ fn a_status_too_large_for_the_object_is_reduced_and_says_so() {
             .collect(),
         result: None,
         error: None,
+        spending: Default::default(),
+        budget_exceeded: None,
     };
     let status = from_report(&r, &report, false, &now).expect("status");
     let size = |s: &AgentRunStatus| serde_json::to_vec(s).map(|v| v.len()).unwrap_or(0);
@@ -526,6 +574,8 @@ fn steps_held_by_a_breaker_show_in_their_entry_and_a_waiting_condition() {
         steps: vec![step(1, StepPhase::Succeeded, Some(json!(1)), None), held],
         result: None,
         error: None,
+        spending: Default::default(),
+        budget_exceeded: None,
     };
     let s = from_report(&r, &report, false, &now).expect("status");
     assert_eq!(
