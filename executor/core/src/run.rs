@@ -161,6 +161,38 @@ pub struct StepReport {
     /// Why a step that could run waits (breaker, rate limit, approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What a step in WaitingForApproval asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+}
+
+/// What a step waiting for approval asks, as the approver is shown it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gate {
+    pub message: String,
+    /// Users or groups who may decide; empty: anyone who may update Approvals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    pub timeout_seconds: u64,
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// A gated tool's step: the tool and the exact input it will be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// RFC 3339, when the step began to wait (its timeout counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// What a gate's timeout decides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnTimeout {
+    #[default]
+    Reject,
+    Approve,
 }
 
 /// A run as printed by `crane-executor run` / `status`.

@@ -12,14 +12,14 @@ use serde_json::Value as Json;
 use super::events::{self, Follower, RunEvent, Start};
 use super::keys::{PoolName, RunKeys};
 use super::queue::{PoolAfter, pool_after};
-use super::replies::{CancelReply, CreateReply, RetryReply, phase};
+use super::replies::{CancelReply, CreateReply, DecideReply, RetryReply, phase};
 use super::scripts::{self, Call};
 use super::time::rfc3339;
 use super::{EngineConfig, EngineError, ms};
 use crane_core::model::{Spending, Usage};
 use crane_core::plan::{Plan, StepId};
 use crane_core::run::{
-    FailurePolicy, RunOptions, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks,
+    FailurePolicy, Gate, RunOptions, RunPhase, RunReport, StepPhase, StepReport, result_from_sinks,
     run_error,
 };
 use crane_core::tool::Catalog;
@@ -584,6 +584,18 @@ fn build_report(
             message: (!sphase.is_terminal() && sphase != StepPhase::Running)
                 .then(|| field(step.id, "wait").cloned())
                 .flatten(),
+            gate: (sphase == StepPhase::WaitingForApproval)
+                .then(|| field(step.id, "gate"))
+                .flatten()
+                .map(|g| {
+                    serde_json::from_str::<Gate>(g)
+                        .map_err(|e| corrupt(format!("gate of step {}: {e}", step.id)))
+                })
+                .transpose()?
+                .map(|g| Gate {
+                    since: time(step.id, "gated"),
+                    ..g
+                }),
         });
     }
     let result = (phase == RunPhase::Succeeded)
@@ -600,6 +612,78 @@ fn build_report(
         spending,
         budget_exceeded: meta.get("budget_exceeded").cloned(),
     })
+}
+
+/// A decision on a step waiting for approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Approve { by: String, comment: Option<String> },
+    Reject { by: String, comment: Option<String> },
+}
+
+/// What [`decide`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// Applied; the run's phase after it.
+    Applied(RunPhase),
+    /// The step was not waiting (decided before, skipped by a cancel, or no such step): the
+    /// decision changed nothing. Its phase, when it has one.
+    NotWaiting(Option<StepPhase>),
+}
+
+/// Applies a decision to step `step` of a run: an approved `approval` step succeeds with
+/// `{approved: true, by, comment}` and its dependents are queued; an approved gated tool
+/// step is queued to run its tool; a rejected step fails, not retried, with
+/// `rejected by <by>: <comment>`. Idempotent: a second decision finds nothing waiting.
+pub async fn decide(
+    conn: &mut ConnectionManager,
+    keys: &RunKeys,
+    step: StepId,
+    decision: &Decision,
+) -> Result<Decided, EngineError> {
+    let (verb, payload) = match decision {
+        Decision::Approve { by, comment } => (
+            "approve",
+            serde_json::json!({"approved": true, "by": by, "comment": comment}).to_string(),
+        ),
+        Decision::Reject { by, comment } => (
+            "reject",
+            match comment.as_deref().filter(|c| !c.trim().is_empty()) {
+                Some(c) => format!("rejected by {by}: {c}"),
+                None => format!("rejected by {by}"),
+            },
+        ),
+    };
+    let reply = scripts::decide(keys, &step.to_string(), verb, &payload)
+        .run(conn, "deciding an approval")
+        .await?;
+    let (phase, ready) = match reply {
+        DecideReply::Stale { phase } => {
+            return Ok(Decided::NotWaiting(
+                phase
+                    .as_deref()
+                    .and_then(super::replies::phase::<StepPhase>),
+            ));
+        }
+        DecideReply::Decided { phase, ready } => (phase, ready),
+    };
+    let pool = meta_field(conn, keys, "pool", "reading the run's pool").await?;
+    if let Some(pool) = pool.filter(|_| !ready.is_empty() || phase.is_terminal()) {
+        let pool = PoolName::parse(&pool)?;
+        let after = PoolAfter {
+            run: keys.run_id().to_owned(),
+            ready,
+            run_done: phase.is_terminal(),
+            ..PoolAfter::default()
+        };
+        pool_after(&pool, &EngineConfig::default().breaker, &[after])
+            .run(conn, "queueing approved steps")
+            .await?;
+    }
+    // Whoever follows the run (the operator's mirror) hears of it at once.
+    let notify = super::events::publish(keys.run_id(), &step.to_string(), phase);
+    let _: Result<(), _> = notify.query_async(conn).await;
+    Ok(Decided::Applied(phase))
 }
 
 /// A step's tokens, when it called a model.

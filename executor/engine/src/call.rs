@@ -13,8 +13,9 @@ use tokio::sync::watch;
 use crate::keys::{RunKeys, model_keys};
 use crate::replies::{GovernReply, SpendReply, StepWork};
 use crate::scripts::{Charge, acquire, reserve, settle, unacquire};
-use crane_core::builtins::{APPROVAL, LLM};
+use crane_core::builtins::{APPROVAL, DEFAULT_APPROVAL_TIMEOUT_SECONDS, LLM};
 use crane_core::model::{ModelConfig, Usage};
+use crane_core::run::{Gate, OnTimeout};
 use crane_core::tool::{Catalog, Connectors, ToolContext, ToolError, Toolbox};
 
 /// How an attempt ended.
@@ -24,6 +25,8 @@ pub(crate) enum Attempt {
     /// Nothing was sent: the model's limits hold the call back until `due` (ms since the
     /// epoch). The step goes back without using an attempt, saying `why`.
     Held { due: u64, why: String },
+    /// The step waits for a person: `gate` (JSON [`Gate`]) is what they are asked.
+    Gated { gate: String },
     /// The worker is draining: the step goes back to the queue.
     Released,
 }
@@ -81,11 +84,63 @@ pub(crate) async fn attempt(
         return model_call(r, keys, ctx, work, input, timeout).await;
     }
     if tool == APPROVAL {
-        return Attempt::Finished(Err(ToolError::Failed(
-            "approval steps wait for a person; this engine cannot park them yet".into(),
-        )));
+        if let Err(p) = BUILTINS.check_input(APPROVAL, &input) {
+            return Attempt::Finished(Err(ToolError::InvalidInput(p.join("; "))));
+        }
+        let text = |f: &str| input.get(f).and_then(Json::as_str).map(str::to_owned);
+        let gate = Gate {
+            message: text("message").unwrap_or_default(),
+            approvers: input
+                .get("approvers")
+                .and_then(Json::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Json::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timeout_seconds: input
+                .get("timeoutSeconds")
+                .and_then(Json::as_u64)
+                .unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECONDS),
+            on_timeout: match text("onTimeout").as_deref() {
+                Some("Approve") => OnTimeout::Approve,
+                _ => OnTimeout::Reject,
+            },
+            ..Gate::default()
+        };
+        return gated(&gate);
     }
     let mut conn = r.conn.clone();
+    if let Some(spec) = bound(work, tool).filter(|s| s.requires_approval) {
+        // Asked once per step: an approved step's retries run without asking again.
+        let approved: Option<String> = match redis::cmd("HGET")
+            .arg(keys.steps())
+            .arg(format!("{}:approved", work.step.id))
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => return Attempt::Finished(Err(ToolError::Transient(e.to_string()))),
+        };
+        if approved.as_deref() != Some("1") {
+            if let Err(p) = Catalog::new([spec.clone()]).check_input(tool, &input) {
+                return Attempt::Finished(Err(ToolError::InvalidInput(p.join("; "))));
+            }
+            let gate = Gate {
+                message: format!(
+                    "Step {} calls tool {tool}, which requires approval before each call, with the input shown.",
+                    work.step.id
+                ),
+                timeout_seconds: DEFAULT_APPROVAL_TIMEOUT_SECONDS,
+                tool: Some(tool.to_owned()),
+                input: Some(input),
+                ..Gate::default()
+            };
+            return gated(&gate);
+        }
+    }
     if work.options.budget.max_tool_calls.is_some() {
         let charge = Charge {
             llm: false,
@@ -129,6 +184,15 @@ pub(crate) async fn attempt(
         }
     };
     bounded(call, timeout, r.release).await
+}
+
+fn gated(gate: &Gate) -> Attempt {
+    match serde_json::to_string(gate) {
+        Ok(gate) => Attempt::Gated { gate },
+        Err(e) => Attempt::Finished(Err(ToolError::Failed(format!(
+            "cannot record the gate: {e}"
+        )))),
+    }
 }
 
 /// The call, unless the step timeout or a drain comes first.

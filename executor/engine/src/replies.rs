@@ -139,6 +139,24 @@ pub enum GovernReply {
     },
 }
 
+/// `gate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateReply {
+    /// The step waits for approval; its attempt was given back.
+    Waiting,
+    /// The attempt no longer held the step; nothing changed.
+    Stale,
+}
+
+/// `decide`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecideReply {
+    /// The step was not waiting; its phase (none: no such step).
+    Stale { phase: Option<String> },
+    /// Applied: the run's phase after it, and the steps to queue (`step|tool`).
+    Decided { phase: RunPhase, ready: Vec<String> },
+}
+
 /// `cancel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelReply {
@@ -464,6 +482,39 @@ impl Reply for QueueDepth {
             running: pending.min(len),
             delayed,
         })
+    }
+}
+
+impl Reply for GateReply {
+    fn parse(v: Value) -> Result<Self, String> {
+        let mut r = Items::of(v)?;
+        match r.next("status")?.as_str() {
+            "waiting" => Ok(Self::Waiting),
+            "stale" => Ok(Self::Stale),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Reply for DecideReply {
+    fn parse(v: Value) -> Result<Self, String> {
+        let mut r = Items::of(v)?;
+        match r.next("status")?.as_str() {
+            "stale" => {
+                let phase = r.next("phase")?;
+                Ok(Self::Stale {
+                    phase: (!phase.is_empty()).then_some(phase),
+                })
+            }
+            "decided" => {
+                let phase = r.run_phase()?;
+                Ok(Self::Decided {
+                    phase,
+                    ready: r.rest(),
+                })
+            }
+            other => Err(unexpected(other)),
+        }
     }
 }
 

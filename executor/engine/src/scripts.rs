@@ -17,8 +17,8 @@ use redis::{Script, Value};
 use crate::keys::{PoolName, RunKeys};
 use crate::queue::{BreakerState, GROUP, QueueDepth};
 use crate::replies::{
-    BreakerUpdate, CancelReply, CompleteReply, CreateReply, GovernReply, ReleaseReply, Reply,
-    RetryReply, SpendReply, StartReply, SweepReply,
+    BreakerUpdate, CancelReply, CompleteReply, CreateReply, DecideReply, GateReply, GovernReply,
+    ReleaseReply, Reply, RetryReply, SpendReply, StartReply, SweepReply,
 };
 use crate::{EngineError, ms};
 
@@ -59,6 +59,8 @@ pub struct Scripts {
     sweep: LuaScript<SweepReply>,
     retry: LuaScript<RetryReply>,
     spend: LuaScript<SpendReply>,
+    gate: LuaScript<GateReply>,
+    decide: LuaScript<DecideReply>,
     govern: LuaScript<GovernReply>,
     pool_after: LuaScript<Vec<BreakerUpdate>>,
     promote: LuaScript<u64>,
@@ -107,6 +109,8 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         sweep: d.run("sweep", include_str!("lua/sweep.lua")),
         retry: d.run("retry", include_str!("lua/retry.lua")),
         spend: d.run("spend", include_str!("lua/spend.lua")),
+        gate: d.run("gate", include_str!("lua/gate.lua")),
+        decide: d.run("decide", include_str!("lua/decide.lua")),
         govern: d.pool("govern", include_str!("lua/govern.lua")),
         pool_after: d.pool("pool_after", include_str!("lua/pool_after.lua")),
         promote: d.pool("promote", include_str!("lua/promote.lua")),
@@ -322,6 +326,24 @@ pub fn release(
         why.unwrap_or_default().to_owned(),
     ];
     SCRIPTS.release.call(&keys.script_keys(), &args)
+}
+
+/// `gate`: the attempt `owner` holds parks the step in WaitingForApproval with `gate` (JSON).
+pub fn gate(keys: &RunKeys, step: &str, owner: &str, attempt: u32, gate: &str) -> Call<GateReply> {
+    let args = [
+        step.to_owned(),
+        owner.to_owned(),
+        attempt.to_string(),
+        gate.to_owned(),
+    ];
+    SCRIPTS.gate.call(&keys.script_keys(), &args)
+}
+
+/// `decide`: `verb` is `approve` or `reject`; `payload` the approval step's output or the
+/// rejected step's error.
+pub fn decide(keys: &RunKeys, step: &str, verb: &str, payload: &str) -> Call<DecideReply> {
+    let args = [step.to_owned(), verb.to_owned(), payload.to_owned()];
+    SCRIPTS.decide.call(&keys.script_keys(), &args)
 }
 
 /// What a call about to go out is, for the run's budget.

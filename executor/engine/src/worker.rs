@@ -23,7 +23,9 @@ use super::metrics::{Metrics, StepLabels, ToolLabels};
 use super::queue::{
     BreakerPhase, GROUP, PoolAfter, breaker_states, ensure_group, pool_after, promote_due,
 };
-use super::replies::{CompleteReply, ReleaseReply, StartReply, Started, StepEnded, SweepReply};
+use super::replies::{
+    CompleteReply, GateReply, ReleaseReply, StartReply, Started, StepEnded, SweepReply,
+};
 use super::scripts::{
     self, AttemptEnd, AttemptOutcome, Call, SCRIPTS, StartHint, StartMode, run_all, run_with,
 };
@@ -571,6 +573,10 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
             .await;
             return;
         }
+        Attempt::Gated { gate } => {
+            park_for_approval(inner, &keys, hint, owner, attempt, &gate).await;
+            return;
+        }
         Attempt::Held { due, why } => {
             release(
                 inner,
@@ -861,6 +867,50 @@ async fn complete_with_retry(
 }
 
 /// Gives a step back (shutdown past the grace period) so another worker takes it at once.
+/// Parks the step in WaitingForApproval (its attempt given back) and tells whoever follows
+/// runs, so the operator asks a person at once.
+async fn park_for_approval(
+    inner: &Inner,
+    keys: &RunKeys,
+    hint: &Hint,
+    owner: &str,
+    attempt: u32,
+    gate: &str,
+) {
+    let mut conn = inner.conn.clone();
+    match scripts::gate(keys, &hint.step, owner, attempt, gate)
+        .run(&mut conn, "parking a step for approval")
+        .await
+    {
+        Ok(GateReply::Waiting) | Ok(GateReply::Stale) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot park a step for approval; the lease will expire instead");
+            return;
+        }
+    }
+    let call = pool_after(
+        &inner.config.pool,
+        &inner.config.engine.breaker,
+        &[PoolAfter {
+            ack: Some(hint.entry.clone()),
+            run: hint.run.clone(),
+            ..PoolAfter::default()
+        }],
+    );
+    let notify = events::publish(&hint.run, &hint.step, crane_core::run::RunPhase::Running);
+    if let Err(e) = run_with(
+        &mut conn,
+        vec![call],
+        vec![notify],
+        "acknowledging a gated step",
+    )
+    .await
+    {
+        warn!(error = %e, "acknowledging a gated step failed; the sweeper will recover it");
+    }
+    info!("step waits for approval");
+}
+
 /// Gives the step back without using its attempt: to the queue (a drain), or parked until
 /// `held`'s time with its reason shown (a model's limits).
 async fn release(

@@ -317,6 +317,7 @@ fn report() -> StepReport {
             completion_tokens: 3,
         }),
         message: Some("w".repeat(5000)),
+        gate: None,
     }
 }
 

@@ -69,7 +69,7 @@ end
 local function skip_all_waiting(now)
   for _, id in ipairs(split(mget('ids'))) do
     local p = sget(id, 'phase')
-    if p == 'Pending' or p == 'Ready' then mark_terminal(id, 'Skipped', now) end
+    if p == 'Pending' or p == 'Ready' or p == 'WaitingForApproval' then mark_terminal(id, 'Skipped', now) end
   end
 end
 
@@ -84,7 +84,7 @@ local function skip_dependents(id, now)
     if not seen[c] then
       seen[c] = true
       local p = sget(c, 'phase')
-      if p == 'Pending' or p == 'Ready' then mark_terminal(c, 'Skipped', now) end
+      if p == 'Pending' or p == 'Ready' or p == 'WaitingForApproval' then mark_terminal(c, 'Skipped', now) end
       for _, g in ipairs(split(sget(c, 'children'))) do queue[#queue + 1] = g end
     end
   end

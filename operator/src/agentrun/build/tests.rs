@@ -39,6 +39,7 @@ fn step(
             .then(|| format!("2026-01-01T00:00:0{}Z", id + 1)),
         usage: None,
         message: None,
+        gate: None,
     }
 }
 
