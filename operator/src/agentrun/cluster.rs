@@ -6,15 +6,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::{Resource, ResourceExt};
 
 use super::error::{Error, kube_err};
 use crate::context::FIELD_MANAGER;
 use crate::metrics::{Controller, Metrics};
 use crate::tenancy::Tenancy;
-use crane_api::{AgentRun, WorkerPool};
+use crane_api::{AgentRun, Approval, ApprovalStatus, WorkerPool};
 
 /// The cluster as the phases see it.
 pub trait Cluster: Send + Sync {
@@ -34,6 +34,38 @@ pub trait Cluster: Send + Sync {
     fn namespace_login(&self, ns: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Deletes AgentRun `name` in `ns` (absent is fine).
     fn delete_run(&self, ns: &str, name: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The Approvals of run `run` in `ns`.
+    fn approvals(
+        &self,
+        ns: &str,
+        run: &str,
+    ) -> impl Future<Output = Result<Vec<Approval>, Error>> + Send;
+    /// Creates an Approval (one that exists already is left as it is).
+    fn create_approval(
+        &self,
+        approval: &Approval,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Records what the operator did with Approval `name`'s decision.
+    fn approval_status(
+        &self,
+        ns: &str,
+        name: &str,
+        status: &ApprovalStatus,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Deletes Approval `name` (absent is fine).
+    fn delete_approval(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// An Event on the run (a decision applied); a failure is logged, never fatal.
+    fn event(
+        &self,
+        run: &AgentRun,
+        warning: bool,
+        reason: &str,
+        note: &str,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// The real cluster.
@@ -41,6 +73,7 @@ pub struct KubeCluster {
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
     pub tenancy: Arc<Tenancy>,
+    pub ctx: Arc<crate::context::Context>,
 }
 
 impl Cluster for KubeCluster {
@@ -91,6 +124,78 @@ impl Cluster for KubeCluster {
             }
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(kube_err("deleting the expired AgentRun")(e)),
+        }
+    }
+
+    async fn approvals(&self, ns: &str, run: &str) -> Result<Vec<Approval>, Error> {
+        let api: Api<Approval> = Api::namespaced(self.client.clone(), ns);
+        let lp =
+            kube::api::ListParams::default().labels(&format!("{}={run}", super::gates::LABEL_RUN));
+        api.list(&lp)
+            .await
+            .map(|l| l.items)
+            .map_err(kube_err("listing the run's Approvals"))
+    }
+
+    async fn create_approval(&self, approval: &Approval) -> Result<(), Error> {
+        let ns = approval.namespace().unwrap_or_default();
+        let api: Api<Approval> = Api::namespaced(self.client.clone(), &ns);
+        match api
+            .create(&kube::api::PostParams::default(), approval)
+            .await
+        {
+            Ok(_) => {
+                self.metrics.api_write(Controller::agentrun, "create");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(kube_err("creating an Approval")(e)),
+        }
+    }
+
+    async fn approval_status(
+        &self,
+        ns: &str,
+        name: &str,
+        status: &ApprovalStatus,
+    ) -> Result<(), Error> {
+        let api: Api<Approval> = Api::namespaced(self.client.clone(), ns);
+        let patch = serde_json::json!({"status": status});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_err("recording an Approval's outcome"))?;
+        self.metrics.api_write(Controller::agentrun, "status");
+        Ok(())
+    }
+
+    async fn delete_approval(&self, ns: &str, name: &str) -> Result<(), Error> {
+        let api: Api<Approval> = Api::namespaced(self.client.clone(), ns);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {
+                self.metrics.api_write(Controller::agentrun, "delete");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(kube_err("deleting an open Approval")(e)),
+        }
+    }
+
+    async fn event(&self, run: &AgentRun, warning: bool, reason: &str, note: &str) {
+        use kube::runtime::events::{Event, EventType};
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(crane_core::text::truncate(note, 1000)),
+            action: "Decide".to_owned(),
+            secondary: None,
+        };
+        match self.ctx.publish_unique(&event, &run.object_ref(&())).await {
+            Ok(()) => self.metrics.api_write(Controller::agentrun, "event"),
+            Err(e) => tracing::warn!(error = %e, "cannot publish the Event"),
         }
     }
 }

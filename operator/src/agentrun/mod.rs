@@ -29,6 +29,7 @@
 pub mod build;
 pub mod cluster;
 pub mod error;
+pub mod gates;
 pub mod mirror;
 pub mod phases;
 pub mod recovery;
@@ -56,7 +57,7 @@ use crate::context::Context;
 use crate::controller::{Backoff, Shutdown};
 use crate::metrics::Controller as Ctl;
 use cluster::KubeCluster;
-use crane_api::{AgentRun, AgentRunPhase, WorkerPool};
+use crane_api::{AgentRun, AgentRunPhase, Approval, WorkerPool};
 pub use error::Error;
 use error::engine_err;
 use mirror::RunIndex;
@@ -107,6 +108,7 @@ pub async fn run(
             client: ctx.client.clone(),
             metrics: ctx.metrics.clone(),
             tenancy: ctx.tenancy.clone(),
+            ctx: ctx.clone(),
         },
         stores: Mutex::new(Vec::new()),
         catalogs,
@@ -139,13 +141,15 @@ async fn controller(
     shutdown: Shutdown,
 ) {
     let client = reconciler.ctx.client.clone();
-    let (runs, jobs, pools) = match &namespace {
+    let (runs, jobs, approvals, pools) = match &namespace {
         Some(ns) => (
             Api::<DeserializeGuard<AgentRun>>::namespaced(client.clone(), ns),
             Api::<PartialObjectMeta<Job>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Approval>>::namespaced(client.clone(), ns),
             Api::<PartialObjectMeta<WorkerPool>>::namespaced(client, ns),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client),
@@ -164,6 +168,8 @@ async fn controller(
         jobs,
         watcher::Config::default().labels(&format!("{}=planner", build::LABEL_COMPONENT)),
     );
+    // A decision written into an Approval is applied at once (its metadata changes with it).
+    let controller = controller.owns(approvals, watcher::Config::default());
     if let Ok(mut stores) = reconciler.stores.lock() {
         stores.push(store.clone());
     }

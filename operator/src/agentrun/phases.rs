@@ -21,9 +21,10 @@ use tracing::info;
 use super::build::{self, REASON_PLANNER_FAILED};
 use super::cluster::Cluster;
 use super::error::{Error, engine_err};
+use super::gates;
 use super::recovery;
 use crate::context::Config;
-use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus, REASON_INVALID_PLAN};
+use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus, Outcome, REASON_INVALID_PLAN};
 
 /// A running run is re-read this often even without notifications.
 pub const RESYNC: Duration = Duration::from_secs(30);
@@ -78,13 +79,22 @@ pub async fn advance<C: Cluster>(
         (status, Action::requeue(RESYNC))
     } else if phase.is_terminal() {
         return Ok((old, finished(run, env.cluster).await?));
-    } else if run.spec.cancel && matches!(phase, AgentRunPhase::Pending | AgentRunPhase::Planning) {
+    } else if run.spec.cancel
+        && matches!(
+            phase,
+            AgentRunPhase::Pending | AgentRunPhase::Planning | AgentRunPhase::AwaitingApproval
+        )
+    {
+        if phase == AgentRunPhase::AwaitingApproval {
+            gates::close_open(run, env.cluster).await?;
+        }
         let status = build::cancelled_early(run, now);
         return Ok((status, Action::requeue(Duration::from_secs(1))));
     } else {
         match phase {
             AgentRunPhase::Pending => pending(run, env, keys, &ns, now).await?,
             AgentRunPhase::Planning => planning(run, env, keys, &ns, now).await?,
+            AgentRunPhase::AwaitingApproval => awaiting(run, env, keys, &ns, now).await?,
             _ => running(run, env, keys, now).await?,
         }
     };
@@ -211,6 +221,16 @@ async fn start<C: Cluster>(
         Ok(o) => o,
         Err(m) => return refuse(REASON_INVALID_PLAN, &build::invalid_plan_message(&m)),
     };
+    if run.spec.approval.is_some_and(|a| a.plan) {
+        match gates::plan_gate(run, &plan, env.cluster, now).await? {
+            gates::PlanGate::Approved => {}
+            gates::PlanGate::Open => {
+                let status = build::awaiting_approval(run, plan, source, planner_usage, now);
+                return Ok((status, Action::requeue(RESYNC)));
+            }
+            gates::PlanGate::Rejected(note) => return refuse(build::REASON_REJECTED, &note),
+        }
+    }
     let mut redis = env.redis.clone();
     let init = crane_engine::init_run(&mut redis, keys, &pool, &plan, &options, env.engine).await;
     match init {
@@ -312,6 +332,49 @@ async fn planning<C: Cluster>(
     Ok((status, Action::requeue(wait)))
 }
 
+/// AwaitingApproval: the plan (kept in status, or the spec's) starts once its Approval says
+/// so; the checks of [`start`] run again, against the catalog as it is now.
+async fn awaiting<C: Cluster>(
+    run: &AgentRun,
+    env: &Env<'_, C>,
+    keys: &RunKeys,
+    ns: &str,
+    now: &Time,
+) -> Result<Next, Error> {
+    let status = run.status.clone().unwrap_or_default();
+    let Some(plan) = status.plan.clone().or_else(|| run.spec.plan.clone()) else {
+        let message = "the plan awaiting approval is no longer in status.plan";
+        return Ok((
+            build::failed_early(run, REASON_PLANNER_FAILED, message, now),
+            Action::await_change(),
+        ));
+    };
+    if deadline_passed(run, &status) {
+        let message = format!(
+            "the run exceeded activeDeadlineSeconds ({} s) while its plan awaited approval",
+            run.spec.active_deadline_seconds
+        );
+        gates::close_open(run, env.cluster).await?;
+        return Ok((
+            build::failed_early(run, build::REASON_DEADLINE, &message, now),
+            Action::await_change(),
+        ));
+    }
+    let source = status.plan_source.unwrap_or(PlanSource::Spec);
+    let usage = status.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+    });
+    let (next, action) = start(run, env, keys, ns, plan, (source, usage), now).await?;
+    let wait = until_deadline(run, &status).min(RESYNC);
+    let action = if next.phase == Some(AgentRunPhase::AwaitingApproval) {
+        Action::requeue(wait)
+    } else {
+        action
+    };
+    Ok((next, action))
+}
+
 /// Running: cancel or time out if asked, then mirror the engine's report.
 async fn running<C: Cluster>(
     run: &AgentRun,
@@ -339,11 +402,43 @@ async fn running<C: Cluster>(
         }
         Err(e) => return Err(engine_err("reading the run report")(e)),
     };
-    let status = build::from_report(run, &report, deadline, now)?;
-    Ok((
-        status,
-        Action::requeue(until_deadline(run, &old).min(RESYNC)),
-    ))
+    let mut status = build::from_report(run, &report, deadline, now)?;
+    let mut requeue = until_deadline(run, &old).min(RESYNC);
+    let waits = |steps: &[crane_api::StepStatus]| {
+        steps
+            .iter()
+            .any(|s| s.phase == crane_core::run::StepPhase::WaitingForApproval)
+    };
+    let gated = report
+        .steps
+        .iter()
+        .any(|s| s.phase == crane_core::run::StepPhase::WaitingForApproval);
+    if gated && !run.spec.cancel && !deadline {
+        let (applied, next) = gates::sync(run, &report, env.cluster, &mut redis, keys, now).await?;
+        for a in &applied {
+            let (warning, reason) = match a.outcome {
+                Outcome::Approved => (false, "Approved"),
+                Outcome::Rejected => (true, "Rejected"),
+                Outcome::TimedOut => (true, "ApprovalTimedOut"),
+            };
+            env.cluster.event(run, warning, reason, &a.note).await;
+        }
+        if !applied.is_empty() {
+            // The status shows what the decisions did, not the gates as they were.
+            let report =
+                crane_engine::run_report(&mut redis, keys, crate::agentrun::OUTPUT_PREVIEW)
+                    .await
+                    .map_err(engine_err("reading the run report"))?;
+            status = build::from_report(run, &report, deadline, now)?;
+        }
+        if let Some(next) = next {
+            requeue = requeue.min(next + Duration::from_millis(100));
+        }
+    }
+    if status.phase.is_some_and(AgentRunPhase::is_terminal) && waits(&old.steps) {
+        gates::close_open(run, env.cluster).await?;
+    }
+    Ok((status, Action::requeue(requeue)))
 }
 
 /// Terminal: delete after ttlSecondsAfterFinished.
@@ -404,7 +499,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crane_api::{CONDITION_FAILED, CONDITION_PLANNED};
+    use crane_api::{Approval, ApprovalStatus, CONDITION_FAILED, CONDITION_PLANNED};
+    use crane_core::run::StepPhase;
 
     /// Pools, Jobs and deletions, in memory.
     #[derive(Default)]
@@ -412,6 +508,8 @@ mod tests {
         pools: Mutex<HashMap<(String, String), Vec<String>>>,
         jobs: Mutex<HashMap<(String, String), Job>>,
         deleted: Mutex<Vec<(String, String)>>,
+        approvals: Mutex<Vec<Approval>>,
+        events: Mutex<Vec<(String, String)>>,
     }
 
     impl FakeCluster {
@@ -473,6 +571,53 @@ mod tests {
                 .push((ns.into(), name.into()));
             Ok(())
         }
+        async fn approvals(&self, ns: &str, run: &str) -> Result<Vec<Approval>, Error> {
+            Ok(self
+                .approvals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|a| a.namespace().as_deref() == Some(ns) && a.spec.run == run)
+                .cloned()
+                .collect())
+        }
+        async fn create_approval(&self, approval: &Approval) -> Result<(), Error> {
+            let mut all = self.approvals.lock().unwrap_or_else(|e| e.into_inner());
+            if !all.iter().any(|a| a.name_any() == approval.name_any()) {
+                all.push(approval.clone());
+            }
+            Ok(())
+        }
+        async fn approval_status(
+            &self,
+            _ns: &str,
+            name: &str,
+            status: &ApprovalStatus,
+        ) -> Result<(), Error> {
+            for a in self
+                .approvals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter_mut()
+                .filter(|a| a.name_any() == name)
+            {
+                a.status = Some(status.clone());
+            }
+            Ok(())
+        }
+        async fn delete_approval(&self, _ns: &str, name: &str) -> Result<(), Error> {
+            self.approvals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|a| a.name_any() != name);
+            Ok(())
+        }
+        async fn event(&self, _run: &AgentRun, _warning: bool, reason: &str, note: &str) {
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((reason.into(), note.into()));
+        }
     }
 
     struct World {
@@ -523,6 +668,44 @@ mod tests {
                 .unwrap_or_else(|e| panic!("advance: {e}"));
             run.status = Some(status);
             action
+        }
+
+        /// A worker on `team-a/default` until the returned sender is dropped or fires.
+        async fn spawn_worker(&self) -> tokio::sync::oneshot::Sender<()> {
+            let pool = PoolName::parse("team-a/default").unwrap_or_else(|e| panic!("{e}"));
+            let mut config = WorkerConfig::new(pool);
+            config.idle_timeout = None;
+            config.block = Duration::from_millis(100);
+            let worker = Worker::new(
+                &self.client,
+                Arc::new(crane_tools::in_memory()),
+                config,
+                Arc::new(Metrics::new()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("worker: {e}"));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(worker.run(async move {
+                let _ = stopped.await;
+            }));
+            stop
+        }
+
+        /// Advances `run` until `done` holds of it (a panic after 20 s).
+        async fn advance_until(
+            &self,
+            run: &mut AgentRun,
+            done: impl Fn(&AgentRun, &FakeCluster) -> bool,
+        ) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                self.advance(run).await;
+                if done(run, &self.cluster) {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{:#?}", run.status);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
 
         /// Runs workers on `ns/default` until the run of `keys` is finished in the engine.
@@ -816,6 +999,192 @@ mod tests {
         assert_eq!(
             *w.cluster.deleted.lock().unwrap_or_else(|e| e.into_inner()),
             vec![("team-a".to_owned(), "r".to_owned())]
+        );
+    }
+
+    fn approval_named(cluster: &FakeCluster, name: &str) -> Option<Approval> {
+        cluster
+            .approvals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|a| a.name_any() == name)
+            .cloned()
+    }
+
+    fn decide_in_cluster(
+        cluster: &FakeCluster,
+        name: &str,
+        decision: crane_api::Decision,
+        by: &str,
+    ) {
+        for a in cluster
+            .approvals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter(|a| a.name_any() == name)
+        {
+            a.spec.decision = Some(decision);
+            a.spec.decided_by = Some(by.into());
+            a.spec.comment = Some("ship it".into());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_step_gets_an_approval_whose_decision_is_applied_once() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run = agent_run(json!({"plan": {"steps": [
+            {"id": 1, "tool": "approval", "input": {"message": "Deploy?", "approvers": ["alice", "ops"]}},
+            {"id": 2, "tool": "calculator", "input": {"expression": "6*7"}, "dependsOn": [1]}
+        ]}}));
+        w.advance(&mut run).await;
+        let _worker = w.spawn_worker().await;
+        w.advance_until(&mut run, |_, c| approval_named(c, "r-step-1").is_some())
+            .await;
+        let a = approval_named(&w.cluster, "r-step-1").unwrap_or_else(|| panic!("no approval"));
+        assert_eq!(
+            (a.spec.run.as_str(), a.spec.step_id, a.spec.message.as_str()),
+            ("r", Some(1), "Deploy?")
+        );
+        assert_eq!(a.spec.approvers, ["alice", "ops"]);
+        assert_eq!(
+            a.owner_references().first().map(|o| o.uid.clone()),
+            run.metadata.uid.clone(),
+            "owned by the run, so deleting the run deletes it"
+        );
+        let step = |run: &AgentRun| run.status.as_ref().map(|s| s.steps[0].phase);
+        assert_eq!(step(&run), Some(StepPhase::WaitingForApproval));
+        // Nothing happens without a decision.
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Running);
+
+        decide_in_cluster(
+            &w.cluster,
+            "r-step-1",
+            crane_api::Decision::Approved,
+            "alice",
+        );
+        w.advance_until(&mut run, |r, _| phase(r) == AgentRunPhase::Succeeded)
+            .await;
+        assert_eq!(
+            run.status.as_ref().and_then(|s| s.result.clone()),
+            Some(json!(42))
+        );
+        let a = approval_named(&w.cluster, "r-step-1").unwrap_or_else(|| panic!("gone"));
+        assert_eq!(
+            a.status.and_then(|s| s.outcome),
+            Some(crane_api::Outcome::Approved)
+        );
+        let events = w
+            .cluster
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        assert_eq!(
+            events,
+            [(
+                "Approved".to_owned(),
+                "r-step-1 approved by alice: ship it".to_owned()
+            )],
+            "one Event, however many passes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gate_nobody_decides_applies_its_on_timeout_and_cancel_closes_open_ones() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run = agent_run(json!({"plan": {"steps": [
+            {"id": 1, "tool": "approval", "input": {"message": "a?", "timeoutSeconds": 1, "onTimeout": "Reject"}},
+            {"id": 2, "tool": "approval", "input": {"message": "b?"}}
+        ]}, "failurePolicy": "ContinueIndependent"}));
+        w.advance(&mut run).await;
+        let _worker = w.spawn_worker().await;
+        w.advance_until(&mut run, |_, c| {
+            approval_named(c, "r-step-1")
+                .and_then(|a| a.status)
+                .and_then(|s| s.outcome)
+                .is_some()
+        })
+        .await;
+        let a = approval_named(&w.cluster, "r-step-1").unwrap_or_else(|| panic!("gone"));
+        assert_eq!(
+            a.status.and_then(|s| s.outcome),
+            Some(crane_api::Outcome::TimedOut)
+        );
+        w.advance(&mut run).await;
+        let steps = run.status.clone().unwrap_or_default().steps;
+        assert_eq!(steps[0].phase, StepPhase::Failed);
+        assert!(
+            steps[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("rejected by timeout")),
+            "{steps:#?}"
+        );
+        assert!(approval_named(&w.cluster, "r-step-2").is_some());
+
+        run.spec.cancel = true;
+        w.advance_until(&mut run, |r, _| phase(r) == AgentRunPhase::Cancelled)
+            .await;
+        assert!(
+            approval_named(&w.cluster, "r-step-2").is_none(),
+            "the open Approval of a cancelled run is deleted"
+        );
+        assert!(
+            approval_named(&w.cluster, "r-step-1").is_some(),
+            "decided ones stay as the record"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plan_that_needs_approval_holds_everything_until_it_is_approved() {
+        let w = World::new().await;
+        w.cluster.add_pool("team-a", "default");
+        let mut run = agent_run(json!({"plan": one_step_plan(), "approval": {"plan": true}}));
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::AwaitingApproval);
+        let a = approval_named(&w.cluster, "r-plan").unwrap_or_else(|| panic!("no approval"));
+        assert_eq!(a.spec.step_id, None);
+        assert!(
+            a.spec.message.contains("1 step(s) using calculator"),
+            "{}",
+            a.spec.message
+        );
+        // Nothing is in the engine yet.
+        let mut redis = w.redis.clone();
+        assert!(matches!(
+            crane_engine::run_report(
+                &mut redis,
+                &run_keys(&run),
+                crane_engine::api::Outputs::Full
+            )
+            .await,
+            Err(EngineError::RunNotFound(_))
+        ));
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::AwaitingApproval);
+
+        decide_in_cluster(&w.cluster, "r-plan", crane_api::Decision::Approved, "alice");
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Running);
+        w.work_until_finished(&run_keys(&run)).await;
+        w.advance(&mut run).await;
+        assert_eq!(phase(&run), AgentRunPhase::Succeeded);
+
+        let mut rejected = agent_run(json!({"plan": one_step_plan(), "approval": {"plan": true}}));
+        rejected.metadata.name = Some("q".into());
+        w.advance(&mut rejected).await;
+        decide_in_cluster(&w.cluster, "q-plan", crane_api::Decision::Rejected, "bob");
+        w.advance(&mut rejected).await;
+        assert_eq!(phase(&rejected), AgentRunPhase::Failed);
+        assert_eq!(reason(&rejected, CONDITION_FAILED), "Rejected");
+        assert_eq!(
+            rejected.status.and_then(|s| s.error).as_deref(),
+            Some("q-plan rejected by bob: ship it")
         );
     }
 }

@@ -35,6 +35,8 @@ pub const REASON_DEADLINE: &str = "DeadlineExceeded";
 pub const REASON_CANCELLED: &str = "Cancelled";
 pub const REASON_STEP_FAILED: &str = "StepFailed";
 pub const REASON_SUCCEEDED: &str = "Succeeded";
+pub const REASON_REJECTED: &str = "Rejected";
+pub const REASON_AWAITING_APPROVAL: &str = "AwaitingApproval";
 
 /// Upper bound of the planner Job's own deadline, in seconds.
 pub const MAX_PLANNER_SECONDS: u32 = 900;
@@ -390,6 +392,44 @@ pub fn started(
         true,
         REASON_PLANNED,
         &format!("{steps} step(s), planned by {}", source_name(source)),
+        run.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Planned, waiting for the plan's Approval (`spec.approval.plan`): the plan is in status
+/// (whatever planned it), and what the planner spent.
+pub fn awaiting_approval(
+    run: &AgentRun,
+    plan: crane_core::plan::Plan,
+    source: crane_core::plan::PlanSource,
+    planner_usage: Option<Usage>,
+    now: &Time,
+) -> AgentRunStatus {
+    let mut s = base(run);
+    let steps = plan.steps.len();
+    s.phase = Some(AgentRunPhase::AwaitingApproval);
+    s.plan = Some(plan);
+    s.plan_source = Some(source);
+    s.progress = Some(format!("0/{steps}"));
+    s.usage = planner_usage.map(|u| crane_api::RunUsage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total(),
+        llm_calls: 1,
+        tool_calls: 0,
+    });
+    set_condition(
+        &mut s.conditions,
+        CONDITION_PLANNED,
+        true,
+        REASON_AWAITING_APPROVAL,
+        &format!(
+            "{steps} step(s), planned by {}; waiting for Approval {}",
+            source_name(source),
+            super::gates::plan_approval_name(&kube::ResourceExt::name_any(run))
+        ),
         run.metadata.generation,
         now,
     );
