@@ -2,7 +2,8 @@
 //! in-process workers against it and prints human-readable figures, then ONE JSON line:
 //! `steps_per_s` (trivial calculator steps, best worker/concurrency setting),
 //! `dispatch_p50_ms` / `dispatch_p99_ms` (submit → step start at 1,000 steps/s),
-//! `makespan_ratio` (100 parallel `wait 100 ms` steps ÷ 100 ms) and `redis_calls_per_step`.
+//! `makespan_ratio` (100 parallel `wait 100 ms` steps ÷ 100 ms), `approval_p50_ms` /
+//! `approval_p99_ms` (a decision → the dependent step's start) and `redis_calls_per_step`.
 //! Figures, not assertions: nothing here fails on a slow machine.
 
 use std::collections::HashMap;
@@ -289,6 +290,74 @@ async fn dispatch(
     Ok(latencies)
 }
 
+/// Runs whose first step waits for approval: latency from just before each decision to the
+/// dependent step's start (Redis clock, ms). The engine's share of "a person approves →
+/// the work goes on"; the operator adds its watch and reconcile in front of it.
+async fn approval_latency(server: &RedisServer, runs: u32) -> Result<Vec<f64>> {
+    let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
+    let mut conn = api::connect(&client).await?;
+    let pool = PoolName::parse("bench/approvals")?;
+    let workers_pool = Pool::start(&client, &pool, 2, 64).await?;
+    let plan: Plan = serde_json::from_value(json!({"steps": [
+        {"id": 1, "tool": "approval", "input": {"message": "go?"}},
+        {"id": 2, "tool": "calculator", "input": {"expression": "1+1"}, "dependsOn": [1]}
+    ]}))?;
+    let ids: Vec<String> = (0..runs).map(|i| format!("a-{i}")).collect();
+    for id in &ids {
+        submit(&mut conn, id, &pool, &plan).await?;
+    }
+    // Every gate parked before the first decision.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        let keys = RunKeys::new("bench", id)?;
+        loop {
+            let phase: Option<String> = redis::cmd("HGET")
+                .arg(keys.steps())
+                .arg("1:phase")
+                .query_async(&mut conn)
+                .await?;
+            if phase.as_deref() == Some("WaitingForApproval") {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "gates did not park in 60 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut decided = HashMap::new();
+    for id in &ids {
+        let keys = RunKeys::new("bench", id)?;
+        let t0 = now_ms_f64();
+        api::decide(
+            &mut conn,
+            &keys,
+            1,
+            &api::Decision::Approve {
+                by: "bench".into(),
+                comment: None,
+            },
+        )
+        .await?;
+        decided.insert(id.clone(), t0);
+        // One decision every 5 ms: people do not approve in bulk.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_all(&client, &conn, &ids).await?;
+    let mut latencies = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let started: Option<u64> = redis::cmd("HGET")
+            .arg(RunKeys::new("bench", id)?.steps())
+            .arg("2:started")
+            .query_async(&mut conn)
+            .await?;
+        if let (Some(s), Some(t0)) = (started, decided.get(id)) {
+            latencies.push((s as f64 + 0.5 - t0).max(0.0));
+        }
+    }
+    workers_pool.stop().await;
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
 /// One run of 100 parallel `wait 100 ms` steps: makespan ÷ 100 ms.
 async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> Result<(f64, f64)> {
     let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
@@ -386,12 +455,23 @@ async fn main() -> Result<()> {
         client_ratio * 100.0
     );
 
+    println!("\n== approvals: 200 gated runs, one decision every 5 ms ==");
+    let gates = approval_latency(&server, 200).await?;
+    let (a50, a99) = (percentile(&gates, 0.5), percentile(&gates, 0.99));
+    println!(
+        "{} samples: p50 {a50:.2} ms  p99 {a99:.2} ms  max {:.2} ms (decision -> dependent step starts, engine only)",
+        gates.len(),
+        percentile(&gates, 1.0)
+    );
+
     println!("\nbest throughput setting: {bw} worker(s) x concurrency {bc}");
     let line = json!({
         "steps_per_s": (best.steps_per_s * 10.0).round() / 10.0,
         "dispatch_p50_ms": (p50 * 100.0).round() / 100.0,
         "dispatch_p99_ms": (p99 * 100.0).round() / 100.0,
         "makespan_ratio": (ratio * 1000.0).round() / 1000.0,
+        "approval_p50_ms": (a50 * 100.0).round() / 100.0,
+        "approval_p99_ms": (a99 * 100.0).round() / 100.0,
         "redis_calls_per_step": (best.round_trips_per_step * 100.0).round() / 100.0,
         "redis_calls_per_step_incl_scripts": (best.calls_per_step * 10.0).round() / 10.0,
         "best_workers": bw,
