@@ -143,9 +143,9 @@ YAML
   if wait_until 60 ready "$ns" mcpserver everything; then pass "MCPServer discovered and Ready"
   else fail "MCPServer discovered and Ready" "$(kubectl -n "$ns" get mcpserver everything -o yaml)"; return; fi
   local tools; tools=$(kubectl -n "$ns" get mcpserver everything -o jsonpath='{.status.tools[*].name}')
-  if grep -qw echo <<<"$tools" && grep -qw add <<<"$tools"; then pass "its tools are listed in status"
+  if grep -qw echo <<<"$tools" && grep -qw get-sum <<<"$tools"; then pass "its tools are listed in status"
   else fail "its tools are listed in status" "$tools"; fi
-  plan_run "$ns" mcp '      - {id: 1, tool: everything.add, input: {a: 2, b: 3}}
+  plan_run "$ns" mcp '      - {id: 1, tool: everything.get-sum, input: {a: 2, b: 3}}
       - {id: 2, tool: everything.echo, input: {message: "sum {step_1_output}"}, dependsOn: [1]}'
   wait_until 120 terminal "$ns" mcp
   check "a worker pod calls MCP tools through the reference server" Succeeded "$(phase "$ns" mcp)" "$(why "$ns" mcp)"
