@@ -161,6 +161,11 @@ pub struct Config {
     /// leader dies. The leader renews every third of it.
     #[arg(long, env = "CRANE_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
+
+    /// Traces for planner and worker pods: set at start from the operator's own `OTEL_*`
+    /// environment (crane-telemetry), not a flag.
+    #[arg(skip)]
+    pub telemetry: crane_telemetry::PodSettings,
 }
 
 impl Config {
@@ -182,6 +187,7 @@ impl Config {
             leader_election_namespace: "crane-system".to_owned(),
             leader_election_id: crate::leader::DEFAULT_LEASE_NAME.to_owned(),
             lease_duration_seconds: 15,
+            telemetry: crane_telemetry::PodSettings::default(),
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct RunOptions {
     pub retry: RetryPolicy,
     pub step_timeout_ms: u64,
     pub failure_policy: FailurePolicy,
+    /// W3C `traceparent` of the run's root span: travels with the run through Redis so every
+    /// worker's step spans join the run's one trace. Absent when tracing is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -73,6 +77,7 @@ impl Default for RunOptions {
             retry: RetryPolicy::default(),
             step_timeout_ms: 30_000,
             failure_policy: FailurePolicy::FailFast,
+            traceparent: None,
         }
     }
 }

@@ -484,7 +484,26 @@ fn spawn_step(
     started: Started,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let span = info_span!("step", run = %hint.run, step = %hint.step, tool = %hint.tool);
+    // One span per attempt, a child of the run's root span (its traceparent came with the
+    // run's options), so retries and reclaims show as separate attempts in the run's trace.
+    let span = info_span!(
+        "step",
+        otel.name = %format_args!("step {} attempt {}", hint.step, started.attempt),
+        run = %hint.run,
+        namespace = %inner.config.pool.namespace(),
+        step = %hint.step,
+        tool = %hint.tool,
+        attempt = started.attempt,
+        outcome = tracing::field::Empty,
+    );
+    if let Some(traceparent) = started
+        .work
+        .as_ref()
+        .ok()
+        .and_then(|w| w.options.traceparent.as_deref())
+    {
+        crane_telemetry::set_parent(&span, traceparent);
+    }
     let inner = inner.clone();
     tasks.spawn(
         async move {
@@ -545,6 +564,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
     };
     inner.metrics.in_flight.dec();
     let Some(result) = result else {
+        tracing::Span::current().record("outcome", "released");
         if let Ok(keys) = RunKeys::new(inner.config.pool.namespace(), &hint.run) {
             release(inner, &mut inner.conn.clone(), &keys, hint, owner, attempt).await;
         }
@@ -609,6 +629,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
         }
         Err(e) => e.metric_label().to_owned(),
     };
+    tracing::Span::current().record("outcome", label.as_str());
     inner
         .metrics
         .steps

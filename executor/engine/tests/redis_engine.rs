@@ -747,6 +747,7 @@ async fn timeouts_of_local_tools_never_open_a_breaker() {
             ..RetryPolicy::default()
         },
         failure_policy: crane_core::run::FailurePolicy::ContinueIndependent,
+        ..RunOptions::default()
     };
     e.init("careless", &plan(json!(slow)), &options)
         .await

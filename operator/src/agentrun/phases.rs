@@ -191,7 +191,7 @@ async fn start<C: Cluster>(
         keys,
         &pool,
         &plan,
-        &build::run_options(run),
+        &build::run_options(run, env.config.telemetry.traced),
         env.engine,
     )
     .await;

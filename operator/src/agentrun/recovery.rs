@@ -155,7 +155,9 @@ async fn rebuild_in_engine(
         keys,
         &pool,
         &plan,
-        &build::run_options(run),
+        // The same trace context the run started with (the operator's tracing is set once
+        // per process).
+        &build::run_options(run, crane_telemetry::tracing_enabled()),
         &completed,
         engine,
     )

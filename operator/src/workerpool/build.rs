@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crane_engine::queue::BreakerPhase;
 use crane_engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, SecretVolumeSource, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
@@ -66,6 +66,8 @@ pub struct WorkerSettings {
     pub image: String,
     pub image_pull_policy: String,
     pub redis_url: String,
+    /// `OTEL_*` variables for the workers (the operator's own).
+    pub telemetry_env: Vec<(String, String)>,
 }
 
 impl WorkerSettings {
@@ -74,6 +76,7 @@ impl WorkerSettings {
             image: config.executor_image.clone(),
             image_pull_policy: config.image_pull_policy.clone(),
             redis_url: config.redis_url.clone(),
+            telemetry_env: config.telemetry.env.clone(),
         }
     }
 }
@@ -257,6 +260,11 @@ pub fn worker_job(
     let template = spec.template.clone().unwrap_or_default();
 
     let mut env = redis_credentials_env();
+    env.extend(settings.telemetry_env.iter().map(|(name, value)| EnvVar {
+        name: name.clone(),
+        value: Some(value.clone()),
+        ..EnvVar::default()
+    }));
     env.extend(template.env.unwrap_or_default());
 
     let mut command = vec![

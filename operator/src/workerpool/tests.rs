@@ -43,6 +43,7 @@ fn settings() -> WorkerSettings {
         image: "crane:dev".into(),
         image_pull_policy: "IfNotPresent".into(),
         redis_url: "redis://127.0.0.1:6379".into(),
+        telemetry_env: Vec::new(),
     }
 }
 
@@ -267,6 +268,23 @@ fn worker_job_runs_the_executor_for_this_pool() {
         ]
     );
     assert_eq!(env.len(), 2, "no template env: {env:?}");
+}
+
+#[test]
+fn workers_get_the_operators_otel_settings() {
+    let mut with = settings();
+    with.telemetry_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://c:4318".into())];
+    let job = job_of(&pool(), &with);
+    let container = &job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0];
+    let env = container.env.clone().unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT"
+            && e.value.as_deref() == Some("http://c:4318"))
+    );
 }
 
 #[test]

@@ -94,6 +94,7 @@ fn fast_retries(max_attempts: u32) -> RunOptions {
         },
         step_timeout_ms: 10_000,
         failure_policy: FailurePolicy::FailFast,
+        ..RunOptions::default()
     }
 }
 

@@ -56,13 +56,26 @@ pub fn run_id(run: &AgentRun) -> Result<&str, BuildError> {
         .ok_or(BuildError::MissingMetadata("metadata.uid"))
 }
 
-/// The engine options of a run, from its spec.
-pub fn run_options(run: &AgentRun) -> RunOptions {
+/// The engine options of a run, from its spec; when `traced`, the run's trace context
+/// (derived from its uid, so it is the same whoever computes it, before or after a restart).
+pub fn run_options(run: &AgentRun, traced: bool) -> RunOptions {
     RunOptions {
         retry: run.spec.retry,
         step_timeout_ms: u64::from(run.spec.step_timeout_seconds).saturating_mul(1000),
         failure_policy: run.spec.failure_policy,
+        traceparent: run_traceparent(run, traced),
     }
+}
+
+/// The `traceparent` of the run's root span, when `traced`.
+pub fn run_traceparent(run: &AgentRun, traced: bool) -> Option<String> {
+    let uid = run.metadata.uid.as_deref()?;
+    traced.then(|| crane_telemetry::run_traceparent(uid))
+}
+
+/// The operator's `OTEL_*` settings as pod env.
+pub fn telemetry_env(config: &Config) -> impl Iterator<Item = EnvVar> + '_ {
+    config.telemetry.env.iter().map(|(k, v)| env(k, v.clone()))
 }
 
 /// 32-bit FNV-1a, for short stable name suffixes.
@@ -151,6 +164,10 @@ pub fn planner_job(
                 envs.push(secret.env_var(crane_core::plan::ENV_API_KEY, true));
             }
         }
+    }
+    envs.extend(telemetry_env(config));
+    if let Some(traceparent) = run_traceparent(run, config.telemetry.traced) {
+        envs.push(env(crane_telemetry::ENV_TRACEPARENT, traceparent));
     }
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "crane".to_owned()),

@@ -363,13 +363,64 @@ fn run_options_come_from_the_spec() {
     let r = run(
         json!({"prompt": "x", "stepTimeoutSeconds": 7, "failurePolicy": "ContinueIndependent", "retry": {"maxAttempts": 5, "initialBackoffMs": 10, "maxBackoffMs": 20}}),
     );
-    let o = run_options(&r);
+    let o = run_options(&r, false);
     assert_eq!(o.step_timeout_ms, 7000);
     assert_eq!(o.retry.max_attempts, 5);
     assert_eq!(
         o.failure_policy,
         crane_core::run::FailurePolicy::ContinueIndependent
     );
+}
+
+#[test]
+fn a_traced_run_carries_its_uid_as_trace_id_to_the_engine_and_the_planner() {
+    let r = run(json!({"prompt": "x"}));
+    assert_eq!(run_options(&r, false).traceparent, None);
+    let traceparent = run_options(&r, true).traceparent.expect("traced");
+    assert_eq!(traceparent, crane_telemetry::run_traceparent("0f0e-uid"));
+
+    let mut config = Config::new("redis://redis:6379");
+    config.telemetry = crane_telemetry::PodSettings {
+        traced: true,
+        env: vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://otel:4318".into(),
+        )],
+    };
+    let job = planner_job(&r, &config, None).expect("job");
+    let env = job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("TRACEPARENT"), Some(traceparent));
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://otel:4318")
+    );
+    config.telemetry.traced = false;
+    let job = planner_job(&r, &config, None).expect("job");
+    let env = job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(env.iter().all(|e| e.name != "TRACEPARENT"));
 }
 
 #[test]
