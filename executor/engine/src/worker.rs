@@ -924,6 +924,7 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 match reclaim(&mut conn, cfg, free).await {
                     Ok(hints) if !hints.is_empty() => {
                         info!(count = hints.len(), "reclaiming steps of a lost worker");
+                        inner.metrics.reclaims.inc_by(hints.len() as u64);
                         *lock(&inner.last_activity) = Instant::now();
                         handle_hints(
                             &inner,

@@ -358,6 +358,7 @@ async fn apply(run: &AgentRun, reconciler: &Reconciler) -> Result<Action, Error>
         models: &models,
         engine: &reconciler.engine,
         config: &reconciler.ctx.config,
+        metrics: &reconciler.ctx.metrics,
     };
     let keys = run_keys(run, &uid)?;
     let (status, action) = phases::advance(run, &env, &keys, &now()).await?;

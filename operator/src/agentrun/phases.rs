@@ -23,6 +23,7 @@ use super::cluster::Cluster;
 use super::error::{Error, engine_err};
 use super::recovery;
 use crate::context::Config;
+use crate::metrics::Metrics;
 use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus, REASON_INVALID_PLAN};
 
 /// A running run is re-read this often even without notifications.
@@ -43,6 +44,7 @@ pub struct Env<'a, C> {
     pub models: &'a [ModelConfig],
     pub engine: &'a EngineConfig,
     pub config: &'a Config,
+    pub metrics: &'a Metrics,
 }
 
 /// The status to write (equal to the old one when nothing changed) and when to look again.
@@ -223,6 +225,17 @@ async fn start<C: Cluster>(
     Ok((started, Action::requeue(RESYNC)))
 }
 
+/// The model id the planner used: the run's Model's, else the operator's default LLM's.
+fn planner_model<C>(run: &AgentRun, env: &Env<'_, C>) -> String {
+    run.spec
+        .model
+        .as_ref()
+        .and_then(|name| env.models.iter().find(|m| &m.name == name))
+        .map(|m| m.model.clone())
+        .or_else(|| env.config.llm_model.clone())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Planning: read the planner's result back, or notice the Job failed without one.
 async fn planning<C: Cluster>(
     run: &AgentRun,
@@ -240,8 +253,19 @@ async fn planning<C: Cluster>(
     let failed = |message: &str| fail(REASON_PLANNER_FAILED, message);
     let mut redis = env.redis.clone();
     match load_planner_result(&mut redis, keys).await {
-        Ok(Some(PlannerResult::Planned { plan, source, .. })) => {
-            return start(run, env, keys, ns, plan, source, now).await;
+        Ok(Some(PlannerResult::Planned {
+            plan,
+            source,
+            usage,
+            ..
+        })) => {
+            let next = start(run, env, keys, ns, plan, source, now).await?;
+            // Counted once the run moved on (a failed start is tried again, reading the same
+            // result).
+            if let Some(usage) = usage {
+                env.metrics.llm_usage(&planner_model(run, env), &usage);
+            }
+            return Ok(next);
         }
         Ok(Some(PlannerResult::Failed { error })) => {
             return failed(&format!("planner failed: {error}"));
@@ -460,6 +484,7 @@ mod tests {
         models: Vec<ModelConfig>,
         engine: EngineConfig,
         config: Config,
+        operator_metrics: crate::metrics::Metrics,
     }
 
     impl World {
@@ -479,6 +504,7 @@ mod tests {
                 catalog: Catalog::builtins(),
                 models: Vec::new(),
                 engine: EngineConfig::default(),
+                operator_metrics: crate::metrics::Metrics::new(),
             }
         }
 
@@ -492,6 +518,7 @@ mod tests {
                 models: &self.models,
                 engine: &self.engine,
                 config: &self.config,
+                metrics: &self.operator_metrics,
             };
             let keys = run_keys(run);
             let (status, action) = advance(run, &env, &keys, &now())
