@@ -24,6 +24,7 @@ use crane_engine::{
 };
 use crane_planner::{LlmConfig, PlannerError, plan_prompt};
 use crane_tools::RedisTodoStore;
+use tracing::Instrument as _;
 
 const INVALID_INPUT: u8 = 2;
 
@@ -67,6 +68,16 @@ pub enum Command {
 }
 
 impl Command {
+    /// `service.name` of this process's traces: workers and planners are told apart in a
+    /// run's trace.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Command::Work(_) => "crane-worker",
+            Command::Plan(_) => "crane-planner",
+            _ => "crane-executor",
+        }
+    }
+
     /// Runs the subcommand.
     pub async fn run(self) -> CmdResult {
         match self {
@@ -149,6 +160,22 @@ async fn plan_cmd(args: PlanArgs) -> CmdResult {
         print_json(&plan)?;
         return Ok(0);
     };
+    // The planner Job's part of the run's trace: the operator hands over the run's context
+    // in TRACEPARENT.
+    let span = tracing::info_span!(
+        "plan",
+        otel.name = "plan",
+        run = %run_id,
+        namespace = %ns,
+        planner = ?args.planner,
+        outcome = tracing::field::Empty,
+    );
+    crane_telemetry::parent_from_env(&span);
+    plan_run(&args, run_id, ns, url).instrument(span).await
+}
+
+/// `plan --run-id`: the planner Job's work, inside its span.
+async fn plan_run(args: &PlanArgs, run_id: &str, ns: &str, url: &str) -> CmdResult {
     let keys = RunKeys::new(ns, run_id).map_err(|e| (INVALID_INPUT, e.to_string()))?;
     let redis = args.auth.client(url)?;
     let mut conn = connect(&redis).await.map_err(|e| (1, e.to_string()))?;
@@ -173,6 +200,13 @@ async fn plan_cmd(args: PlanArgs) -> CmdResult {
             .map_err(|e| (1, e.to_string()))
     }
     .await;
+    tracing::Span::current().record(
+        "outcome",
+        match &outcome {
+            Ok(o) => format!("{:?}", o.source),
+            Err(_) => "failed".to_owned(),
+        },
+    );
     let (stored, result) = match outcome {
         Ok(o) => {
             if let Some(reason) = &o.fallback_reason {
@@ -548,6 +582,10 @@ pub async fn submit(args: SubmitArgs) -> CmdResult {
         },
         step_timeout_ms: args.step_timeout_seconds * 1000,
         failure_policy: args.failure_policy,
+        // With tracing on, the run's steps share one trace (named after the run id, as the
+        // operator names an AgentRun's), though no root span is reported for it.
+        traceparent: crane_telemetry::tracing_enabled()
+            .then(|| crane_telemetry::run_traceparent(&run_id)),
         ..RunOptions::default()
     };
     let config = EngineConfig {

@@ -1,5 +1,6 @@
 //! `crane-executor`: the binary of planner and worker Jobs, and the local `run`, `plan` and
-//! `tool` commands. Parses flags, sets up logging and runs the subcommand ([`cli`]).
+//! `tool` commands. Parses flags, sets up logs and traces (`crane-telemetry`) and runs the
+//! subcommand ([`cli`]).
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -7,7 +8,6 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,14 +19,10 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let telemetry = crane_telemetry::init(cli.command.service_name(), default_level);
     let result = cli.command.run().await;
+    // Planner Jobs and workers exit right after their last span: send what is queued.
+    telemetry.shutdown().await;
     match result {
         Ok(code) => ExitCode::from(code),
         Err((code, message)) => {

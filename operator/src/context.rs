@@ -161,6 +161,16 @@ pub struct Config {
     /// leader dies. The leader renews every third of it.
     #[arg(long, env = "CRANE_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
+
+    /// Port on which worker pods serve /metrics (a container port named `metrics`, for a
+    /// PodMonitor or Prometheus's pod discovery); 0: workers serve no metrics.
+    #[arg(long, env = "CRANE_WORKER_METRICS_PORT", default_value_t = 0)]
+    pub worker_metrics_port: u16,
+
+    /// Traces for planner and worker pods: set at start from the operator's own `OTEL_*`
+    /// environment (crane-telemetry), not a flag.
+    #[arg(skip)]
+    pub telemetry: crane_telemetry::PodSettings,
 }
 
 impl Config {
@@ -182,6 +192,8 @@ impl Config {
             leader_election_namespace: "crane-system".to_owned(),
             leader_election_id: crate::leader::DEFAULT_LEASE_NAME.to_owned(),
             lease_duration_seconds: 15,
+            worker_metrics_port: 0,
+            telemetry: crane_telemetry::PodSettings::default(),
         }
     }
 }

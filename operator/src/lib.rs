@@ -30,19 +30,6 @@ pub use crane_api::{
 };
 pub use metrics::Metrics;
 
-/// JSON logs on stderr, filtered by `RUST_LOG` (default info).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_span_list(true)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Waits until both CRDs are established, so the controllers' watches do not fail.
 async fn wait_for_crds(client: kube::Client) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
@@ -94,11 +81,18 @@ pub async fn context(config: Config) -> anyhow::Result<Arc<Context>> {
     )))
 }
 
-/// The operator process: logs, HTTP endpoints, CRD wait, then both controllers — while
+/// The operator process: logs and traces, HTTP endpoints, CRD wait, then both controllers — while
 /// holding the leader Lease unless `--leader-elect=false`; returns after SIGTERM once the
 /// controllers have drained (and the Lease was released).
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    init_logging();
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    let telemetry = crane_telemetry::init("crane-operator", "info");
+    config.telemetry = crane_telemetry::PodSettings::from_env();
+    let result = operate(config).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn operate(config: Config) -> anyhow::Result<()> {
     let election = if config.leader_elect {
         Some(leader::LeaderConfig::new(
             &config.leader_election_namespace,

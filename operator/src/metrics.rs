@@ -1,6 +1,9 @@
 //! The operator's Prometheus metrics (prefix `crane_operator`): reconciles by controller and
-//! result, reconcile duration, runs by phase and API writes by verb. Labels are bounded
-//! values only, never object names.
+//! result, reconcile duration, runs by phase, API writes by verb, the planner's tokens by
+//! model, how late progress notifications arrive, and per WorkerPool its queue, workers and
+//! breakers. Labels are bounded values, never run names: the only object names used are
+//! WorkerPools', which are few (like kube-state-metrics' per-Deployment series), and their
+//! series go with the pool.
 
 use std::time::Duration;
 
@@ -50,6 +53,47 @@ pub struct WriteLabels {
     pub verb: &'static str,
 }
 
+/// One WorkerPool's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub workerpool: String,
+    /// queue depth: `queued`, `running`, `delayed`; workers: `active`, `desired`; breakers:
+    /// `closed`, `half_open`, `open`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The model id the planner asked (a Model's `spec.model`, or the operator's default).
+    pub model: String,
+    /// `input` or `output` (GenAI conventions' `gen_ai.token.type`).
+    pub r#type: &'static str,
+}
+
+/// The result labels of reconcile failures that come from Redis or the Kubernetes API, per
+/// controller: created at zero, so "no errors" is a series with value 0, not a missing one.
+const DEPENDENCY_FAILURES: [(Controller, &str); 5] = [
+    (Controller::agentrun, "kube"),
+    (Controller::agentrun, "engine"),
+    (Controller::workerpool, "redis"),
+    (Controller::workerpool, "list_jobs"),
+    (Controller::workerpool, "create_job"),
+];
+
+/// What the operator last saw of one pool, for [`Metrics::observe_pool`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolObservation {
+    pub queued: u64,
+    pub running: u64,
+    pub delayed: u64,
+    pub active: u32,
+    pub desired: u32,
+    pub closed: usize,
+    pub half_open: usize,
+    pub open: usize,
+}
+
 /// Every metric of the operator, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +110,13 @@ pub struct Metrics {
     pub notifications: Counter,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub is_leader: Gauge,
+    /// Seconds from a worker's progress notification to the operator reading it.
+    pub notification_lag: Histogram,
+    /// Tokens the planner's model calls used.
+    pub llm_tokens: Family<TokenLabels, Counter>,
+    pub pool_queue: Family<PoolLabels, Gauge>,
+    pub pool_workers: Family<PoolLabels, Gauge>,
+    pub pool_breakers: Family<PoolLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -128,6 +179,39 @@ impl Metrics {
             "1 while this replica holds the leader Lease and runs the controllers",
             is_leader.clone(),
         );
+        let notification_lag = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "engine_notification_lag_seconds",
+            "Time from a worker's progress notification to the operator reading it",
+            notification_lag.clone(),
+        );
+        let llm_tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "llm_tokens",
+            "Tokens the planner's model calls used, by model and type",
+            llm_tokens.clone(),
+        );
+        let pool_queue = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "workerpool_queue_depth",
+            "Steps of a WorkerPool by state: queued, running, delayed (retries waiting)",
+            pool_queue.clone(),
+        );
+        let pool_workers = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "workerpool_workers",
+            "Workers of a WorkerPool: active, desired",
+            pool_workers.clone(),
+        );
+        let pool_breakers = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "workerpool_breakers",
+            "Tools of a WorkerPool by circuit-breaker state: closed, half_open, open",
+            pool_breakers.clone(),
+        );
+        for (controller, result) in DEPENDENCY_FAILURES {
+            let _ = reconciles.get_or_create(&ReconcileLabels { controller, result });
+        }
         Self {
             registry,
             reconciles,
@@ -138,6 +222,75 @@ impl Metrics {
             status_writes_coalesced,
             notifications,
             is_leader,
+            notification_lag,
+            llm_tokens,
+            pool_queue,
+            pool_workers,
+            pool_breakers,
+        }
+    }
+
+    /// Sets one pool's queue, worker and breaker gauges.
+    pub fn observe_pool(&self, namespace: &str, workerpool: &str, seen: &PoolObservation) {
+        let labels = |state| PoolLabels {
+            namespace: namespace.to_owned(),
+            workerpool: workerpool.to_owned(),
+            state,
+        };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (state, n) in [
+            ("queued", seen.queued),
+            ("running", seen.running),
+            ("delayed", seen.delayed),
+        ] {
+            self.pool_queue.get_or_create(&labels(state)).set(count(n));
+        }
+        for (state, n) in [("active", seen.active), ("desired", seen.desired)] {
+            self.pool_workers
+                .get_or_create(&labels(state))
+                .set(i64::from(n));
+        }
+        for (state, n) in [
+            ("closed", seen.closed),
+            ("half_open", seen.half_open),
+            ("open", seen.open),
+        ] {
+            self.pool_breakers
+                .get_or_create(&labels(state))
+                .set(count(n as u64));
+        }
+    }
+
+    /// Drops a deleted pool's series.
+    pub fn forget_pool(&self, namespace: &str, workerpool: &str) {
+        let labels = |state| PoolLabels {
+            namespace: namespace.to_owned(),
+            workerpool: workerpool.to_owned(),
+            state,
+        };
+        for state in ["queued", "running", "delayed"] {
+            self.pool_queue.remove(&labels(state));
+        }
+        for state in ["active", "desired"] {
+            self.pool_workers.remove(&labels(state));
+        }
+        for state in ["closed", "half_open", "open"] {
+            self.pool_breakers.remove(&labels(state));
+        }
+    }
+
+    /// Counts the tokens of one planning.
+    pub fn llm_usage(&self, model: &str, usage: &crane_core::model::Usage) {
+        for (r#type, n) in [
+            ("input", usage.prompt_tokens),
+            ("output", usage.completion_tokens),
+        ] {
+            self.llm_tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_owned(),
+                    r#type,
+                })
+                .inc_by(n);
         }
     }
 
@@ -198,5 +351,55 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn dependency_failures_exist_at_zero_before_any_happens() {
+        let text = Metrics::new().render();
+        for line in [
+            "crane_operator_reconciles_total{controller=\"agentrun\",result=\"kube\"} 0",
+            "crane_operator_reconciles_total{controller=\"workerpool\",result=\"redis\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn pool_series_are_set_and_go_with_the_pool() {
+        let m = Metrics::new();
+        let seen = PoolObservation {
+            queued: 7,
+            active: 2,
+            desired: 3,
+            open: 1,
+            ..PoolObservation::default()
+        };
+        m.observe_pool("team-a", "fast", &seen);
+        let text = m.render();
+        for line in [
+            "crane_operator_workerpool_queue_depth{namespace=\"team-a\",workerpool=\"fast\",state=\"queued\"} 7",
+            "crane_operator_workerpool_workers{namespace=\"team-a\",workerpool=\"fast\",state=\"desired\"} 3",
+            "crane_operator_workerpool_breakers{namespace=\"team-a\",workerpool=\"fast\",state=\"open\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        m.forget_pool("team-a", "fast");
+        assert!(!m.render().contains("workerpool=\"fast\""));
+    }
+
+    #[test]
+    fn planner_tokens_count_by_model_and_type() {
+        let m = Metrics::new();
+        let usage = crane_core::model::Usage {
+            prompt_tokens: 120,
+            completion_tokens: 30,
+        };
+        m.llm_usage("gpt-x", &usage);
+        m.llm_usage("gpt-x", &usage);
+        let text = m.render();
+        assert!(
+            text.contains("crane_operator_llm_tokens_total{model=\"gpt-x\",type=\"input\"} 240"),
+            "{text}"
+        );
     }
 }

@@ -102,3 +102,30 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/*
+The OTEL_* variables of telemetry.*: the operator's, which it hands on to planner and worker
+pods. Nothing without an endpoint.
+*/}}
+{{- define "crane.otelEnv" -}}
+{{- with .Values.telemetry }}
+{{- if .otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .otlpEndpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: http/protobuf
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | quote }}
+{{- with .samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with .resourceAttributes }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ . | quote }}
+{{- end }}
+- name: OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT
+  value: {{ .captureMessageContent | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

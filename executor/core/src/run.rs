@@ -82,6 +82,10 @@ pub struct RunOptions {
     /// against its budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planner_usage: Option<crate::model::Usage>,
+    /// W3C `traceparent` of the run's root span: travels with the run through Redis so every
+    /// worker's step spans join the run's one trace. Absent when tracing is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -95,6 +99,7 @@ impl Default for RunOptions {
             model: None,
             budget: crate::model::Budget::default(),
             planner_usage: None,
+            traceparent: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tracing::Instrument as _;
 
 use crate::plan::StepId;
 use crate::text;
@@ -546,14 +547,37 @@ impl Toolbox {
         &self.catalog
     }
 
-    /// Validates `input` against the tool's spec, then runs the tool. Timeouts are the
-    /// caller's job (the engines apply the step timeout around this call).
+    /// Validates `input` against the tool's spec, then runs the tool, in an
+    /// `execute_tool {tool}` span (OpenTelemetry GenAI conventions: `gen_ai.tool.name`, and
+    /// `error.type` when it fails). Timeouts are the caller's job (the engines apply the
+    /// step timeout around this call).
     pub async fn call(
         &self,
         ctx: &ToolContext,
         tool: &str,
         input: Value,
     ) -> Result<Value, ToolError> {
+        let span = tracing::info_span!(
+            "execute_tool",
+            otel.name = %format_args!("execute_tool {tool}"),
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %tool,
+            gen_ai.tool.type = "function",
+            gen_ai.tool.call.id = %format_args!("{}/{}/{}", ctx.run_id, ctx.step_id, ctx.attempt),
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let result = self.run(ctx, tool, input).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.record("error.type", e.metric_label());
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", tracing::field::display(e));
+        }
+        result
+    }
+
+    async fn run(&self, ctx: &ToolContext, tool: &str, input: Value) -> Result<Value, ToolError> {
         let Some(runner) = self.tools.get(tool) else {
             return Err(ToolError::InvalidInput(
                 self.catalog.unknown_tool_message(tool),

@@ -3,7 +3,10 @@
 //! `steps_per_s` (trivial calculator steps, best worker/concurrency setting),
 //! `dispatch_p50_ms` / `dispatch_p99_ms` (submit → step start at 1,000 steps/s),
 //! `makespan_ratio` (100 parallel `wait 100 ms` steps ÷ 100 ms), `approval_p50_ms` /
-//! `approval_p99_ms` (a decision → the dependent step's start) and `redis_calls_per_step`.
+//! `approval_p99_ms` (a decision → the dependent step's start) and `redis_calls_per_step`;
+//! with `CRANE_BENCH_OTLP_ENDPOINT` (an OTLP/HTTP collector, as `make bench` starts one) also
+//! `tracing_ratio`: throughput with traces exported there ÷ without, measured in child
+//! processes (a process has one tracing setup) set up like a worker.
 //! Figures, not assertions: nothing here fails on a slow machine.
 
 use std::collections::HashMap;
@@ -70,7 +73,13 @@ async fn submit(
     pool: &PoolName,
     plan: &Plan,
 ) -> Result<()> {
-    let (options, config) = (RunOptions::default(), EngineConfig::default());
+    // Traced like the operator's runs: each run's steps join one trace.
+    let options = RunOptions {
+        traceparent: crane_telemetry::tracing_enabled()
+            .then(|| crane_telemetry::run_traceparent(id)),
+        ..RunOptions::default()
+    };
+    let config = EngineConfig::default();
     let keys = RunKeys::new(pool.namespace(), id)?;
     init_run(conn, &keys, pool, plan, &options, &config).await?;
     Ok(())
@@ -412,8 +421,68 @@ async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> R
     Ok((best_server / 100.0, best_client / 100.0))
 }
 
+/// Set in a child that measures throughput with or without tracing.
+const CHILD_ARG: &str = "--tracing-child";
+
+/// The child: logs and traces set up as in a worker (traces only when the parent passed an
+/// OTLP endpoint), one throughput measurement on a Redis of its own, printed as JSON.
+async fn tracing_child(workers: usize, concurrency: usize) -> Result<()> {
+    let telemetry = crane_telemetry::init("crane-worker", "info");
+    let server = RedisServer::start().context("starting redis-server (install redis-server)")?;
+    let t = throughput(&server, workers, concurrency, "traced").await;
+    telemetry.shutdown().await;
+    println!("{}", json!({"steps_per_s": t?.steps_per_s}));
+    Ok(())
+}
+
+/// Best throughput of `rounds` child runs with tracing off and on (alternating, so both see
+/// the same machine), exporting to `endpoint` when on.
+fn tracing_cost(
+    endpoint: &str,
+    workers: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe().context("finding this benchmark's executable")?;
+    let measure = |traced: bool| -> Result<f64> {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args([CHILD_ARG, &workers.to_string(), &concurrency.to_string()])
+            .stderr(std::process::Stdio::null());
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("OTEL_")) {
+            cmd.env_remove(name);
+        }
+        cmd.env_remove("RUST_LOG");
+        if traced {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        }
+        let out = cmd.output().context("running the tracing child")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("the tracing child printed {text:?}"))?;
+        v["steps_per_s"]
+            .as_f64()
+            .context("no steps_per_s from the tracing child")
+    };
+    let (mut off, mut on) = (0f64, 0f64);
+    for _ in 0..rounds {
+        off = off.max(measure(false)?);
+        on = on.max(measure(true)?);
+    }
+    Ok((off, on))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(CHILD_ARG) {
+        let arg = |i: usize| {
+            args.get(i)
+                .and_then(|a| a.parse().ok())
+                .context("usage: --tracing-child WORKERS CONCURRENCY")
+        };
+        return tracing_child(arg(2)?, arg(3)?).await;
+    }
     let server = RedisServer::start().context("starting redis-server (install redis-server)")?;
     println!("redis-server on {} (no persistence)", server.url());
 
@@ -463,9 +532,28 @@ async fn main() -> Result<()> {
         gates.len(),
         percentile(&gates, 1.0)
     );
+    let tracing = match std::env::var("CRANE_BENCH_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => {
+            println!(
+                "\n== tracing: 20 runs x 500 calculator steps, {bw} worker(s) x {bc}, best of 3, traces off vs exported to {endpoint} =="
+            );
+            let (off, on) = tracing_cost(&endpoint, bw, bc, 3)?;
+            println!(
+                "off {off:>8.0} steps/s   on {on:>8.0} steps/s   ratio {:.3}",
+                on / off
+            );
+            Some((off, on))
+        }
+        _ => {
+            println!(
+                "\n(tracing cost not measured: set CRANE_BENCH_OTLP_ENDPOINT to an OTLP/HTTP collector)"
+            );
+            None
+        }
+    };
 
     println!("\nbest throughput setting: {bw} worker(s) x concurrency {bc}");
-    let line = json!({
+    let mut line = json!({
         "steps_per_s": (best.steps_per_s * 10.0).round() / 10.0,
         "dispatch_p50_ms": (p50 * 100.0).round() / 100.0,
         "dispatch_p99_ms": (p99 * 100.0).round() / 100.0,
@@ -477,6 +565,11 @@ async fn main() -> Result<()> {
         "best_workers": bw,
         "best_concurrency": bc,
     });
+    if let Some((off, on)) = tracing {
+        line["tracing_off_steps_per_s"] = json!(off.round());
+        line["tracing_on_steps_per_s"] = json!(on.round());
+        line["tracing_ratio"] = json!((on / off * 1000.0).round() / 1000.0);
+    }
     println!("{line}");
     Ok(())
 }

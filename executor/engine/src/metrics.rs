@@ -36,6 +36,8 @@ pub struct Metrics {
     /// 0 closed, 1 half-open, 2 open.
     pub breaker: Family<ToolLabels, Gauge>,
     pub in_flight: Gauge,
+    /// Queue entries taken over from workers whose lease ran out.
+    pub reclaims: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +77,12 @@ impl Metrics {
             "Steps this worker runs now",
             in_flight.clone(),
         );
+        let reclaims = Counter::default();
+        registry.register(
+            "reclaims",
+            "Queue entries taken over from workers whose lease ran out",
+            reclaims.clone(),
+        );
         Self {
             registry,
             steps,
@@ -82,6 +90,7 @@ impl Metrics {
             retries,
             breaker,
             in_flight,
+            reclaims,
         }
     }
 

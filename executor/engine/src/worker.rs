@@ -498,7 +498,26 @@ fn spawn_step(
     started: Started,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let span = info_span!("step", run = %hint.run, step = %hint.step, tool = %hint.tool);
+    // One span per attempt, a child of the run's root span (its traceparent came with the
+    // run's options), so retries and reclaims show as separate attempts in the run's trace.
+    let span = info_span!(
+        "step",
+        otel.name = %format_args!("step {} attempt {}", hint.step, started.attempt),
+        run = %hint.run,
+        namespace = %inner.config.pool.namespace(),
+        step = %hint.step,
+        tool = %hint.tool,
+        attempt = started.attempt,
+        outcome = tracing::field::Empty,
+    );
+    if let Some(traceparent) = started
+        .work
+        .as_ref()
+        .ok()
+        .and_then(|w| w.options.traceparent.as_deref())
+    {
+        crane_telemetry::set_parent(&span, traceparent);
+    }
     let inner = inner.clone();
     tasks.spawn(
         async move {
@@ -561,6 +580,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
     let result = match outcome {
         Attempt::Finished(result) => result,
         Attempt::Released => {
+            tracing::Span::current().record("outcome", "released");
             release(
                 inner,
                 &mut inner.conn.clone(),
@@ -650,6 +670,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
         }
         Err(e) => e.metric_label().to_owned(),
     };
+    tracing::Span::current().record("outcome", label.as_str());
     inner
         .metrics
         .steps
@@ -1001,6 +1022,7 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 match reclaim(&mut conn, cfg, free).await {
                     Ok(hints) if !hints.is_empty() => {
                         info!(count = hints.len(), "reclaiming steps of a lost worker");
+                        inner.metrics.reclaims.inc_by(hints.len() as u64);
                         *lock(&inner.last_activity) = Instant::now();
                         handle_hints(
                             &inner,

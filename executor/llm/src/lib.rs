@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 /// Largest reply read from the provider.
 pub const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
@@ -164,8 +165,8 @@ pub fn client() -> Result<reqwest::Client, LlmError> {
         .map_err(|e| LlmError::Client(error_chain(&e)))
 }
 
-/// Sends `request` to `provider` and reads the reply. `extra_headers` go along (e.g. the
-/// trace context).
+/// Sends `request` to `provider` and reads the reply, in a GenAI `chat` span whose context
+/// goes along as `traceparent`. `extra_headers` go along too (e.g. the run and step ids).
 pub async fn chat(
     client: &reqwest::Client,
     provider: &Provider,
@@ -187,10 +188,23 @@ pub async fn chat(
             }
         }
     };
-    let mut builder = client
-        .post(&url)
-        .timeout(provider.timeout)
-        .json(&request.body(&provider.model));
+    let span = crane_telemetry::genai::chat_span(&crane_telemetry::genai::ChatCall {
+        model: &provider.model,
+        url: &url,
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        messages: &request.messages,
+    });
+    // Entered only while the request is built, so the injected traceparent names this span;
+    // the awaited work below runs inside it through `instrument`.
+    let mut builder = span.in_scope(|| {
+        crane_telemetry::inject(
+            client
+                .post(&url)
+                .timeout(provider.timeout)
+                .json(&request.body(&provider.model)),
+        )
+    });
     if let Some(key) = &provider.api_key {
         builder = builder.bearer_auth(key);
     }
@@ -224,9 +238,24 @@ pub async fn chat(
         })
     };
     // reqwest's timeout covers each request; this one also covers a reply that trickles.
-    tokio::time::timeout(provider.timeout, work)
+    let result = tokio::time::timeout(provider.timeout, work)
+        .instrument(span.clone())
         .await
-        .unwrap_or(Err(LlmError::Timeout(provider.timeout)))
+        .unwrap_or(Err(LlmError::Timeout(provider.timeout)));
+    match &result {
+        Ok(c) => crane_telemetry::genai::record_chat_result(
+            &span,
+            &crane_telemetry::genai::ChatResult {
+                response_model: c.model.as_deref(),
+                input_tokens: c.usage.prompt_tokens,
+                output_tokens: c.usage.completion_tokens,
+                finish_reason: c.finish_reason.as_deref(),
+                content: Some(&c.content),
+            },
+        ),
+        Err(e) => crane_telemetry::genai::record_error(&span, e.metric_label(), &e.to_string()),
+    }
+    result
 }
 
 /// The text, usage and model of a chat-completions reply.

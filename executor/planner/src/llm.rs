@@ -259,7 +259,10 @@ mod tests {
         }
         assert!(system.contains("{step_N_output}") && system.contains("{step_N_output.field}"));
         assert!(system.contains("dependsOn"));
-        assert!(system.contains("\"approval\" step"), "the planner is told when to ask");
+        assert!(
+            system.contains("\"approval\" step"),
+            "the planner is told when to ask"
+        );
     }
 
     #[test]

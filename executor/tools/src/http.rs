@@ -57,16 +57,17 @@ impl HttpTool {
     }
 
     async fn call(&self, ctx: &ToolContext, input: Value) -> Result<Value, ToolError> {
-        let mut request = self
-            .client
-            .request(self.method.clone(), &self.url)
-            .timeout(self.timeout)
-            .header(
-                reqwest::header::ACCEPT,
-                "application/json, text/plain;q=0.9, */*;q=0.1",
-            )
-            .header(HEADER_RUN, &ctx.run_id)
-            .header(HEADER_STEP, ctx.step_id.to_string());
+        // `traceparent` of the step's tool span: the called service's spans join the run's
+        // trace.
+        let mut request =
+            crane_telemetry::inject(self.client.request(self.method.clone(), &self.url))
+                .timeout(self.timeout)
+                .header(
+                    reqwest::header::ACCEPT,
+                    "application/json, text/plain;q=0.9, */*;q=0.1",
+                )
+                .header(HEADER_RUN, &ctx.run_id)
+                .header(HEADER_STEP, ctx.step_id.to_string());
         for (name, value) in self.secrets.resolve(&self.headers)? {
             request = request.header(name, value);
         }

@@ -279,11 +279,14 @@ impl McpClient {
         session: Option<&Session>,
         extra_headers: &[(&str, String)],
     ) -> reqwest::RequestBuilder {
-        let mut request = self
-            .http
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json, text/event-stream");
+        // The trace context of the calling step (its tool span), so the server's spans join
+        // the run's trace.
+        let mut request = crane_telemetry::inject(
+            self.http
+                .post(&self.url)
+                .header(CONTENT_TYPE, "application/json")
+                .header(ACCEPT, "application/json, text/event-stream"),
+        );
         if let Some(s) = session {
             if let Some(id) = &s.id {
                 request = request.header(HEADER_SESSION, id);

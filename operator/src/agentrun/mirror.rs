@@ -171,8 +171,13 @@ pub async fn follow(
                     }
                 }
                 let now = Instant::now();
+                let now_ms = crane_engine::time::now_ms();
                 for n in read.items {
                     ctx.metrics.notifications.inc();
+                    // Stream ids carry Redis's clock in ms: how long the notification waited.
+                    ctx.metrics
+                        .notification_lag
+                        .observe(now_ms.saturating_sub(n.id.ms) as f64 / 1000.0);
                     if coalescer.notify(&n.run, now) {
                         if let Some(obj) = index.get(&n.run) {
                             send(obj);

@@ -34,6 +34,7 @@ pub mod mirror;
 pub mod phases;
 pub mod recovery;
 pub mod status;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,7 +51,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::catalog::Catalogs;
 use crate::context::Context;
@@ -288,8 +289,26 @@ fn error_policy(
     Action::requeue(delay)
 }
 
-#[tracing::instrument(skip_all, fields(run = %guard.name_any(), namespace = guard.namespace().unwrap_or_default()))]
 async fn reconcile(
+    guard: Arc<DeserializeGuard<AgentRun>>,
+    reconciler: Arc<Reconciler>,
+) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        run = %guard.name_any(),
+        namespace = guard.namespace().unwrap_or_default(),
+    );
+    // A run's reconciles join its trace, under its root span: the trace shows what the
+    // operator did for the run (planner Job, DAG initialised, status written) between steps.
+    if reconciler.ctx.config.telemetry.traced
+        && let Some(uid) = guard.meta().uid.as_deref()
+    {
+        crane_telemetry::set_parent(&span, &crane_telemetry::run_traceparent(uid));
+    }
+    reconcile_in_span(guard, reconciler).instrument(span).await
+}
+
+async fn reconcile_in_span(
     guard: Arc<DeserializeGuard<AgentRun>>,
     reconciler: Arc<Reconciler>,
 ) -> Result<Action, Error> {
@@ -345,6 +364,7 @@ async fn apply(run: &AgentRun, reconciler: &Reconciler) -> Result<Action, Error>
         models: &models,
         engine: &reconciler.engine,
         config: &reconciler.ctx.config,
+        metrics: &reconciler.ctx.metrics,
     };
     let keys = run_keys(run, &uid)?;
     let (status, action) = phases::advance(run, &env, &keys, &now()).await?;

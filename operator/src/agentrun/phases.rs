@@ -24,6 +24,7 @@ use super::error::{Error, engine_err};
 use super::gates;
 use super::recovery;
 use crate::context::Config;
+use crate::metrics::Metrics;
 use crane_api::{AgentRun, AgentRunPhase, AgentRunStatus, Outcome, REASON_INVALID_PLAN};
 
 /// A running run is re-read this often even without notifications.
@@ -44,6 +45,7 @@ pub struct Env<'a, C> {
     pub models: &'a [ModelConfig],
     pub engine: &'a EngineConfig,
     pub config: &'a Config,
+    pub metrics: &'a Metrics,
 }
 
 impl<C> Env<'_, C> {
@@ -217,7 +219,14 @@ async fn start<C: Cluster>(
             return refuse("InvalidWorkerPool", &message);
         }
     };
-    let options = match build::run_options(run, &plan, env.catalog, env.models, planner_usage) {
+    let options = match build::run_options(
+        run,
+        &plan,
+        env.catalog,
+        env.models,
+        planner_usage,
+        env.config.telemetry.traced,
+    ) {
         Ok(o) => o,
         Err(m) => return refuse(REASON_INVALID_PLAN, &build::invalid_plan_message(&m)),
     };
@@ -261,6 +270,17 @@ async fn start<C: Cluster>(
     Ok((started, Action::requeue(RESYNC)))
 }
 
+/// The model id the planner used: the run's Model's, else the operator's default LLM's.
+fn planner_model<C>(run: &AgentRun, env: &Env<'_, C>) -> String {
+    run.spec
+        .model
+        .as_ref()
+        .and_then(|name| env.models.iter().find(|m| &m.name == name))
+        .map(|m| m.model.clone())
+        .or_else(|| env.config.llm_model.clone())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Planning: read the planner's result back, or notice the Job failed without one.
 async fn planning<C: Cluster>(
     run: &AgentRun,
@@ -284,7 +304,13 @@ async fn planning<C: Cluster>(
             usage,
             ..
         })) => {
-            return start(run, env, keys, ns, plan, (source, usage), now).await;
+            let next = start(run, env, keys, ns, plan, (source, usage), now).await?;
+            // Counted once the run moved on (a failed start is tried again, reading the same
+            // result).
+            if let Some(usage) = usage {
+                env.metrics.llm_usage(&planner_model(run, env), &usage);
+            }
+            return Ok(next);
         }
         Ok(Some(PlannerResult::Failed { error })) => {
             return failed(&format!("planner failed: {error}"));
@@ -629,6 +655,7 @@ mod tests {
         models: Vec<ModelConfig>,
         engine: EngineConfig,
         config: Config,
+        operator_metrics: crate::metrics::Metrics,
     }
 
     impl World {
@@ -648,6 +675,7 @@ mod tests {
                 catalog: Catalog::builtins(),
                 models: Vec::new(),
                 engine: EngineConfig::default(),
+                operator_metrics: crate::metrics::Metrics::new(),
             }
         }
 
@@ -661,6 +689,7 @@ mod tests {
                 models: &self.models,
                 engine: &self.engine,
                 config: &self.config,
+                metrics: &self.operator_metrics,
             };
             let keys = run_keys(run);
             let (status, action) = advance(run, &env, &keys, &now())

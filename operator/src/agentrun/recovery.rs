@@ -155,8 +155,17 @@ async fn rebuild_in_engine(
     };
     // The namespace's tools and Models as they are now (the run's originals went with Redis);
     // a step whose tool or Model is gone fails with that error when it runs.
-    let options = build::run_options(run, &plan, ns.catalog, ns.models, None)
-        .unwrap_or_else(|_| build::spec_options(run));
+    let options = build::run_options(
+        run,
+        &plan,
+        ns.catalog,
+        ns.models,
+        None,
+        // The same trace context the run started with (the operator's tracing is set once
+        // per process).
+        crane_telemetry::tracing_enabled(),
+    )
+    .unwrap_or_else(|_| build::spec_options(run, crane_telemetry::tracing_enabled()));
     let pool = PoolName::parse(&format!(
         "{}/{}",
         run.namespace().unwrap_or_default(),

@@ -119,6 +119,11 @@ impl StatusWriter {
                         phase: phase_label(phase),
                     })
                     .inc();
+                if self.ctx.config.telemetry.traced
+                    && let Some(root) = super::trace::root_span(run, &status)
+                {
+                    crane_telemetry::emit_root_span(root);
+                }
             }
             info!(phase = phase_label(phase), "phase changed");
             self.publish(run, phase, &status).await;

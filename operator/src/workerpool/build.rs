@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use crane_engine::queue::BreakerPhase;
 use crane_engine::{BreakerState as EngineBreaker, PoolName, QueueDepth};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, Pod, SecretVolumeSource, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 
@@ -66,6 +68,10 @@ pub struct WorkerSettings {
     pub image: String,
     pub image_pull_policy: String,
     pub redis_url: String,
+    /// Port of the workers' /metrics; 0: none.
+    pub metrics_port: u16,
+    /// `OTEL_*` variables for the workers (the operator's own).
+    pub telemetry_env: Vec<(String, String)>,
 }
 
 impl WorkerSettings {
@@ -74,6 +80,8 @@ impl WorkerSettings {
             image: config.executor_image.clone(),
             image_pull_policy: config.image_pull_policy.clone(),
             redis_url: config.redis_url.clone(),
+            metrics_port: config.worker_metrics_port,
+            telemetry_env: config.telemetry.env.clone(),
         }
     }
 }
@@ -257,6 +265,11 @@ pub fn worker_job(
     let template = spec.template.clone().unwrap_or_default();
 
     let mut env = redis_credentials_env();
+    env.extend(settings.telemetry_env.iter().map(|(name, value)| EnvVar {
+        name: name.clone(),
+        value: Some(value.clone()),
+        ..EnvVar::default()
+    }));
     env.extend(template.env.unwrap_or_default());
 
     let mut command = vec![
@@ -275,12 +288,25 @@ pub fn worker_job(
     if let Some(tools) = spec.tools.as_ref().filter(|t| !t.is_empty()) {
         command.extend(["--tools".to_owned(), tools.join(",")]);
     }
+    let ports = (settings.metrics_port > 0).then(|| {
+        command.extend([
+            "--metrics-addr".to_owned(),
+            format!("0.0.0.0:{}", settings.metrics_port),
+        ]);
+        vec![ContainerPort {
+            name: Some("metrics".to_owned()),
+            container_port: i32::from(settings.metrics_port),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]
+    });
     let mut container = Container {
         name: "worker".to_owned(),
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         command: Some(command),
         env: (!env.is_empty()).then_some(env),
+        ports,
         resources: template.resources,
         ..Container::default()
     };

@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crane_engine::queue::BreakerPhase;
 use crane_engine::{BreakerConfig, EngineError, PoolName, QueueDepth};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -53,7 +54,7 @@ use self::build::{Observation, SpecError, WorkerSettings};
 use crate::catalog::Catalogs;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controller::{Backoff, Shutdown, apply_status, set_condition};
-use crate::metrics::Controller as MetricsController;
+use crate::metrics::{Controller as MetricsController, PoolObservation};
 use crane_api::{AgentRun, WorkerPool};
 
 /// How often every pool's queue depth is read: the autoscaler's reaction time to steps that
@@ -295,6 +296,8 @@ async fn reconcile_pool(
     };
     if pool.meta().deletion_timestamp.is_some() {
         reconciler.set_last_scale(pool, None);
+        ctx.metrics
+            .forget_pool(&pool.namespace().unwrap_or_default(), &pool.name_any());
         // Worker Jobs go with the pool through their owner references.
         return Ok(Action::await_change());
     }
@@ -431,6 +434,22 @@ async fn reconcile_pool(
         );
         publish_scaled(ctx, pool, created, active, desired, &depth).await;
     }
+
+    let count = |phase| breakers.iter().filter(|b| b.phase == phase).count();
+    ctx.metrics.observe_pool(
+        &ns,
+        &pool.name_any(),
+        &PoolObservation {
+            queued: depth.queued,
+            running: depth.running,
+            delayed: depth.delayed,
+            active: active.saturating_add(created),
+            desired,
+            closed: count(BreakerPhase::Closed),
+            half_open: count(BreakerPhase::HalfOpen),
+            open: count(BreakerPhase::Open),
+        },
+    );
 
     // status
     let obs = Observation::Scaled {

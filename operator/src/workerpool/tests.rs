@@ -43,6 +43,8 @@ fn settings() -> WorkerSettings {
         image: "crane:dev".into(),
         image_pull_policy: "IfNotPresent".into(),
         redis_url: "redis://127.0.0.1:6379".into(),
+        metrics_port: 0,
+        telemetry_env: Vec::new(),
     }
 }
 
@@ -267,6 +269,45 @@ fn worker_job_runs_the_executor_for_this_pool() {
         ]
     );
     assert_eq!(env.len(), 2, "no template env: {env:?}");
+}
+
+#[test]
+fn workers_get_a_metrics_port_and_the_operators_otel_settings_when_configured() {
+    let job = job_of(&pool(), &settings());
+    let container = &job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0];
+    assert!(container.ports.is_none());
+    let command = container.command.clone().unwrap_or_default();
+    assert!(!command.contains(&"--metrics-addr".to_owned()));
+
+    let mut with = settings();
+    with.metrics_port = 9090;
+    with.telemetry_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://c:4318".into())];
+    let job = job_of(&pool(), &with);
+    let container = &job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0];
+    let port = &container.ports.as_ref().expect("ports")[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("metrics"), 9090)
+    );
+    let command = container.command.clone().unwrap_or_default();
+    let at = command
+        .iter()
+        .position(|a| a == "--metrics-addr")
+        .expect("flag");
+    assert_eq!(command[at + 1], "0.0.0.0:9090");
+    let env = container.env.clone().unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT"
+            && e.value.as_deref() == Some("http://c:4318"))
+    );
 }
 
 #[test]

@@ -60,8 +60,9 @@ pub fn run_id(run: &AgentRun) -> Result<&str, BuildError> {
         .ok_or(BuildError::MissingMetadata("metadata.uid"))
 }
 
-/// The engine options a run's spec sets.
-pub fn spec_options(run: &AgentRun) -> RunOptions {
+/// The engine options a run's spec sets; when `traced`, the run's trace context (derived
+/// from its uid, so it is the same whoever computes it, before or after a restart).
+pub fn spec_options(run: &AgentRun, traced: bool) -> RunOptions {
     RunOptions {
         retry: run.spec.retry,
         step_timeout_ms: u64::from(run.spec.step_timeout_seconds).saturating_mul(1000),
@@ -76,6 +77,7 @@ pub fn spec_options(run: &AgentRun) -> RunOptions {
                 max_tool_calls: b.max_tool_calls,
             })
             .unwrap_or_default(),
+        traceparent: run_traceparent(run, traced),
         ..RunOptions::default()
     }
 }
@@ -84,17 +86,18 @@ pub fn spec_options(run: &AgentRun) -> RunOptions {
 /// fixed for the run's life: the object-defined tools the plan uses (endpoints and Secret
 /// references) and the Models its `llm` steps use. Err: why the plan cannot run here (an
 /// `llm` step with no Model, or naming one that is not Ready). `planner_usage`: what the
-/// planner's model call spent, which the budget counts too.
+/// planner's model call spent, which the budget counts too; `traced`: see [`spec_options`].
 pub fn run_options(
     run: &AgentRun,
     plan: &Plan,
     catalog: &Catalog,
     models: &[ModelConfig],
     planner_usage: Option<Usage>,
+    traced: bool,
 ) -> Result<RunOptions, String> {
     let mut options = RunOptions {
         planner_usage,
-        ..spec_options(run)
+        ..spec_options(run, traced)
     };
     for step in &plan.steps {
         if step.tool == crane_core::builtins::LLM {
@@ -123,6 +126,17 @@ pub fn run_options(
         }
     }
     Ok(options)
+}
+
+/// The `traceparent` of the run's root span, when `traced`.
+pub fn run_traceparent(run: &AgentRun, traced: bool) -> Option<String> {
+    let uid = run.metadata.uid.as_deref()?;
+    traced.then(|| crane_telemetry::run_traceparent(uid))
+}
+
+/// The operator's `OTEL_*` settings as pod env.
+pub fn telemetry_env(config: &Config) -> impl Iterator<Item = EnvVar> + '_ {
+    config.telemetry.env.iter().map(|(k, v)| env(k, v.clone()))
 }
 
 /// 32-bit FNV-1a, for short stable name suffixes.
@@ -211,6 +225,10 @@ pub fn planner_job(
                 envs.push(secret.env_var(crane_core::plan::ENV_API_KEY, true));
             }
         }
+    }
+    envs.extend(telemetry_env(config));
+    if let Some(traceparent) = run_traceparent(run, config.telemetry.traced) {
+        envs.push(env(crane_telemetry::ENV_TRACEPARENT, traceparent));
     }
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "crane".to_owned()),

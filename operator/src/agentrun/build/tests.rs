@@ -410,7 +410,7 @@ fn run_options_come_from_the_spec() {
     let r = run(
         json!({"prompt": "x", "stepTimeoutSeconds": 7, "failurePolicy": "ContinueIndependent", "retry": {"maxAttempts": 5, "initialBackoffMs": 10, "maxBackoffMs": 20}}),
     );
-    let o = spec_options(&r);
+    let o = spec_options(&r, false);
     assert_eq!(o.step_timeout_ms, 7000);
     assert_eq!(o.retry.max_attempts, 5);
     assert_eq!(
@@ -454,7 +454,7 @@ fn run_options_carry_the_bound_tools_and_models_the_plan_uses() {
     ]}))
     .expect("plan");
     let r = run(json!({"prompt": "x", "model": "fast", "budget": {"maxLlmCalls": 3}}));
-    let o = run_options(&r, &plan, &catalog, &models, None).expect("options");
+    let o = run_options(&r, &plan, &catalog, &models, None, false).expect("options");
     assert_eq!(o.tools, [weather]);
     let names: Vec<_> = o.models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["fast", "smart"]);
@@ -465,11 +465,62 @@ fn run_options_carry_the_bound_tools_and_models_the_plan_uses() {
 
     // No model for an llm step, or one that is not Ready: the plan cannot run here.
     let r = run(json!({"prompt": "x"}));
-    let err = run_options(&r, &plan, &catalog, &models, None).unwrap_err();
+    let err = run_options(&r, &plan, &catalog, &models, None, false).unwrap_err();
     assert!(err.contains("step 2 (llm) names no model"), "{err}");
     let r = run(json!({"prompt": "x", "model": "gone"}));
-    let err = run_options(&r, &plan, &catalog, &models, None).unwrap_err();
+    let err = run_options(&r, &plan, &catalog, &models, None, false).unwrap_err();
     assert!(err.contains("Model \"gone\" does not exist"), "{err}");
+}
+
+#[test]
+fn a_traced_run_carries_its_uid_as_trace_id_to_the_engine_and_the_planner() {
+    let r = run(json!({"prompt": "x"}));
+    assert_eq!(spec_options(&r, false).traceparent, None);
+    let traceparent = spec_options(&r, true).traceparent.expect("traced");
+    assert_eq!(traceparent, crane_telemetry::run_traceparent("0f0e-uid"));
+
+    let mut config = Config::new("redis://redis:6379");
+    config.telemetry = crane_telemetry::PodSettings {
+        traced: true,
+        env: vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://otel:4318".into(),
+        )],
+    };
+    let job = planner_job(&r, &config, None).expect("job");
+    let env = job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("TRACEPARENT"), Some(traceparent));
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://otel:4318")
+    );
+    config.telemetry.traced = false;
+    let job = planner_job(&r, &config, None).expect("job");
+    let env = job
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(env.iter().all(|e| e.name != "TRACEPARENT"));
 }
 
 #[test]
