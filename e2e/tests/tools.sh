@@ -152,6 +152,20 @@ YAML
   local out; out=$(ar_field "$ns" mcp '{.status.steps[0].output} {.status.result}')
   if grep -q 5 <<<"$out" && grep -q 'sum' <<<"$out"; then pass "MCP outputs flow into the next step"
   else fail "MCP outputs flow into the next step" "$out"; fi
+  # The LLM planner is offered the namespace's catalog and picks the MCP tool from it (the fake
+  # provider plans what the prompt's directive says, and only from the tools it was sent).
+  kubectl -n "$ns" create secret generic llm --from-literal=apiKey=sk-test >/dev/null
+  printf 'apiVersion: crane.dev/v1alpha1\nkind: Model\nmetadata: {name: planner}\nspec: {baseUrl: "http://%s:%s", model: fake-small, apiKeySecretRef: {name: llm, key: apiKey}, timeoutSeconds: 10}\n' \
+    "$host" "$llm_port" | kubectl -n "$ns" apply -f - >/dev/null
+  wait_until 60 ready "$ns" model planner
+  printf 'apiVersion: crane.dev/v1alpha1\nkind: AgentRun\nmetadata: {name: planned}\nspec:\n  prompt: %s\n  model: planner\n  planner: {mode: llm}\n' \
+    "'Add two and three [plan everything.get-sum {\"a\": 2, \"b\": 3}]'" | kubectl -n "$ns" apply -f - >/dev/null
+  wait_until 120 terminal "$ns" planned
+  check "the LLM planner chose the MCP tool the catalog offered" "Succeeded llm everything.get-sum" \
+    "$(ar_field "$ns" planned '{.status.phase} {.status.planSource} {.status.plan.steps[0].tool}')" "$(why "$ns" planned)"
+  local sent; sent=$(curl -fsS "http://$host:$llm_port/__requests")
+  if grep -q 'everything.get-sum' <<<"$sent"; then pass "the planner's request listed the MCP tools"
+  else fail "the planner's request listed the MCP tools" "$(head -c 400 <<<"$sent")"; fi
 }
 
 t_model_and_budget() {
