@@ -3,7 +3,9 @@
 //! `steps_per_s` (trivial calculator steps, best worker/concurrency setting),
 //! `dispatch_p50_ms` / `dispatch_p99_ms` (submit → step start at 1,000 steps/s),
 //! `makespan_ratio` (100 parallel `wait 100 ms` steps ÷ 100 ms), `approval_p50_ms` /
-//! `approval_p99_ms` (a decision → the dependent step's start) and `redis_calls_per_step`;
+//! `approval_p99_ms` (a decision → the dependent step's start), `mcp_overhead_p50_ms` /
+//! `http_overhead_p50_ms` (and p99: a one-step run calling a tool, submit to end, minus a
+//! direct warm call of it) and `redis_calls_per_step`;
 //! with `CRANE_BENCH_OTLP_ENDPOINT` (an OTLP/HTTP collector, as `make bench` starts one) also
 //! `tracing_ratio`: throughput with traces exported there ÷ without, measured in child
 //! processes (a process has one tracing setup) set up like a worker.
@@ -45,7 +47,11 @@ impl Pool {
             c.idle_timeout = None;
             c.block = Duration::from_millis(500);
             c.consumer = format!("bench-{i}");
-            let w = Worker::new(client, toolbox.clone(), c, Arc::new(Metrics::new())).await?;
+            let connectors =
+                crane_tools::Remote::new(crane_tools::Secrets::new(std::env::temp_dir()))?;
+            let w = Worker::new(client, toolbox.clone(), c, Arc::new(Metrics::new()))
+                .await?
+                .with_connectors(Arc::new(connectors));
             let mut rx = rx.clone();
             handles.push(tokio::spawn(async move {
                 let _ = w
@@ -367,6 +373,99 @@ async fn approval_latency(server: &RedisServer, runs: u32) -> Result<Vec<f64>> {
     Ok(latencies)
 }
 
+/// Latencies (ms, sorted) of `n` calls of `binding` made directly, as a client with a warm
+/// session would (the same runner a worker uses), and of `n` one-step runs calling it through
+/// Crane, each from just before its submit to its end as the run's waiter sees it.
+async fn tool_overhead(
+    server: &RedisServer,
+    name: &str,
+    binding: crane_core::tool::Binding,
+    input: serde_json::Value,
+    n: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    use crane_core::tool::{Connectors, ToolContext, ToolSpec};
+    let remote = crane_tools::Remote::new(crane_tools::Secrets::new(std::env::temp_dir()))?;
+    let runner = remote.runner(&binding)?;
+    let mut direct = Vec::with_capacity(n);
+    for i in 0..=n {
+        let t0 = Instant::now();
+        runner
+            .execute(&ToolContext::adhoc(), input.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("direct call of {name}: {e}"))?;
+        // The first call opens the session: not counted.
+        if i > 0 {
+            direct.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
+    let mut conn = api::connect(&client).await?;
+    let pool = PoolName::parse(&format!("bench/tools-{}", name.replace('.', "-")))?;
+    let workers_pool = Pool::start(&client, &pool, 1, 16).await?;
+    let options = RunOptions {
+        tools: vec![ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            input_schema: json!({"type": "object"}),
+            annotations: Default::default(),
+            binding: Some(binding),
+            requires_approval: false,
+        }],
+        ..RunOptions::default()
+    };
+    let plan: Plan =
+        serde_json::from_value(json!({"steps": [{"id": 1, "tool": name, "input": input}]}))?;
+    let mut crane = Vec::with_capacity(n);
+    for i in 0..=n {
+        let keys = RunKeys::new("bench", &format!("t-{}-{i}", pool.name()))?;
+        let t0 = Instant::now();
+        init_run(
+            &mut conn,
+            &keys,
+            &pool,
+            &plan,
+            &options,
+            &EngineConfig::default(),
+        )
+        .await?;
+        let report = wait_for_run(&client, &mut conn, &keys, Some(Duration::from_secs(60))).await?;
+        anyhow::ensure!(
+            report.phase == RunPhase::Succeeded,
+            "a {name} run ended {:?}: {:?}",
+            report.phase,
+            report.error
+        );
+        if i > 0 {
+            crane.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    workers_pool.stop().await;
+    direct.sort_by(f64::total_cmp);
+    crane.sort_by(f64::total_cmp);
+    Ok((direct, crane))
+}
+
+/// A local HTTP tool answering `{"sum": a + b}`; returns its URL.
+async fn http_adder() -> Result<String> {
+    let app = axum::Router::new().route(
+        "/sum",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let sum = v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0);
+            (
+                [("content-type", "application/json")],
+                json!({ "sum": sum }).to_string(),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/sum"))
+}
+
 /// One run of 100 parallel `wait 100 ms` steps: makespan ÷ 100 ms.
 async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> Result<(f64, f64)> {
     let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
@@ -552,6 +651,47 @@ async fn main() -> Result<()> {
         }
     };
 
+    println!(
+        "\n== tool overhead: a one-step run calling the tool vs calling it directly (warm), 200 each =="
+    );
+    let mcp_server = crane_testkit::McpEverything::start()
+        .context("starting @modelcontextprotocol/server-everything (needs node and npm)")?;
+    let mcp = crane_core::tool::Binding::Mcp {
+        server: "everything".into(),
+        url: mcp_server.url(),
+        headers: Vec::new(),
+        timeout_seconds: 10,
+        tool: "get-sum".into(),
+    };
+    let http = crane_core::tool::Binding::Http {
+        url: http_adder().await?,
+        method: "POST".into(),
+        headers: Vec::new(),
+        timeout_seconds: 10,
+    };
+    let mut overhead = serde_json::Map::new();
+    for (name, binding) in [("everything.get-sum", mcp), ("adder", http)] {
+        let (direct, crane) =
+            tool_overhead(&server, name, binding, json!({"a": 2, "b": 3}), 200).await?;
+        let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
+        let (c50, c99) = (percentile(&crane, 0.5), percentile(&crane, 0.99));
+        println!(
+            "{name:<20} direct p50 {d50:.2} ms p99 {d99:.2} ms | as a Crane step (submit -> finished) p50 {c50:.2} ms p99 {c99:.2} ms | overhead p50 {:.2} ms p99 {:.2} ms",
+            c50 - d50,
+            c99 - d99
+        );
+        let key = if name == "adder" { "http" } else { "mcp" };
+        overhead.insert(
+            format!("{key}_overhead_p50_ms"),
+            json!(((c50 - d50) * 100.0).round() / 100.0),
+        );
+        overhead.insert(
+            format!("{key}_overhead_p99_ms"),
+            json!(((c99 - d99) * 100.0).round() / 100.0),
+        );
+    }
+    drop(mcp_server);
+
     println!("\nbest throughput setting: {bw} worker(s) x concurrency {bc}");
     let mut line = json!({
         "steps_per_s": (best.steps_per_s * 10.0).round() / 10.0,
@@ -565,6 +705,9 @@ async fn main() -> Result<()> {
         "best_workers": bw,
         "best_concurrency": bc,
     });
+    for (k, v) in overhead {
+        line[k] = v;
+    }
     if let Some((off, on)) = tracing {
         line["tracing_off_steps_per_s"] = json!(off.round());
         line["tracing_on_steps_per_s"] = json!(on.round());
