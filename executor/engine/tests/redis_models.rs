@@ -331,3 +331,82 @@ async fn http_tools_a_run_binds_are_run_and_their_inputs_checked() {
     let error = r.steps[1].error.clone().unwrap_or_default();
     assert!(error.contains("input.a"), "the error says where: {error}");
 }
+
+#[tokio::test]
+async fn ten_ready_llm_steps_on_many_workers_never_exceed_max_llm_calls() {
+    let (fake, url) = FakeLlm::start().await;
+    let mut e = engine(false).await;
+    let workers = e.spawn_workers(3, e.worker_config(8), toolbox()).await;
+    let options = RunOptions {
+        budget: Budget {
+            max_llm_calls: Some(3),
+            ..Budget::default()
+        },
+        failure_policy: crane_core::run::FailurePolicy::ContinueIndependent,
+        ..with_model(&url, ModelLimits::default())
+    };
+    let steps: Vec<Value> = (1..=10)
+        .map(|i| json!({"id": i, "tool": "llm", "input": {"prompt": format!("[sleep 100] {i}")}}))
+        .collect();
+    run(&mut e, "race", Value::Array(steps), &options).await;
+    let r = e.finished("race", PATIENCE).await;
+    workers.stop().await;
+    assert_eq!(
+        fake.count("fake-small"),
+        3,
+        "the provider saw at most three"
+    );
+    assert_eq!(
+        r.steps
+            .iter()
+            .filter(|s| s.phase == StepPhase::Succeeded)
+            .count(),
+        3,
+        "{r:#?}"
+    );
+    assert_eq!(r.budget_exceeded.as_deref(), Some("maxLlmCalls"));
+    assert_eq!(
+        r.spending.llm_calls, 3,
+        "refused calls are not counted: {r:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reservation_held_by_a_worker_that_died_mid_call_does_not_leak() {
+    let (fake, url) = FakeLlm::start().await;
+    let mut e = engine(false).await;
+    // One call reserves ceil(len/4) + 100 tokens; the budget covers one reservation, not two,
+    // so the retry after the crash runs only if the dead attempt's reservation was returned.
+    let prompt = "[sleep 3000] slow";
+    let estimate = (prompt.len() as u64).div_ceil(4) + 100;
+    let options = RunOptions {
+        budget: Budget {
+            max_tokens: Some(estimate + estimate / 2),
+            ..Budget::default()
+        },
+        ..with_model(&url, ModelLimits::default())
+    };
+    let doomed = e.spawn_workers(1, e.worker_config(4), toolbox()).await;
+    run(
+        &mut e,
+        "crash",
+        json!([{"id": 1, "tool": "llm", "input": {"prompt": prompt, "maxTokens": 100}}]),
+        &options,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fake.count("fake-small") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill();
+    let workers = e.spawn_workers(1, e.worker_config(4), toolbox()).await;
+    let r = e.finished("crash", PATIENCE).await;
+    workers.stop().await;
+    assert_eq!(r.phase, RunPhase::Succeeded, "{r:#?}");
+    assert_eq!(r.steps[0].attempts, 2, "{r:#?}");
+    assert_eq!(r.budget_exceeded, None);
+}

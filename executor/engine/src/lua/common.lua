@@ -156,6 +156,12 @@ local function finish(id, ok, payload, retryable, backoff, now, f)
       redis.call('HDEL', STEPS, id .. ':owner')
       event('retry', id, 'Pending', attempt)
     else
+      -- A model call's reservation ends with its step (a worker that died mid-call left it).
+      local resv = sget(id, 'resv')
+      if resv then
+        redis.call('HINCRBY', META, 'tokens_resv', -tonumber(resv))
+        redis.call('HDEL', STEPS, id .. ':resv')
+      end
       mark_terminal(id, 'Failed', now, attempt)
       redis.call('HSET', META, 'failed', '1')
       redis.call('HSETNX', META, 'first_failure', id)

@@ -208,6 +208,13 @@ pub struct Workers {
 }
 
 impl Workers {
+    /// Kills every worker as a crash would: no drain, no release; their leases run out.
+    pub fn kill(self) {
+        for h in &self.handles {
+            h.abort();
+        }
+    }
+
     pub async fn stop(self) {
         self.tx.send_replace(true);
         for h in self.handles {
