@@ -445,6 +445,83 @@ async fn tool_overhead(
     Ok((direct, crane))
 }
 
+/// Like [`tool_overhead`] for an `llm` step against the fake provider (instant answers):
+/// direct chat calls vs one-step runs, both with the model's limits set, so the Crane side
+/// pays the governor's and the budget's scripts too.
+async fn llm_overhead(server: &RedisServer, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    use crane_core::model::{Budget, ModelConfig, ModelLimits};
+    use crane_core::tool::Connectors;
+    let (_fake, url) = crane_testkit::fake_llm::FakeLlm::start().await;
+    let model = ModelConfig {
+        name: "small".into(),
+        base_url: url,
+        model: "fake-small".into(),
+        api_key: None,
+        timeout_seconds: 10,
+        limits: ModelLimits {
+            max_concurrent_requests: Some(64),
+            requests_per_minute: Some(1_000_000),
+            tokens_per_minute: None,
+        },
+    };
+    let input = json!({"prompt": "say [reply ok]", "maxTokens": 16});
+    let remote = crane_tools::Remote::new(crane_tools::Secrets::new(std::env::temp_dir()))?;
+    let mut direct = Vec::with_capacity(n);
+    for i in 0..=n {
+        let t0 = Instant::now();
+        remote
+            .chat(&model, input.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("direct chat: {e}"))?;
+        if i > 0 {
+            direct.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
+    let mut conn = api::connect(&client).await?;
+    let pool = PoolName::parse("bench/llm")?;
+    let workers_pool = Pool::start(&client, &pool, 1, 16).await?;
+    let options = RunOptions {
+        models: vec![model],
+        model: Some("small".into()),
+        budget: Budget {
+            max_tokens: Some(1_000_000),
+            ..Budget::default()
+        },
+        ..RunOptions::default()
+    };
+    let plan: Plan =
+        serde_json::from_value(json!({"steps": [{"id": 1, "tool": "llm", "input": input}]}))?;
+    let mut crane = Vec::with_capacity(n);
+    for i in 0..=n {
+        let keys = RunKeys::new("bench", &format!("l-{i}"))?;
+        let t0 = Instant::now();
+        init_run(
+            &mut conn,
+            &keys,
+            &pool,
+            &plan,
+            &options,
+            &EngineConfig::default(),
+        )
+        .await?;
+        let report = wait_for_run(&client, &mut conn, &keys, Some(Duration::from_secs(60))).await?;
+        anyhow::ensure!(
+            report.phase == RunPhase::Succeeded,
+            "an llm run ended {:?}: {:?}",
+            report.phase,
+            report.error
+        );
+        if i > 0 {
+            crane.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    workers_pool.stop().await;
+    direct.sort_by(f64::total_cmp);
+    crane.sort_by(f64::total_cmp);
+    Ok((direct, crane))
+}
+
 /// A local HTTP tool answering `{"sum": a + b}`; returns its URL.
 async fn http_adder() -> Result<String> {
     let app = axum::Router::new().route(
@@ -691,6 +768,23 @@ async fn main() -> Result<()> {
         );
     }
     drop(mcp_server);
+    let (direct, crane) = llm_overhead(&server, 200).await?;
+    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
+    let (c50, c99) = (percentile(&crane, 0.5), percentile(&crane, 0.99));
+    println!(
+        "{:<20} direct p50 {d50:.2} ms p99 {d99:.2} ms | as a Crane step (submit -> finished) p50 {c50:.2} ms p99 {c99:.2} ms | overhead p50 {:.2} ms p99 {:.2} ms",
+        "llm (limits, budget)",
+        c50 - d50,
+        c99 - d99
+    );
+    overhead.insert(
+        "llm_overhead_p50_ms".into(),
+        json!(((c50 - d50) * 100.0).round() / 100.0),
+    );
+    overhead.insert(
+        "llm_overhead_p99_ms".into(),
+        json!(((c99 - d99) * 100.0).round() / 100.0),
+    );
 
     println!("\nbest throughput setting: {bw} worker(s) x concurrency {bc}");
     let mut line = json!({
