@@ -417,6 +417,17 @@ t_watch_plain() {
     "$(paste -sd'|' "$work/plain.out")"
   if grep -q $'\e' "$work/plain.out"; then fail "plain output has no escape sequences" "$(cat -v "$work/plain.out")"
   else pass "plain output has no escape sequences"; fi
+  # A run deleted while it is watched: an error, not a hang.
+  agentrun vanishing
+  as alice watch vanishing >"$work/gone.out" 2>&1 &
+  pid=$!
+  wait_until 10 grep -q "^agentrun/vanishing Pending" "$work/gone.out"
+  adm delete agentrun vanishing --wait=false >/dev/null
+  rc=timeout
+  if wait_until 10 bash -c "! kill -0 $pid 2>/dev/null"; then wait "$pid"; rc=$?; fi
+  check "watch of a run that is deleted: exits 2" 2 "$rc" "$(cat "$work/gone.out")"
+  grep -q "error: agentrun vanishing was deleted while it was being watched" "$work/gone.out" &&
+    pass "watch of a run that is deleted: says so" || fail "watch of a run that is deleted: says so" "$(cat "$work/gone.out")"
 }
 
 # ---- main ----------------------------------------------------------------------------------

@@ -37,7 +37,9 @@ pub async fn main(cli: cli::Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Messages may quote values from the cluster (an Approval's approvers, a
+            // run's name): printed as worded, without their control characters.
+            eprintln!("error: {}", text::clean_lines(&e.to_string()));
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -22,6 +22,12 @@ pub fn clean(s: &str) -> String {
         .collect()
 }
 
+/// Like [`clean`], but keeps line breaks: for messages of several lines (an apiserver's
+/// list of validation errors) printed as they are.
+pub fn clean_lines(s: &str) -> String {
+    s.split('\n').map(clean).collect::<Vec<_>>().join("\n")
+}
+
 /// At most `max` characters of `s`: `s` itself when it fits, else its first `max - 1`
 /// characters and [`ELLIPSIS`].
 pub fn fit(s: &str, max: usize) -> String {
@@ -116,6 +122,14 @@ mod tests {
             "ok\u{fffd}[2J\u{fffd}]0;pwned\u{fffd}\u{fffd}31m\u{fffd}txt.exe next col\u{fffd}"
         );
         assert_eq!(clean("Grüße, 世界"), "Grüße, 世界");
+    }
+
+    #[test]
+    fn clean_lines_keeps_line_breaks_only() {
+        assert_eq!(
+            clean_lines("a\x1b[31m\nb\r\n\u{9b}c"),
+            "a\u{fffd}[31m\nb \n\u{fffd}c"
+        );
     }
 
     #[test]

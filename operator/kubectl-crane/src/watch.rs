@@ -137,6 +137,9 @@ pub async fn watch(client: &Client, namespace: &str, name: &str) -> Result<ExitC
     if let Some(ending) = state.run.ending() {
         return Ok(exit_code(ending));
     }
+    // Whether the run came back in the list the watch (re)started with: when it does not,
+    // it was deleted while the watch was down.
+    let mut relisted = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut resized = Resized::new();
     let interrupted = tokio::signal::ctrl_c();
@@ -147,11 +150,16 @@ pub async fn watch(client: &Client, namespace: &str, name: &str) -> Result<ExitC
                 Some(Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r))) => {
                     state.run = r;
                     state.note = None;
+                    relisted = true;
                 }
-                Some(Ok(watcher::Event::Delete(_))) => {
+                Some(Ok(watcher::Event::Init)) => {
+                    relisted = false;
+                    continue;
+                }
+                Some(Ok(watcher::Event::InitDone)) if relisted => continue,
+                Some(Ok(watcher::Event::Delete(_) | watcher::Event::InitDone)) => {
                     return Err(Error::RunDeleted { run: name.to_owned() });
                 }
-                Some(Ok(_)) => continue,
                 Some(Err(e)) if api_forbidden(&e) => {
                     return Err(Error::Watch {
                         action: Action::new("watch", "agentruns.crane.dev", Some(namespace)),
@@ -340,5 +348,49 @@ impl Resized {
             return;
         }
         future::pending::<()>().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::fixtures;
+
+    fn state() -> State {
+        State {
+            run: fixtures::run(),
+            approvals: BTreeMap::new(),
+            relisting: None,
+            note: None,
+        }
+    }
+
+    fn names(s: &State) -> Vec<&str> {
+        s.approvals.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn approvals_follow_the_watch_and_a_relist_replaces_them() {
+        let [step3, plan, other] = <[Approval; 3]>::try_from(fixtures::approvals()).unwrap();
+        let mut s = state();
+        s.approval(watcher::Event::Apply(step3.clone()), "milk");
+        s.approval(watcher::Event::Apply(other.clone()), "milk");
+        assert_eq!(
+            names(&s),
+            ["milk-step-3"],
+            "other runs' approvals are left out"
+        );
+        // A relist (after the watch was down) shows only what exists now, once complete.
+        s.approval(watcher::Event::Init, "milk");
+        s.approval(watcher::Event::InitApply(plan.clone()), "milk");
+        assert_eq!(
+            names(&s),
+            ["milk-step-3"],
+            "kept until the relist is complete"
+        );
+        s.approval(watcher::Event::InitDone, "milk");
+        assert_eq!(names(&s), ["milk-plan"]);
+        s.approval(watcher::Event::Delete(plan), "milk");
+        assert!(names(&s).is_empty());
     }
 }
