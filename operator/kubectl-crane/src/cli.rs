@@ -27,6 +27,7 @@ pub struct Cli {
 
 /// Where to connect, as kubectl's flags of the same names.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Connection (as kubectl's)")]
 pub struct ConnectionArgs {
     /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, global = true, value_name = "PATH")]

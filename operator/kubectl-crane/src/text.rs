@@ -2,10 +2,8 @@
 //! and durations and ages in the forms kubectl prints. Pure functions; everything the plugin
 //! prints from an object goes through [`clean`] first.
 
+use crane_core::text::ELLIPSIS;
 use serde_json::Value;
-
-/// Marks text that was cut.
-pub const ELLIPSIS: char = '…';
 
 /// `s` on one line and safe to write to a terminal: newlines and tabs become spaces; other
 /// control characters (C0, DEL and C1, among them ESC and CSI, which start terminal escape
@@ -29,7 +27,9 @@ pub fn clean_lines(s: &str) -> String {
 }
 
 /// At most `max` characters of `s`: `s` itself when it fits, else its first `max - 1`
-/// characters and [`ELLIPSIS`].
+/// characters and crane-core's `ELLIPSIS` (the same marker as every cut in status). Counted
+/// in characters, as a terminal shows them; crane-core's `truncate` counts bytes, as
+/// stored fields are limited.
 pub fn fit(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
@@ -38,7 +38,7 @@ pub fn fit(s: &str, max: usize) -> String {
         return String::new();
     }
     let mut out: String = s.chars().take(max - 1).collect();
-    out.push(ELLIPSIS);
+    out.push_str(ELLIPSIS);
     out
 }
 
