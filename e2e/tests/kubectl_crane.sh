@@ -315,7 +315,7 @@ screen_has() { screen "$1" | grep -qF -- "$2"; }
 # its exit code lands in $work/SESSION.rc.
 watch_in_tmux() {
   local s=$1 run=$2; shift 2
-  tmux -L "$sock" new-session -d -s "$s" -x 150 -y 45 \
+  tmux -u -L "$sock" new-session -d -s "$s" -x 150 -y 45 \
     "env $* KUBECONFIG='$work/alice.kubeconfig' PATH='$PATH' TERM=xterm-256color kubectl crane watch $run; echo \$? >'$work/$s.rc'; sleep 600"
 }
 
@@ -343,7 +343,7 @@ t_watch_tty() {
     "$(line '^agentrun/ship' | tr -s ' ' | cut -d' ' -f1-5)" "$s"
   check "watch: usage" "usage 1000 tokens (900 prompt + 100 completion) · 1 llm call · 2 tool calls" "$(line '^usage')" "$s"
   local l1 l2 l3
-  l1=$(line '^✓ 1 calculator'); l2=$(line '^  . 2 approval'); l3=$(line '^    · 3 llm')
+  l1=$(line '^✓ 1 calculator'); l2=$(line '^  [^ ]+ 2 approval'); l3=$(line '^    · 3 llm')
   if [[ $l1 == *Succeeded*"2 attempts"*"2.0s"*"→ 5"* ]]; then pass "watch: step 1 Succeeded, attempts, duration, output"
   else fail "watch: step 1 Succeeded, attempts, duration, output" "$s"; fi
   if [[ $l2 == *"$waiting"*"waiting for approval ship-step-2"* ]]; then pass "watch: step 2 waits for its approval, indented under step 1"
