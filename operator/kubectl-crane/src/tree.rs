@@ -9,8 +9,10 @@ use std::collections::{BinaryHeap, HashMap};
 
 use crane_api::{Approval, Decision, Outcome, RunUsage, StepUsage};
 use crane_core::plan::Plan;
+use crane_core::text::ELLIPSIS;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
 
 use crate::text::{clean, fit, one_line};
 use crate::view::{RunView, StepView};
@@ -200,9 +202,7 @@ fn row(
     } else if let Some(m) = s.message.as_deref().filter(|m| !m.is_empty()) {
         Some(Detail::Waiting(text(m)))
     } else {
-        s.output
-            .as_ref()
-            .map(|o| Detail::Output(one_line(o, MAX_DETAIL_CHARS)))
+        s.output.as_ref().map(|o| Detail::Output(output_text(o)))
     };
     StepRow {
         id,
@@ -217,6 +217,26 @@ fn row(
             .map(|start| millis_between(start, s.finished_at.as_ref(), now)),
         usage: s.usage,
         detail,
+    }
+}
+
+/// A step's output on one line. An output too large for the status is there as the
+/// operator's stub `{"truncated": true, "sizeBytes": N, "preview": "..."}`; it shows as its
+/// preview and its full size.
+fn output_text(output: &Value) -> String {
+    let stub = (
+        output.get("truncated").and_then(Value::as_bool),
+        output.get("sizeBytes").and_then(Value::as_u64),
+        output.get("preview").and_then(Value::as_str),
+    );
+    match stub {
+        (Some(true), Some(size), Some(preview))
+            if output.as_object().is_some_and(|o| o.len() == 3) =>
+        {
+            let preview = one_line(&Value::String(preview.to_owned()), MAX_DETAIL_CHARS);
+            format!("{preview}{ELLIPSIS} ({size} bytes; the status keeps a preview)")
+        }
+        _ => one_line(output, MAX_DETAIL_CHARS),
     }
 }
 
@@ -460,6 +480,21 @@ mod tests {
         assert_eq!(order.len(), 5, "every step shows once");
         let ids: Vec<u32> = order.iter().map(|&(i, _)| plan.steps[i].id).collect();
         assert_eq!(ids, [1, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_truncated_output_shows_its_preview_and_size() {
+        let stub = json!({"truncated": true, "sizeBytes": 70000, "preview": "{\"rows\":[1,2"});
+        assert_eq!(
+            output_text(&stub),
+            "{\"rows\":[1,2… (70000 bytes; the status keeps a preview)"
+        );
+        // A tool's own output that merely looks alike is shown as it is.
+        let own = json!({"truncated": true, "sizeBytes": 1, "preview": "x", "more": 1});
+        assert_eq!(
+            output_text(&own),
+            r#"{"more":1,"preview":"x","sizeBytes":1,"truncated":true}"#
+        );
     }
 
     #[test]
