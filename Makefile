@@ -10,11 +10,13 @@ export CARGO_TERM_COLOR ?= never
 ## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
 test: deps fmt-check clippy unit test-cluster
 
-## deps: install what the tests need when missing: Redis and Lua (the Argo CD health test)
-## from Debian, PyYAML (the chart hardening check), the Go-built control plane and helm
+## deps: install what the tests need when missing: Redis, Lua (the Argo CD health test) and
+## tmux (the kubectl crane watch test reads a terminal's screen) from Debian, PyYAML (the
+## chart hardening check), the Go-built control plane and helm
 deps:
 	@missing=""; command -v redis-server >/dev/null || missing+=" redis-server"; \
 	 command -v lua5.4 >/dev/null || missing+=" lua5.4"; \
+	 command -v tmux >/dev/null || missing+=" tmux"; \
 	 if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 	@e2e/cluster/build.sh >/dev/null
