@@ -43,7 +43,7 @@ socket_pids() {
   for p in /proc/[0-9]*; do
     p=${p#/proc/}
     [ "$p" = $$ ] && continue
-    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$sock"; then echo "$p"; continue; fi
+    if tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -qF -- "$sock"; then echo "$p"; continue; fi
     case $(readlink "/proc/$p/cwd" 2>/dev/null) in "$state" | "$state"/*) echo "$p" ;; esac
   done
 }

@@ -3,7 +3,7 @@
 # cached in ~/.cache/crane/images as docker archives:
 #   localhost/crane-pause:<key>              the pods' sandbox (e2e/cluster/pause)
 #   localhost/coredns:<key>                  CoreDNS (built by build.sh)
-#   localhost/busybox:crane                  busybox-static from Debian, for the cluster's own tests
+#   localhost/toolbox:crane                  busybox-static and curl from Debian, for tests' pods
 #   docker.io/library/redis:7.4-alpine       stand-in for the chart's Redis: Debian's redis-server
 #                                            (7.0) with sh and grep, under the chart's image name
 #   gcr.io/distroless/cc-debian12:nonroot    stand-in for the Dockerfile's base (glibc, libgcc,
@@ -18,8 +18,9 @@
 #   images.sh build            node and base images (prints nothing)
 #   images.sh crane BIN_DIR    the crane image from BIN_DIR/crane-{operator,executor}; prints its name
 #   images.sh load [BIN_DIR]   imports the node images, and the crane image of BIN_DIR (default
-#                              target/debug) when its binaries exist, into the running cluster's
-#                              containerd; records the crane image's name in $state/crane-image
+#                              $CRANE_BIN_DIR, else target/debug) when its binaries exist, into
+#                              the running cluster's containerd; records the crane image's name
+#                              in $state/crane-image
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -146,8 +147,8 @@ build_redis() { # DIR REF FILE
   podman rmi "$2" >/dev/null 2>&1 || true
 }
 
-build_busybox() { # DIR REF FILE
-  debian "$1" busybox-static
+build_toolbox() { # DIR REF FILE
+  debian "$1" busybox-static,curl
   local applet
   mkdir -p "$1/bin" "$1/tmp"
   chmod 1777 "$1/tmp"
@@ -155,14 +156,14 @@ build_busybox() { # DIR REF FILE
   for applet in $("$1/bin/busybox" --list); do
     [ -e "$1/bin/$applet" ] || ln -s busybox "$1/bin/$applet"
   done
-  from_rootfs "$2" "$3" "$1" "ENV PATH=/bin:/usr/bin" 'CMD ["sh"]'
+  from_rootfs "$2" "$3" "$1" "ENV PATH=/usr/local/bin:/usr/bin:/bin" 'CMD ["sh"]'
   podman rmi "$2" >/dev/null 2>&1 || true
 }
 
 node_images() {
   go_image crane-pause pause '["/pause"]'
   go_image coredns coredns '["/coredns"]'
-  debian_image busybox localhost/busybox:crane build_busybox
+  debian_image toolbox localhost/toolbox:crane build_toolbox
   debian_image redis docker.io/library/redis:7.4-alpine build_redis
 }
 
@@ -228,7 +229,7 @@ case ${1:-} in
   load)
     [ -S "$(containerd_sock)" ] || { echo "images: no containerd at $(containerd_sock)" >&2; exit 1; }
     for f in $(node_images); do import "$f"; done
-    dir=${2:-${CARGO_TARGET_DIR:-$root/target}/debug}
+    dir=${2:-${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}}
     if [ -x "$dir/crane-operator" ] && [ -x "$dir/crane-executor" ]; then
       mapfile -t out < <(crane_image "$dir")
       import "${out[0]}"
