@@ -37,28 +37,8 @@ for n in "$ns" ${run_namespaces//,/ }; do
   kubectl label --overwrite namespace "$n" pod-security.kubernetes.io/enforce=restricted >/dev/null
 done
 
-# The local node has no storage provisioner: a local PersistentVolume on the node, reserved for
-# the claim the bundled Redis's StatefulSet makes (kubelet gives it to the pod's fsGroup).
-claim=data-$release-redis-0
-volume_dir=$node/volumes/$ns-$claim
-mkdir -p "$volume_dir"
-kubectl apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: local-$ns-$claim
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  claimRef: {namespace: $ns, name: $claim}
-  local: {path: $volume_dir}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-        - matchExpressions:
-            - {key: kubernetes.io/hostname, operator: In, values: [$node_name]}
-YAML
+# The local node has no storage provisioner: a volume for the bundled Redis's claim.
+"$root/e2e/cluster/pv.sh" "$ns" "data-$release-redis-0"
 
 values=$(mktemp "${TMPDIR:-/tmp}/crane-up-values.XXXXXX")
 trap 'rm -f "$values"' EXIT
