@@ -24,6 +24,19 @@ release=crane
 t0=$SECONDS
 say() { echo "up: $*" >&2; }
 
+# A make up that fails leaves nothing running when it started the cluster itself (the pods'
+# logs stay in the state directory); one that fails to upgrade a cluster already up leaves it.
+was_up=0
+(load_ports && pid_alive kube-apiserver && pid_alive kubelet) 2>/dev/null && was_up=1
+ready=0
+on_exit() {
+  rm -f "${values:-}"
+  if [ "$ready" = 0 ] && [ "$was_up" = 0 ]; then
+    say "failed; stopping the cluster it started (logs stay in $state/logs and $node/pod-logs)"
+    "$root/e2e/cluster/down.sh" || true
+  fi
+}
+trap on_exit EXIT
 "$root/e2e/cluster/up.sh"
 # The cluster may have been up already: load the image of the binaries built now.
 "$root/e2e/cluster/images.sh" load
@@ -41,7 +54,6 @@ done
 "$root/e2e/cluster/pv.sh" "$ns" "data-$release-redis-0"
 
 values=$(mktemp "${TMPDIR:-/tmp}/crane-up-values.XXXXXX")
-trap 'rm -f "$values"' EXIT
 list() { local IFS=,; local -a a; read -ra a <<<"${1:-}"; local out="" x; for x in "${a[@]}"; do out+="${out:+, }\"$x\""; done; echo "[$out]"; }
 cat >"$values" <<VALUES
 image: {repository: "${image%:*}", tag: "${image##*:}"}
@@ -66,5 +78,6 @@ redis_ip=$(kubectl -n "$ns" get service "$release-redis" -o jsonpath='{.spec.clu
 echo "redis://default:$password@$redis_ip:6379" >"$state/crane-redis-url"
 chmod 600 "$state/crane-redis-url"
 
+ready=1
 say "ready in $((SECONDS - t0)) s: operator $(kubectl -n "$ns" get deployment "$release-operator" -o jsonpath='{.status.readyReplicas}')/2 ready, bundled Redis, WorkerPool default in $ns${run_namespaces:+ and $run_namespaces}"
 say "next: eval \"\$(make -s env)\"; kubectl -n $ns apply -f config/samples/crane_v1alpha1_agentrun_prompt.yaml; kubectl -n $ns get agentruns -w  (or: make demo)"
