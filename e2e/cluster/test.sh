@@ -68,6 +68,24 @@ $extra
 YAML
 }
 
+# deployment NS NAME REPLICAS CONTAINERS_YAML: a Deployment whose pods are labelled app=NAME.
+deployment() {
+  kubectl apply -n "$1" -f - >/dev/null <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $2}
+spec:
+  replicas: $3
+  selector: {matchLabels: {app: $2}}
+  template:
+    metadata: {labels: {app: $2}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+$4
+YAML
+}
+
 pod_of() { kubectl get pods -n "$1" -l "job-name=$2" -o 'jsonpath={.items[0].metadata.name}' 2>/dev/null; }
 logs_of() { kubectl logs -n "$1" "$(pod_of "$1" "$2")" 2>/dev/null; }
 
@@ -271,23 +289,10 @@ YAML
 t_deployment_restarts_exited_pod() {
   local ns=t-deploy-$run_id
   mkns "$ns" || return 1
-  kubectl apply -n "$ns" -f - >/dev/null <<YAML || return 1
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: main
+  deployment "$ns" web 1 "      - name: main
         image: $toolbox
         imagePullPolicy: Never
-        command: [sh, -c, 'echo started; sleep 1; exit 1']
-YAML
+        command: [sh, -c, 'echo started; sleep 1; exit 1']" || return 1
   restarted() {
     local n
     n=$(kubectl get pods -n "$ns" -l app=web -o 'jsonpath={.items[0].status.containerStatuses[0].restartCount}')
@@ -348,30 +353,12 @@ YAML
 t_services_dns_and_host_routes() {
   local ns=t-net-$run_id out port host_pid
   mkns "$ns" || return 1
-  kubectl apply -n "$ns" -f - >/dev/null <<YAML || return 1
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - name: httpd
+  deployment "$ns" web 2 "      - name: httpd
         image: $toolbox
         imagePullPolicy: Never
         command: [sh, -c, 'mkdir -p /tmp/www && hostname >/tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www']
-        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]
-YAML
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}" || return 1
+  kubectl -n "$ns" create service clusterip web --tcp=80:8080 >/dev/null || return 1
   kubectl rollout status -n "$ns" deployment/web --timeout=60s >/dev/null || fail "web pods not ready" || return 1
   local ip; ip=$(kubectl get service -n "$ns" web -o jsonpath='{.spec.clusterIP}')
   eventually 10 curl -fsS -m 2 "http://$ip/" || fail "the host cannot reach ClusterIP $ip" || return 1
