@@ -11,6 +11,10 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 export GOMODCACHE=${GOMODCACHE:-$cache/go/mod} GOCACHE=${GOCACHE:-$cache/go/build}
 bin=$cache/bin
 mkdir -p "$bin"
+# One build at a time per cache: two work trees building the same binary would write the same
+# temporary file.
+exec 9>"$bin/.lock"
+flock 9
 
 kube_version=v1.36.3  # keep in step with kube/go.mod
 ver_pkg() { printf -- '-X %s/version.gitVersion=%s -X %s/version.gitMajor=1 -X %s/version.gitMinor=%s ' \

@@ -27,6 +27,10 @@ set -euo pipefail
 images=$cache/images
 store=$cache/containers
 mkdir -p "$images" "$store"
+# One at a time: two clusters starting together (make demo while make test runs) would build
+# the same images into the same files.
+exec 9>"$images/.lock"
+flock 9
 # podman's settings: runc and cgroupfs (no systemd here, and crun refuses this machine's hybrid
 # cgroup layout), file events, ulimits within the machine's hard limit of 20000 open files.
 if [ ! -f "$store/containers.conf" ]; then

@@ -310,9 +310,11 @@ resolvConf: $node/resolv.conf
 podLogsDir: $node/pod-logs
 volumePluginDir: $node/volume-plugins
 serializeImagePulls: false
-# Small development disks: evict only when nearly full; never collect images (they cannot be
-# pulled again: there is no registry).
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, nodefs.inodesFree: 1%, imagefs.available: 1%}
+# The node shares the host's disk with everything else on it (builds fill and empty it by
+# tens of GB): evict, and so collect images, only when it is all but full. An image collected
+# here cannot come back (there is no registry), and containerd 1.6 does not protect the
+# sandbox image from the kubelet's collector.
+evictionHard: {memory.available: 50Mi, nodefs.available: 200Mi, nodefs.inodesFree: "1000", imagefs.available: 200Mi, imagefs.inodesFree: "1000"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 containerLogMaxSize: 10Mi

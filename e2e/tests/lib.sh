@@ -18,7 +18,7 @@
 _crane_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OPERATOR_PID=""
 OPERATOR_KUBECONFIG=""
-CRANE_IMAGE=${CRANE_IMAGE:-$(cat "${CRANE_CLUSTER_DIR:-$_crane_root/.crane/cluster}/crane-image" 2>/dev/null)}
+CRANE_IMAGE=${CRANE_IMAGE:-$(cat "${CRANE_CLUSTER_DIR:-$_crane_root/.crane/cluster}/crane-image" 2>/dev/null || true)}
 
 # Test bookkeeping shared by the suites: each counts into `passed` / `failed` and ends with
 # `echo "$passed passed, $failed failed"`.
