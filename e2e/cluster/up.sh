@@ -315,6 +315,8 @@ serializeImagePulls: false
 # here cannot come back (there is no registry), and containerd 1.6 does not protect the
 # sandbox image from the kubelet's collector.
 evictionHard: {memory.available: 50Mi, nodefs.available: 200Mi, nodefs.inodesFree: "1000", imagefs.available: 200Mi, imagefs.inodesFree: "1000"}
+# And the node takes pods again 30 s after such a moment, not 5 min.
+evictionPressureTransitionPeriod: 30s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 containerLogMaxSize: 10Mi
