@@ -12,10 +12,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-bin=${CRANE_BIN_DIR:-$root/target/release}
+release=${CARGO_TARGET_DIR:-$root/target}/release
+bin=${CRANE_BIN_DIR:-$release}
 export CRANE_BIN_DIR=$bin
 
-if [ "$bin" = "$root/target/release" ]; then
+if [ "$bin" = "$release" ]; then
   cargo build --release --locked -q -p crane-operator -p crane-executor --bins
 fi
 cargo build --release --locked -q -p crane-operator --example bench_operator
@@ -64,4 +65,4 @@ MALLOC_ARENA_MAX=1 OPERATOR_RUST_LOG=${OPERATOR_RUST_LOG:-info} operator_start "
 echo "== operator bench (release binaries in $bin; private cluster $CRANE_CLUSTER_DIR;"
 echo "   the operator is a local process; workers are pods of image $CRANE_IMAGE)"
 BENCH_NS=$ns OPERATOR_PID=$OPERATOR_PID BENCH_CLUSTER_DIR=$CRANE_CLUSTER_DIR BENCH_POD_CGROUP=$pod_cgroup \
-  "$root/target/release/examples/bench_operator"
+  "$release/examples/bench_operator"

@@ -29,7 +29,7 @@ if [ -z "${KUBECONFIG:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"
-bin=${CRANE_BIN_DIR:-$root/target/debug}
+bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 prefix=crane-e2e-faults-$$
 work=$(mktemp -d)
 figures=()

@@ -32,7 +32,7 @@ ctl=$root/e2e/cluster/ctl.sh
 ns=crane-e2e-ha-$$
 lease=crane-e2e-ha-$$
 work=$(mktemp -d)
-bin=${CRANE_BIN_DIR:-$root/target/debug}
+bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 filter=${1:-t_}
 
 now() { date +%s.%N; }

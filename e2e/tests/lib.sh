@@ -71,7 +71,7 @@ KUBECONFIG
 
 operator_start() {
   local log=$1; shift
-  local bin=${CRANE_BIN_DIR:-$_crane_root/target/debug}
+  local bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$_crane_root/target}/debug}
   OPERATOR_KUBECONFIG=$(mktemp "${TMPDIR:-/tmp}/crane-operator-kubeconfig.XXXXXX")
   operator_kubeconfig "$OPERATOR_KUBECONFIG" || { echo "operator_start: cannot prepare RBAC/kubeconfig" >&2; return 1; }
   # A Lease of its own unless the caller names one: operators of suites run side by side

@@ -19,7 +19,7 @@ if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"
-bin=${CRANE_BIN_DIR:-$root/target/debug}
+bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 executor=$bin/crane-executor
 prefix=crane-e2e-wp-$$
 work=$(mktemp -d)
