@@ -10,16 +10,12 @@ export CARGO_TERM_COLOR ?= never
 ## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
 test: deps fmt-check clippy unit test-cluster
 
-## deps: install what the tests need when missing: Redis, Lua (the Argo CD health test) and
-## tmux (the kubectl crane watch test reads a terminal's screen) from Debian, PyYAML (the
-## chart hardening check), the Go-built control plane and helm
+## deps: install what the tests need when missing (e2e/deps.sh): Debian packages (Redis, Lua,
+## tmux for the kubectl crane watch test, containerd, runc, CNI plugins, podman, mmdebstrap,
+## iptables), PyYAML, the Go-built cluster (control plane, kubelet, kube-proxy, CoreDNS, helm)
+## and the node's images
 deps:
-	@missing=""; command -v redis-server >/dev/null || missing+=" redis-server"; \
-	 command -v lua5.4 >/dev/null || missing+=" lua5.4"; \
-	 command -v tmux >/dev/null || missing+=" tmux"; \
-	 if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
-	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
-	@e2e/cluster/build.sh >/dev/null
+	@e2e/deps.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -54,27 +50,30 @@ bench-operator: deps
 bench-engine: deps
 	$(CARGO) run --release --locked -p crane-engine --example bench_engine
 
-## cluster-up / cluster-down: the bare local control plane (etcd, kube-apiserver,
-## kube-controller-manager, process kubelet) and a Redis, in the background
-cluster-up: build
+## cluster-up / cluster-down: the bare local cluster (etcd, kube-apiserver,
+## kube-controller-manager, kube-scheduler, one node: containerd, kubelet, kube-proxy; CoreDNS)
+## and a Redis, in the background
+cluster-up: deps build
 	e2e/cluster/up.sh
 
 cluster-down:
 	e2e/cluster/down.sh
 
-## up: the local control plane plus Crane installed with the Helm chart (CRDs, operator,
-## default WorkerPool), in the background; returns when the operator is ready
+## up: the local cluster plus Crane installed with the Helm chart (CRDs, operator, bundled
+## Redis, default WorkerPool) from the image of this work tree, in the background; returns when
+## the operator is ready
 up: deps build
 	e2e/up.sh
 
-## down: helm uninstall and cluster-down; nothing is left running
+## down: stop the local cluster and Crane; nothing is left running
 down:
-	e2e/down.sh
+	e2e/cluster/down.sh
 
 ## demo: make up, apply config/samples/, follow the runs to the end, print their results
 demo: deps build
 	e2e/demo.sh
 
-## env: `eval "$(make -s env)"` points kubectl, helm and REDIS_URL at the local cluster
+## env: `eval "$(make -s env)"` points kubectl, helm and REDIS_URL at the local cluster (and
+## gives CRANE_HOST_IP, the host as pods reach it, and CRANE_IMAGE)
 env:
 	@e2e/cluster/env.sh

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# AgentRun controller end to end, on the local control plane, driven the way a user drives
-# it (kubectl apply / get / wait / patch / delete): the operator runs as a PROCESS with its
-# own ServiceAccount token (e2e/tests/lib.sh), planner and worker Jobs run crane-executor as
-# real processes under the process kubelet, steps go through the real Redis.
+# AgentRun controller end to end, on the local cluster, driven the way a user drives it
+# (kubectl apply / get / wait / patch / delete): the operator runs as a PROCESS with its own
+# ServiceAccount token (e2e/tests/lib.sh), planner and worker Jobs run the crane image in real
+# containers on the node, steps go through the cluster's Redis.
 #
 #   e2e/tests/agentrun.sh              # every test
 #   e2e/tests/agentrun.sh t_cancel     # tests whose name starts with t_cancel
 #
-# Needs `make cluster-up` and `cargo build -p crane-executor -p crane-operator`. Prints
+# Needs `make cluster-up` (which loads the crane image) and `cargo build -p crane-operator`. Prints
 # `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -72,7 +72,7 @@ trap cleanup EXIT
 
 ns_of() { echo "$prefix-${1//_/-}"; }
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-args=(--redis-url "$REDIS_URL" --executor-image crane:dev --metrics-addr "127.0.0.1:$metrics_port")
+args=(--redis-url "$REDIS_URL" --executor-image "$CRANE_IMAGE" --metrics-addr "127.0.0.1:$metrics_port")
 for t in "${selected[@]}"; do
   kubectl create namespace "$(ns_of "$t")" >/dev/null
   args+=(--namespace "$(ns_of "$t")")
@@ -255,7 +255,8 @@ t_missing_pool() {
   local ns; ns=$(ns_of "${FUNCNAME[0]}")
   plan_run "$ns" waiting '      - {id: 1, tool: calculator, input: {expression: "6*7"}}' '  workerPool: later
 '
-  wait_until 30 test "$(cond "$ns" waiting Planned reason)" = WorkerPoolNotFound
+  planned_reason_is() { [ "$(cond "$ns" waiting Planned reason)" = "$1" ]; }
+  wait_until 30 planned_reason_is WorkerPoolNotFound
   check "missing pool: Pending with Planned=False reason WorkerPoolNotFound" "Pending False WorkerPoolNotFound" \
     "$(phase "$ns" waiting) $(cond "$ns" waiting Planned status) $(cond "$ns" waiting Planned reason)" "$(why "$ns" waiting)"
   local msg; msg=$(cond "$ns" waiting Planned message)
