@@ -73,7 +73,7 @@ fi
 kubectl -n "$ns" wait --for=condition=Ready workerpool/default --timeout=60s >/dev/null
 
 # REDIS_URL in `make -s env` now names the Redis Crane uses (the bundled one, with its password).
-password=$(kubectl -n "$ns" get secret "$release-redis" -o jsonpath='{.data.password}' | base64 -d)
+password=$(kubectl -n "$ns" get secret "$release-redis-admin" -o jsonpath='{.data.password}' | base64 -d)
 redis_ip=$(kubectl -n "$ns" get service "$release-redis" -o jsonpath='{.spec.clusterIP}')
 echo "redis://default:$password@$redis_ip:6379" >"$state/crane-redis-url"
 chmod 600 "$state/crane-redis-url"
