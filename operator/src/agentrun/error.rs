@@ -27,6 +27,8 @@ pub enum Error {
     },
     #[error("building status: {0}")]
     Status(#[from] ApiError),
+    #[error("archiving the run: {0}")]
+    Archive(#[from] crate::archive::ArchiveRunError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -40,6 +42,7 @@ impl Error {
             Self::Kube { .. } => "kube",
             Self::Engine { .. } => "engine",
             Self::Status(_) => "status",
+            Self::Archive(_) => "archive",
             Self::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
