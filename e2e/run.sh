@@ -35,7 +35,7 @@ if ! "$root/e2e/cluster/env.sh" >/dev/null 2>&1 || ! (eval "$("$root/e2e/cluster
   started=1
 fi
 eval "$("$root/e2e/cluster/env.sh")"
-for t in crd_admission agentrun workerpool chart ha faults; do
+for t in crd_admission agentrun workerpool chart ha faults server; do
   [ -x "$root/e2e/tests/$t.sh" ] && suite "$t" "$root/e2e/tests/$t.sh"
 done
 [ "$started" = 1 ] && "$root/e2e/cluster/down.sh"

@@ -45,6 +45,10 @@ init() {
   dir=$(cd "$dir" && pwd)
   [ "$(id -u)" -eq 0 ] && chown "$(owner)" "$dir"
   chmod 700 "$dir"
+  if ! as_owner test -w "$dir"; then
+    echo "postgres.sh: user $(owner) cannot reach $dir: every parent directory must be traversable (e.g. use a directory under /tmp)" >&2
+    exit 1
+  fi
   local pw
   pw=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   (umask 077; printf '%s\n' "$pw" >"$dir/password")

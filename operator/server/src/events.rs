@@ -11,7 +11,8 @@
 //!   last ~2000, the engine trims the stream), so replaying them rebuilds every step's phase.
 //! - `event: resync` when events may have been lost (the stream was trimmed past the cursor,
 //!   or Redis lost it): the client reloads the run. `event: end` after the run's terminal
-//!   event: the stream closes and the client does not reconnect. A stream also closes after
+//!   event (or, for a run already over when the stream opened, once its events are all
+//!   sent): the stream closes and the client does not reconnect. A stream also closes after
 //!   `--stream-max-seconds` (the client reconnects with its last id, and its access is checked
 //!   again) or on a Redis error (`event: error`, then close).
 //! - Bounded: at most `--max-streams` at once (each holds a Redis connection); beyond, 503.
@@ -63,6 +64,10 @@ struct Follow {
     follower: Follower<RunEvent>,
     deadline: Instant,
     done: bool,
+    /// The run was already over when the stream opened: everything is in the stream, so
+    /// the first read that finds nothing more ends it (a run that never reached the engine,
+    /// e.g. an invalid plan, has no events at all).
+    over: bool,
     slot: Slot,
 }
 
@@ -99,6 +104,10 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                     f.done = true;
                     break;
                 }
+            }
+            if f.over && read.items.is_empty() && !f.done {
+                out.push(Event::default().event("end").data("{}"));
+                f.done = true;
             }
             f.slot.metrics.events_sent.inc_by(read.items.len() as u64);
             Some((out, f))
@@ -163,6 +172,11 @@ pub async fn stream(
         follower: follow_run(client, &keys, start),
         deadline: Instant::now() + Duration::from_secs(state.config.stream_max_seconds.max(1)),
         done: false,
+        over: run
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p.is_terminal()),
         slot,
     };
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
