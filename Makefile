@@ -5,16 +5,20 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: test deps fmt-check clippy unit test-cluster bench bench-engine crds \
-        cluster-up cluster-down env build up down demo bench-operator
+        cluster-up cluster-down env build up down demo bench-operator bench-server
 
 ## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
 test: deps fmt-check clippy unit test-cluster
 
 ## deps: install what the tests need when missing: Redis and Lua (the Argo CD health test)
-## from Debian, PyYAML (the chart hardening check), the Go-built control plane and helm
+## from Debian, PostgreSQL (the run archive's tests) and Chromium + npm (crane-server's browser
+## test), PyYAML (the chart hardening check), the Go-built control plane and helm
 deps:
 	@missing=""; command -v redis-server >/dev/null || missing+=" redis-server"; \
 	 command -v lua5.4 >/dev/null || missing+=" lua5.4"; \
+	 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=" postgresql"; \
+	 command -v chromium >/dev/null || missing+=" chromium"; \
+	 command -v npm >/dev/null || missing+=" npm"; \
 	 if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 	@e2e/cluster/build.sh >/dev/null
@@ -47,6 +51,11 @@ bench: deps
 ## bench-operator: the operator's benchmark alone (private cluster under /tmp, ~2.5 min)
 bench-operator: deps
 	e2e/bench/operator.sh
+
+## bench-server: crane-server's benchmark alone (private cluster and PostgreSQL under /tmp):
+## archive write cost, list latency over 10,000 archived runs, SSE event latency
+bench-server: deps
+	e2e/bench/server.sh
 
 ## bench-engine: the Redis engine's throughput and latency; ends with one JSON line
 bench-engine: deps

@@ -424,7 +424,23 @@ YAML
   fi
 }
 
-tests=(t_auth_401 t_rbac_live t_compat t_outputs_and_events t_archive_after_delete t_postgres_down
+t_chart_values() {
+  local out
+  out=$(helm template x "$root/charts/crane" --set archive.enabled=true --set archive.existingSecret=pg \
+    --set archive.caSecret.name=pg-ca --set archive.retentionDays=30 2>&1)
+  if grep -q 'command: \[crane-server\]' <<<"$out" && grep -q 'name: CRANE_ARCHIVE_URL' <<<"$out" &&
+     grep -q 'value: "1572864"' <<<"$out" && grep -q 'value: "30"' <<<"$out"; then
+    pass "chart: the server Deployment with the archive URL from its Secret"
+  else fail "chart: the server Deployment with the archive URL from its Secret" "$(head -c 600 <<<"$out")"; fi
+  if out=$(helm template x "$root/charts/crane" --set archive.enabled=true 2>&1); then
+    fail "chart: archive.enabled without archive.existingSecret is refused"
+  else pass "chart: archive.enabled without archive.existingSecret is refused"; fi
+  if helm template x "$root/charts/crane" --set server.enabled=false 2>/dev/null | grep -q crane-server; then
+    fail "chart: server.enabled=false renders no server"
+  else pass "chart: server.enabled=false renders no server"; fi
+}
+
+tests=(t_chart_values t_auth_401 t_rbac_live t_compat t_outputs_and_events t_archive_after_delete t_postgres_down
        t_operator_killed t_retention t_cancel_retry_delete t_approve t_resources t_hostile t_openapi_and_metrics t_ui)
 for t in "${tests[@]}"; do
   for f in "${filters[@]}"; do
