@@ -283,13 +283,35 @@ pub async fn get(
     QueryParams(p): QueryParams<RunParams>,
 ) -> ApiResult<Json<Value>> {
     check_run_path(&ns, &name, &p)?;
-    if p.uid.is_none()
-        && let Some(run) = get_live(&user, &ns, &name).await?
+    Ok(Json(
+        match find(&state, &user, &ns, &name, p.uid.as_deref()).await? {
+            Found::Live(run) => live_json(&run),
+            Found::Archived(record) => archived_json(&record),
+        },
+    ))
+}
+
+/// A run as found: the live AgentRun, or its archived record.
+pub enum Found {
+    Live(Box<AgentRun>),
+    Archived(Box<RunRecord>),
+}
+
+/// The live run `name` (unless a `uid` asks for an archived one), else the archived run.
+async fn find(
+    state: &AppState,
+    user: &User,
+    ns: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> ApiResult<Found> {
+    if uid.is_none()
+        && let Some(run) = get_live(user, ns, name).await?
     {
-        return Ok(Json(live_json(&run)));
+        return Ok(Found::Live(Box::new(run)));
     }
-    let record = get_archived(&state, &user, &ns, &name, p.uid.as_deref()).await?;
-    Ok(Json(archived_json(&record)))
+    let record = get_archived(state, user, ns, name, uid).await?;
+    Ok(Found::Archived(Box::new(record)))
 }
 
 /// Step outputs in one shape whatever their source.
@@ -332,12 +354,10 @@ pub async fn outputs(
     QueryParams(p): QueryParams<RunParams>,
 ) -> ApiResult<Json<Value>> {
     check_run_path(&ns, &name, &p)?;
-    if p.uid.is_none()
-        && let Some(run) = get_live(&user, &ns, &name).await?
-    {
-        return Ok(Json(live_outputs(&state, &run).await?));
-    }
-    let r = get_archived(&state, &user, &ns, &name, p.uid.as_deref()).await?;
+    let r = match find(&state, &user, &ns, &name, p.uid.as_deref()).await? {
+        Found::Live(run) => return Ok(Json(live_outputs(&state, &run).await?)),
+        Found::Archived(r) => r,
+    };
     Ok(Json(match &r.report {
         Some(report) => {
             let mut v = report.clone();
@@ -579,8 +599,8 @@ pub async fn compat_get(
 ) -> ApiResult<Json<Value>> {
     let ns = compat_namespace(&headers, &q)?;
     names::subdomain("id", &id)?;
-    let (uid, plan, out) = match get_live(&user, &ns, &id).await? {
-        Some(run) => {
+    let (uid, plan, out) = match find(&state, &user, &ns, &id, None).await? {
+        Found::Live(run) => {
             let plan = run
                 .spec
                 .plan
@@ -592,8 +612,7 @@ pub async fn compat_get(
                 live_outputs(&state, &run).await?,
             )
         }
-        None => {
-            let r = get_archived(&state, &user, &ns, &id, None).await?;
+        Found::Archived(r) => {
             let plan = r.spec.get("plan").or_else(|| r.status.get("plan")).cloned();
             let mut v = r.report.clone().unwrap_or_else(|| r.status.clone());
             v["phase"] = json!(r.summary.phase);
