@@ -5,13 +5,14 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: test deps fmt-check clippy unit test-cluster bench bench-engine crds \
-        cluster-up cluster-down env build up down demo bench-operator
+        cluster-up cluster-down env build up down demo bench-operator bench-server
 
 ## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
 test: deps fmt-check clippy unit test-cluster
 
 ## deps: install what the tests need when missing (e2e/deps.sh): Debian packages (Redis, Lua,
-## tmux for the kubectl crane watch test, containerd, runc, CNI plugins, podman, mmdebstrap,
+## tmux for the kubectl crane watch test, PostgreSQL for the run archive's tests, Chromium and
+## npm for crane-server's browser test, containerd, runc, CNI plugins, podman, mmdebstrap,
 ## iptables), PyYAML, the Go-built cluster (control plane, kubelet, kube-proxy, CoreDNS, helm)
 ## and the node's images
 deps:
@@ -45,6 +46,11 @@ bench: deps
 ## bench-operator: the operator's benchmark alone (private cluster under /tmp, ~2.5 min)
 bench-operator: deps
 	e2e/bench/operator.sh
+
+## bench-server: crane-server's benchmark alone (private cluster and PostgreSQL under /tmp):
+## archive write cost, list latency over 10,000 archived runs, SSE event latency
+bench-server: deps
+	e2e/bench/server.sh
 
 ## bench-engine: the Redis engine's throughput and latency; ends with one JSON line
 bench-engine: deps

@@ -3,6 +3,7 @@
 # fresh Debian 12 machine (as root, like CI):
 # - Debian packages, with at most one `apt-get update`: Redis (unit and component tests), Lua
 #   (the Argo CD health test), tmux (the kubectl crane watch test reads its screen),
+#   PostgreSQL (the run archive's tests), Chromium and npm (crane-server's browser test),
 #   containerd, runc, the CNI plugins, podman, mmdebstrap, iptables (the local node and its
 #   images), jq, binutils (strip);
 # - PyYAML (the chart's hardening check);
@@ -12,14 +13,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 # command-or-path:package pairs; a package is installed when its probe is missing.
-need=(redis-server:redis-server lua5.4:lua5.4 tmux:tmux containerd:containerd runc:runc
+need=(redis-server:redis-server lua5.4:lua5.4 tmux:tmux '/usr/lib/postgresql/*/bin/postgres:postgresql'
+  chromium:chromium npm:npm containerd:containerd runc:runc
   /usr/lib/cni/bridge:containernetworking-plugins podman:podman mmdebstrap:mmdebstrap
   iptables:iptables jq:jq strip:binutils nsenter:util-linux ip:iproute2 curl:curl openssl:openssl)
 missing=()
 for pair in "${need[@]}"; do
   probe=${pair%%:*} pkg=${pair#*:}
   case $probe in
-    /*) [ -e "$probe" ] || missing+=("$pkg") ;;
+    /*) compgen -G "$probe" >/dev/null || missing+=("$pkg") ;;
     *) command -v "$probe" >/dev/null || missing+=("$pkg") ;;
   esac
 done

@@ -51,6 +51,6 @@ fi
 # Only what this cluster says: nothing from the caller's environment (a demo's KUBECONFIG).
 unset KUBECONFIG REDIS_URL CRANE_IMAGE CRANE_HOST_IP
 eval "$("$root/e2e/cluster/env.sh")"
-for t in crd_admission agentrun workerpool chart ha faults kubectl_crane; do
+for t in crd_admission agentrun workerpool chart ha faults kubectl_crane server; do
   suite "$t" "$root/e2e/tests/$t.sh"
 done

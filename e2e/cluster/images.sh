@@ -183,25 +183,32 @@ base_image() {
 
 # ---- crane ----------------------------------------------------------------------------------
 
+# The binaries the Dockerfile's prebuilt stage copies from bin/.
+crane_binaries="crane-operator crane-executor crane-server kubectl-crane"
+all_built() {
+  local b
+  for b in $crane_binaries; do [ -x "$1/$b" ] || return 1; done
+}
+
 # crane_image BIN_DIR: builds the repository's Dockerfile around BIN_DIR's binaries, stripped
 # of debug information (a debug crane-executor is ≈ 185 MB, stripped ≈ 20 MB; release ones
 # shrink too). The tag is the stripped binaries' hash, so the image and its archive are reused
 # until the binaries change. Prints the archive, then the image name.
 crane_image() {
   local dir=$1 ctx tag ref file b
-  for b in crane-operator crane-executor kubectl-crane; do
+  for b in $crane_binaries; do
     [ -x "$dir/$b" ] || { echo "images: $dir/$b missing (cargo build)" >&2; return 1; }
   done
   ctx=$images/crane-context-$(echo "$dir" | key_of)
   mkdir -p "$ctx/bin"
-  for b in crane-operator crane-executor kubectl-crane; do
+  for b in $crane_binaries; do
     if [ ! -f "$ctx/bin/$b" ] || [ "$dir/$b" -nt "$ctx/bin/$b" ]; then
       strip --strip-debug -o "$ctx/bin/$b.tmp" "$dir/$b"
       touch -r "$dir/$b" "$ctx/bin/$b.tmp"
       mv "$ctx/bin/$b.tmp" "$ctx/bin/$b"
     fi
   done
-  tag=dev-$(cat "$ctx/bin/crane-operator" "$ctx/bin/crane-executor" "$ctx/bin/kubectl-crane" | key_of)
+  tag=dev-$(for b in $crane_binaries; do cat "$ctx/bin/$b"; done | key_of)
   ref=localhost/crane:$tag
   file=$(archive crane "$tag")
   if [ ! -f "$file" ]; then
@@ -234,7 +241,7 @@ case ${1:-} in
     [ -S "$(containerd_sock)" ] || { echo "images: no containerd at $(containerd_sock)" >&2; exit 1; }
     for f in $(node_images); do import "$f"; done
     dir=${2:-${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}}
-    if [ -x "$dir/crane-operator" ] && [ -x "$dir/crane-executor" ] && [ -x "$dir/kubectl-crane" ]; then
+    if all_built "$dir"; then
       mapfile -t out < <(crane_image "$dir")
       import "${out[0]}"
       echo "${out[1]}" >"$state/crane-image"

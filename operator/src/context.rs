@@ -161,6 +161,28 @@ pub struct Config {
     /// leader dies. The leader renews every third of it.
     #[arg(long, env = "CRANE_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
+
+    /// PostgreSQL URL of the run archive (postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=...).
+    /// When set, every AgentRun is written there before its finalizer removes its Redis keys
+    /// (crane-server shows archived runs). Unset: no archive.
+    #[arg(long, env = "CRANE_ARCHIVE_URL", hide_env_values = true)]
+    pub archive_url: Option<String>,
+
+    /// PEM file with the CA of the archive's TLS certificate (default: the system's roots).
+    #[arg(long, env = "CRANE_ARCHIVE_CA_FILE")]
+    pub archive_ca_file: Option<PathBuf>,
+
+    /// Days an archived run is kept (counted from when it was archived); 0 keeps them forever.
+    #[arg(long, env = "CRANE_ARCHIVE_RETENTION_DAYS", default_value_t = 0)]
+    pub archive_retention_days: u32,
+
+    /// Seconds between two retention passes (the leader runs them).
+    #[arg(
+        long,
+        env = "CRANE_ARCHIVE_PRUNE_INTERVAL_SECONDS",
+        default_value_t = 3600
+    )]
+    pub archive_prune_interval_seconds: u64,
 }
 
 impl Config {
@@ -182,6 +204,10 @@ impl Config {
             leader_election_namespace: "crane-system".to_owned(),
             leader_election_id: crate::leader::DEFAULT_LEASE_NAME.to_owned(),
             lease_duration_seconds: 15,
+            archive_url: None,
+            archive_ca_file: None,
+            archive_retention_days: 0,
+            archive_prune_interval_seconds: 3600,
         }
     }
 }
@@ -195,6 +221,8 @@ pub struct Context {
     pub redis_client: redis::Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    /// The run archive, when `--archive-url` is set.
+    pub archive: Option<Arc<crate::archive::Archiver>>,
     /// Publishes Kubernetes Events as `crane-operator`, counting repeats into series.
     pub recorder: Recorder,
     /// The run namespaces' Redis logins.
@@ -224,8 +252,15 @@ impl Context {
             redis_client,
             config,
             metrics,
+            archive: None,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// With the run archive: runs are written to it before their Redis keys go.
+    pub fn with_archive(mut self, archive: Arc<crate::archive::Archiver>) -> Self {
+        self.archive = Some(archive);
+        self
     }
 
     /// Creates an Event that is never repeated, such as a run's phase change, without the

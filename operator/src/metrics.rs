@@ -1,5 +1,6 @@
 //! The operator's Prometheus metrics (prefix `crane_operator`): reconciles by controller and
-//! result, reconcile duration, runs by phase and API writes by verb. Labels are bounded
+//! result, reconcile duration, runs by phase, API writes by verb, and the run archive's
+//! writes, backlog and retention. Labels are bounded
 //! values only, never object names.
 
 use std::time::Duration;
@@ -44,6 +45,12 @@ pub struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// archived, already_archived, or the error's `metric_label()`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub controller: Controller,
     /// create, apply, apply_status, delete, event.
@@ -66,6 +73,14 @@ pub struct Metrics {
     pub notifications: Counter,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub is_leader: Gauge,
+    /// Archive write attempts by result.
+    pub archive_writes: Family<ResultLabels, Counter>,
+    pub archive_write_duration: Histogram,
+    /// Runs whose last archive attempt failed (their AgentRun waits in its finalizer).
+    pub archive_backlog: Gauge,
+    /// Archived runs deleted by retention.
+    pub archive_pruned: Counter,
+    pub archive_prune_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -128,6 +143,36 @@ impl Metrics {
             "1 while this replica holds the leader Lease and runs the controllers",
             is_leader.clone(),
         );
+        let archive_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "archive_writes",
+            "Attempts to write a deleted AgentRun to the archive, by result",
+            archive_writes.clone(),
+        );
+        let archive_write_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "archive_write_duration_seconds",
+            "Time one archive write took (reading the outputs from Redis included)",
+            archive_write_duration.clone(),
+        );
+        let archive_backlog = Gauge::default();
+        registry.register(
+            "archive_backlog",
+            "AgentRuns waiting in their finalizer because the archive write failed",
+            archive_backlog.clone(),
+        );
+        let archive_pruned = Counter::default();
+        registry.register(
+            "archive_pruned_runs",
+            "Archived runs deleted by retention",
+            archive_pruned.clone(),
+        );
+        let archive_prune_failures = Counter::default();
+        registry.register(
+            "archive_prune_failures",
+            "Retention passes that failed",
+            archive_prune_failures.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -138,7 +183,20 @@ impl Metrics {
             status_writes_coalesced,
             notifications,
             is_leader,
+            archive_writes,
+            archive_write_duration,
+            archive_backlog,
+            archive_pruned,
+            archive_prune_failures,
         }
+    }
+
+    /// Counts one archive write attempt and its duration.
+    pub fn archive_write(&self, result: &'static str, took: Duration) {
+        self.archive_writes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.archive_write_duration.observe(took.as_secs_f64());
     }
 
     /// Counts one reconcile and its duration.
