@@ -27,7 +27,7 @@ phase_is() { [ "$(phase "$1" "$2")" = "$3" ]; }
 terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
 cond() { ar_field "$1" "$2" "{.status.conditions[?(@.type==\"$3\")].$4}"; }
 uid() { ar_field "$1" "$2" '{.metadata.uid}'; }
-redis_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "crane:{$1}*" 2>/dev/null; }
+redis_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "crane:ns:*:{$1}*" 2>/dev/null; }
 no_redis_keys() { [ -z "$(redis_keys "$1")" ]; }
 gone() { ! kubectl -n "$1" get agentrun "$2" >/dev/null 2>&1; }
 # Context for a failure: the run's status and the operator's last lines.
