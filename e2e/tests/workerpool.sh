@@ -32,7 +32,8 @@ reason_is() { [ "$(ready_reason "$1" "$2")" = "$3" ]; }
 field_is() { [ "$(wp_field "$1" "$2" "$3")" = "$4" ]; }
 workers() { kubectl -n "$1" get jobs -l "app.kubernetes.io/name=crane-worker,crane.dev/pool=$2" -o name 2>/dev/null | grep -c . ; }
 workers_at_least() { [ "$(workers "$1" "$2")" -ge "$3" ]; }
-run_succeeded() { "$executor" status --redis "$REDIS_URL" --run-id "$1" >"$work/$1.json" 2>&1; }
+# run_succeeded RUN-ID NAMESPACE (a run's keys carry its namespace, its pool's)
+run_succeeded() { "$executor" status --redis "$REDIS_URL" --namespace "$2" --run-id "$1" >"$work/$1.json" 2>&1; }
 
 pool() { # NS NAME SPEC-JSON
   printf 'apiVersion: crane.dev/v1alpha1\nkind: WorkerPool\nmetadata: {name: %s}\nspec: %s\n' "$2" "$3" |
@@ -94,7 +95,7 @@ EOF
   fi
   if wait_until 30 workers_at_least "$ns" pool 2; then pass "queued steps create several worker Jobs"
   else fail "queued steps create several worker Jobs (have $(workers "$ns" pool))" "$(kubectl -n "$ns" get workerpool pool -o yaml)"; fi
-  if wait_until 90 run_succeeded "$prefix-join"; then pass "workers run the plan to Succeeded"
+  if wait_until 90 run_succeeded "$prefix-join" "$ns"; then pass "workers run the plan to Succeeded"
   else fail "workers run the plan to Succeeded" "$(cat "$work/$prefix-join.json")"; fi
   check "the join step adds the outputs of steps 1 and 2" 55 \
     "$(jq -r '.steps[] | select(.id == 3) | .output' "$work/$prefix-join.json" 2>/dev/null)"
@@ -158,7 +159,7 @@ t_wide_plan_uses_several_workers() {
   # (IDLE_REQUEUE, 5 s); an AgentRun wakes its pool at once.
   local tw=""
   wait_until 30 workers_at_least "$ns" wide 1 && tw=$(date +%s.%N)
-  if wait_until 120 run_succeeded "$prefix-wide"; then
+  if wait_until 120 run_succeeded "$prefix-wide" "$ns"; then
     t1=$(date +%s.%N)
     pass "wide plan (20 x wait 500 ms + join) Succeeded"
     printf 'info wide plan: %.1f s from submit to Succeeded (first worker Job after %.1f s, %.1f s from then) with %d worker Job(s)\n' \
