@@ -126,8 +126,10 @@ worker_jobs() { kubectl -n "$1" get jobs -l "app.kubernetes.io/name=crane-worker
 worker_job_count() { worker_jobs "$1" | jq '.items | length'; }
 has_worker_job() { [ "$(worker_job_count "$1")" -ge 1 ]; }
 # The todos of namespace NS in the private Redis, as "id:title" lines.
-todos() { rcli --raw HGETALL "crane:todo:{$1}:items" | paste - - | tr '\t' ':'; }
-todo_count() { rcli HLEN "crane:todo:{$1}:items"; }
+# todo_key NS NAME: a key of the namespace's todo store (its layout: executor/tools/src/todo.rs).
+todo_key() { echo "crane:ns:$1:{todo:$1}:$2"; }
+todos() { rcli --raw HGETALL "$(todo_key "$1" items)" | paste - - | tr '\t' ':'; }
+todo_count() { rcli HLEN "$(todo_key "$1" items)"; }
 # A running worker pod of NS (its name).
 busy_worker_pod() {
   kubectl -n "$1" get pods -l app.kubernetes.io/name=crane-worker \
@@ -228,7 +230,7 @@ t_redis_lost_run_is_rebuilt_from_status() {
   # The fresh Redis holds only what ran after the loss: step 7 again (truncated, so re-run),
   # not step 1 (restored).
   check "empty: only the truncated step's todo was added again" "1" "$(todo_count "$ns")"
-  check "empty: the fresh store holds step 7's todo only" "$long" "$(rcli --raw HVALS "crane:todo:{$ns}:items")"
+  check "empty: the fresh store holds step 7's todo only" "$long" "$(rcli --raw HVALS "$(todo_key "$ns" items)")"
 }
 
 # A Failed run annotated crane.dev/retry re-runs only its failed and skipped steps.
@@ -246,9 +248,9 @@ t_retry_from_failure() {
   check "retry: steps are Succeeded, Failed, Skipped" '"Succeeded","Failed","Skipped"' \
     "$(ar_json "$ns" retry | jq -c '[.status.steps[] | .phase] | join(",")' | sed 's/,/","/g')"
   local before; before=$(step_field "$ns" retry 1 '[.attempts, .finishedAt, .output]')
-  # The todo the failed step wanted, created by hand (the store's layout: tools/todo.rs).
-  rcli INCR "crane:todo:{$ns}:seq" >/dev/null
-  rcli HSET "crane:todo:{$ns}:items" 2 "by hand" >/dev/null
+  # The todo the failed step wanted, created by hand.
+  rcli INCR "$(todo_key "$ns" seq)" >/dev/null
+  rcli HSET "$(todo_key "$ns" items)" 2 "by hand" >/dev/null
   kubectl -n "$ns" annotate agentrun retry crane.dev/retry=t1 >/dev/null
   if wait_until 60 phase_is "$ns" retry Succeeded; then pass "retry: the annotated run succeeds"
   else fail "retry: the annotated run succeeds" "$(ar_json "$ns" retry | jq -c .status)"; return; fi

@@ -104,7 +104,7 @@ mid_run() { [ "$(ar "$1" '{.status.steps[0].phase}/{.status.steps[3].phase}')" =
 all_mid_run() { local r; for r in "$@"; do mid_run "$r" || return 1; done; }
 # todo_count NAME: todos titled for NAME in the namespace's store (Redis, the source of truth).
 todo_count() {
-  redis-cli -u "$REDIS_URL" hvals "crane:todo:{$ns}:items" 2>/dev/null | grep -c -- "ha-todo-$1\b"
+  redis-cli -u "$REDIS_URL" hvals "crane:ns:$ns:{todo:$ns}:items" 2>/dev/null | grep -c -- "ha-todo-$1\b"
 }
 why() { { kubectl -n "$ns" get agentrun "$1" -o yaml 2>&1 | sed -n '/^status:/,$p' | head -30; } 2>&1; }
 
