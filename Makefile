@@ -5,21 +5,19 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: test deps fmt-check clippy unit test-cluster bench bench-engine crds \
-        cluster-up cluster-down env build up down demo bench-operator
+        cluster-up cluster-down env build up down demo bench-operator bench-server
 
 ## test: everything CI runs — formatting, lints, unit + Redis + control-plane tests
 test: deps fmt-check clippy unit test-cluster
 
-## deps: install what the tests need when missing: Redis, Lua (the Argo CD health test) and
-## Prometheus with promtool (the telemetry suite) from Debian, PyYAML (the chart hardening
-## check), the Go-built control plane, helm and OpenTelemetry Collector
+## deps: install what the tests need when missing (e2e/deps.sh): Debian packages (Redis, Lua,
+## Prometheus with promtool for the telemetry suite, tmux for the kubectl crane watch test,
+## PostgreSQL for the run archive's tests, Chromium and npm for crane-server's browser test,
+## containerd, runc, CNI plugins, podman, mmdebstrap, iptables), PyYAML, the Go-built cluster
+## (control plane, kubelet, kube-proxy, CoreDNS, helm), the node's images and the
+## OpenTelemetry Collector (built from Go modules)
 deps:
-	@missing=""; command -v redis-server >/dev/null || missing+=" redis-server"; \
-	 command -v lua5.4 >/dev/null || missing+=" lua5.4"; \
-	 command -v promtool >/dev/null || missing+=" prometheus"; \
-	 if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
-	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
-	@e2e/cluster/build.sh >/dev/null
+	@e2e/deps.sh
 	@e2e/servers/otelcol.sh >/dev/null
 
 fmt-check:
@@ -51,31 +49,39 @@ bench: deps
 bench-operator: deps
 	e2e/bench/operator.sh
 
+## bench-server: crane-server's benchmark alone (private cluster and PostgreSQL under /tmp):
+## archive write cost, list latency over 10,000 archived runs, SSE event latency
+bench-server: deps
+	e2e/bench/server.sh
+
 ## bench-engine: the Redis engine's throughput and latency; ends with one JSON line
 bench-engine: deps
 	$(CARGO) run --release --locked -p crane-engine --example bench_engine
 
-## cluster-up / cluster-down: the bare local control plane (etcd, kube-apiserver,
-## kube-controller-manager, process kubelet) and a Redis, in the background
-cluster-up: build
+## cluster-up / cluster-down: the bare local cluster (etcd, kube-apiserver,
+## kube-controller-manager, kube-scheduler, one node: containerd, kubelet, kube-proxy; CoreDNS)
+## and a Redis, in the background
+cluster-up: deps build
 	e2e/cluster/up.sh
 
 cluster-down:
 	e2e/cluster/down.sh
 
-## up: the local control plane plus Crane installed with the Helm chart (CRDs, operator,
-## default WorkerPool), in the background; returns when the operator is ready
+## up: the local cluster plus Crane installed with the Helm chart (CRDs, operator, bundled
+## Redis, default WorkerPool) from the image of this work tree, in the background; returns when
+## the operator is ready
 up: deps build
 	e2e/up.sh
 
-## down: helm uninstall and cluster-down; nothing is left running
+## down: stop the local cluster and Crane; nothing is left running
 down:
-	e2e/down.sh
+	e2e/cluster/down.sh
 
 ## demo: make up, apply config/samples/, follow the runs to the end, print their results
 demo: deps build
 	e2e/demo.sh
 
-## env: `eval "$(make -s env)"` points kubectl, helm and REDIS_URL at the local cluster
+## env: `eval "$(make -s env)"` points kubectl, helm and REDIS_URL at the local cluster (and
+## gives CRANE_HOST_IP, the host as pods reach it, and CRANE_IMAGE)
 env:
 	@e2e/cluster/env.sh

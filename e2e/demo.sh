@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: `make up` (e2e/up.sh), then the samples of config/samples/ applied in namespace
-# crane-demo (a WorkerPool and three AgentRuns), followed like `kubectl get agentruns -w` until
-# every run is terminal, then each run's result. Exits 0 only when every run Succeeded.
+# `make demo`: `make up` (e2e/up.sh) with namespace crane-demo as a run namespace (the chart
+# gives it the Redis Secret, the NetworkPolicy and the WorkerPool `default`), then the AgentRun
+# samples of config/samples/ applied there, followed like `kubectl get agentruns -w` until every
+# run is terminal, then each run's result and where to read the pods' logs. Exits 0 only when
+# every run Succeeded.
 # Runs left from an earlier demo are deleted first, so each demo runs them afresh.
 # Everything keeps running afterwards; `make down` stops it.
 set -euo pipefail
@@ -14,8 +16,8 @@ eval "$("$root/e2e/cluster/env.sh")"
 
 kubectl get namespace "$demo" >/dev/null 2>&1 || kubectl create namespace "$demo" >/dev/null
 kubectl -n "$demo" delete agentruns --all --wait=true --timeout=60s >/dev/null
-echo "\$ kubectl -n $demo apply -f config/samples/"
-kubectl -n "$demo" apply -f "$root/config/samples/"
+echo "\$ kubectl -n $demo apply -f config/samples/crane_v1alpha1_agentrun_*.yaml"
+kubectl -n "$demo" apply $(printf -- '-f %s ' "$root"/config/samples/crane_v1alpha1_agentrun_*.yaml)
 mapfile -t runs < <(kubectl -n "$demo" get agentruns -o name)
 [ "${#runs[@]}" -gt 0 ] || { echo "demo: no AgentRun in config/samples/" >&2; exit 1; }
 
@@ -56,6 +58,9 @@ for r in "${runs[@]}"; do
     echo "$name: $phase, error: $(kubectl -n "$demo" get "$r" -o jsonpath='{.status.error}')"
   fi
 done
+echo
+echo "\$ kubectl -n $demo get pods     # planner and worker Jobs' pods; 'kubectl logs' works for them"
+kubectl -n "$demo" get pods
 echo
 if [ "$ok" -eq 0 ]; then
   echo "All ${#runs[@]} runs succeeded. Still running: the local cluster and Crane ('make down' stops them)."

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Stops and starts ONE component of the running local control plane, for fault tests:
+# Stops and starts ONE component of the running local cluster, for fault tests:
 #
-#   e2e/cluster/ctl.sh stop NAME     SIGTERM (SIGKILL after 15 s), remembering its command line
-#   e2e/cluster/ctl.sh kill NAME     SIGKILL at once, remembering its command line
+#   e2e/cluster/ctl.sh stop NAME     SIGTERM (SIGKILL after 15 s)
+#   e2e/cluster/ctl.sh kill NAME     SIGKILL at once
 #   e2e/cluster/ctl.sh start NAME    start it again exactly as up.sh did; return once ready
 #   e2e/cluster/ctl.sh status NAME   exit 0 while it runs
 #
 # NAME is one of lib.sh's components (etcd, kube-apiserver, kube-controller-manager,
-# redis-server, crane-proc-kubelet). The command line and environment are read from
-# /proc/PID before stopping, so the restart reuses up.sh's flags and ports without
-# repeating them here. Honours CRANE_CLUSTER_DIR like up.sh (use a private one for faults).
+# kube-scheduler, containerd, kubelet, kube-proxy). up.sh records each one's command line in
+# $state/cmd/NAME, so a restart reuses its flags, ports and namespaces without repeating them
+# here. Honours CRANE_CLUSTER_DIR like up.sh (use a private cluster for faults).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -19,20 +19,11 @@ action=$1 name=$2
 known=0
 for c in "${components[@]}"; do [ "$c" = "$name" ] && known=1; done
 [ $known = 1 ] || { echo "ctl: unknown component '${name:0:64}'" >&2; usage; }
-saved=$state/saved
-mkdir -p "$saved"
-
-remember() {
-  local pid=$1
-  cp "/proc/$pid/cmdline" "$saved/$name.cmdline"
-  cp "/proc/$pid/environ" "$saved/$name.environ"
-}
-
 ready() {
   case $name in
     kube-apiserver) kubectl_admin get --raw /readyz >/dev/null 2>&1 ;;
     etcd) load_ports && curl -fsS "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 ;;
-    redis-server) load_ports && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 ;;
+    containerd) ctr_node version >/dev/null 2>&1 ;;
     *) pid_alive "$name" ;;
   esac
 }
@@ -42,7 +33,6 @@ case $action in
   stop | kill)
     pid_alive "$name" || { echo "ctl: $name is not running" >&2; exit 0; }
     pid=$(cat "$state/pids/$name.pid")
-    remember "$pid"
     if [ "$action" = kill ]; then kill -KILL "$pid" 2>/dev/null || true; else kill -TERM "$pid" 2>/dev/null || true; fi
     for _ in $(seq 1 150); do running "$pid" || break; sleep 0.1; done
     if running "$pid"; then
@@ -55,11 +45,9 @@ case $action in
     ;;
   start)
     if pid_alive "$name"; then echo "ctl: $name already runs" >&2; exit 0; fi
-    [ -s "$saved/$name.cmdline" ] || { echo "ctl: no saved command line for $name (stop it with ctl.sh first)" >&2; exit 1; }
-    mapfile -d '' args <"$saved/$name.cmdline"
-    envs=()
-    [ -f "$saved/$name.environ" ] && mapfile -d '' envs <"$saved/$name.environ"
-    setsid env -i "${envs[@]}" "${args[@]}" </dev/null >>"$state/logs/$name.log" 2>&1 &
+    [ -s "$state/cmd/$name" ] || { echo "ctl: no recorded command line for $name in $state/cmd" >&2; exit 1; }
+    mapfile -d '' args <"$state/cmd/$name"
+    setsid "${args[@]}" </dev/null >>"$state/logs/$name.log" 2>&1 &
     echo $! >"$state/pids/$name.pid"
     deadline=$((SECONDS + 90))
     until ready; do

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Prints the environment for using the running local control plane:
-#   eval "$(make -s env)"   # KUBECONFIG, REDIS_URL, and PATH with helm and kubectl
+# Prints the environment for using the running local cluster (`eval "$(make -s env)"`):
+#   KUBECONFIG      the admin kubeconfig
+#   REDIS_URL       the Redis Crane uses: the chart's bundled one once `make up` installed it
+#                   (password included), else the cluster's own (crane-local/redis)
+#   CRANE_HOST_IP   this host as pods see it (the host end of the node's veth): a server a test
+#                   starts on the host listens there for pods to reach it
+#   CRANE_IMAGE     the crane image loaded into the node (built from target/debug)
+#   PATH            with helm, kubectl and the cluster's binaries
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-if ! load_ports || [ ! -f "$state/kubeconfig" ]; then
+if ! load_ports || [ ! -f "$state/kubeconfig" ] || [ -z "${NODE_INDEX:-}" ]; then
   echo "env: no local cluster state in $state; run 'make cluster-up' first" >&2
   exit 1
 fi
+redis_url=redis://$REDIS_IP:6379
+[ -s "$state/crane-redis-url" ] && redis_url=$(cat "$state/crane-redis-url")
 kubectl_dir=$(dirname "$(command -v kubectl 2>/dev/null || echo /usr/bin/kubectl)")
-printf 'export KUBECONFIG=%q REDIS_URL=%q PATH=%q\n' \
-  "$state/kubeconfig" "redis://127.0.0.1:$REDIS_PORT" "$bin:$kubectl_dir:$PATH"
+printf 'export KUBECONFIG=%q REDIS_URL=%q CRANE_HOST_IP=%q CRANE_IMAGE=%q PATH=%q\n' \
+  "$state/kubeconfig" "$redis_url" "$HOST_IP" "$(cat "$state/crane-image" 2>/dev/null || true)" \
+  "$bin:$kubectl_dir:$PATH"

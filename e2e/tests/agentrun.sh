@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# AgentRun controller end to end, on the local control plane, driven the way a user drives
-# it (kubectl apply / get / wait / patch / delete): the operator runs as a PROCESS with its
-# own ServiceAccount token (e2e/tests/lib.sh), planner and worker Jobs run crane-executor as
-# real processes under the process kubelet, steps go through the real Redis.
+# AgentRun controller end to end, on the local cluster, driven the way a user drives it
+# (kubectl apply / get / wait / patch / delete): the operator runs as a PROCESS with its own
+# ServiceAccount token (e2e/tests/lib.sh), planner and worker Jobs run the crane image in real
+# containers on the node, steps go through the cluster's Redis.
 #
 #   e2e/tests/agentrun.sh              # every test
 #   e2e/tests/agentrun.sh t_cancel     # tests whose name starts with t_cancel
 #
-# Needs `make cluster-up` and `cargo build -p crane-executor -p crane-operator`. Prints
+# Needs `make cluster-up` (which loads the crane image) and `cargo build -p crane-operator`. Prints
 # `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,7 +27,7 @@ phase_is() { [ "$(phase "$1" "$2")" = "$3" ]; }
 terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
 cond() { ar_field "$1" "$2" "{.status.conditions[?(@.type==\"$3\")].$4}"; }
 uid() { ar_field "$1" "$2" '{.metadata.uid}'; }
-redis_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "crane:{$1}*" 2>/dev/null; }
+redis_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "crane:ns:*:{$1}*" 2>/dev/null; }
 no_redis_keys() { [ -z "$(redis_keys "$1")" ]; }
 gone() { ! kubectl -n "$1" get agentrun "$2" >/dev/null 2>&1; }
 # Context for a failure: the run's status and the operator's last lines.
@@ -47,7 +47,7 @@ plan_run() {
 
 tests=(t_prompt_run t_plan_join t_failing_step t_invalid_unknown_tool t_invalid_cycle t_planner_failure
        t_columns t_delete_removes_redis_keys t_cancel t_deadline t_missing_pool t_ttl t_wide_bounded_writes t_rbac
-       t_metrics_and_logs)
+       t_metrics_and_logs t_tenancy)
 selected=()
 for t in "${tests[@]}"; do [[ $t == $filter* ]] && selected+=("$t"); done
 op_log=$work/operator.log
@@ -62,21 +62,28 @@ cleanup() {
   for t in "${selected[@]}"; do
     kubectl -n "$prefix-${t//_/-}" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
   done
+  kubectl -n "$prefix-t-tenancy-b" delete agentruns --all --timeout=30s >/dev/null 2>&1
   operator_stop
   for t in "${selected[@]}"; do
     kubectl delete namespace "$prefix-${t//_/-}" --wait=false >/dev/null 2>&1
   done
+  kubectl delete namespace "$prefix-t-tenancy-b" --wait=false >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 ns_of() { echo "$prefix-${1//_/-}"; }
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-args=(--redis-url "$REDIS_URL" --executor-image crane:dev --metrics-addr "127.0.0.1:$metrics_port")
+args=(--redis-url "$REDIS_URL" --executor-image "$CRANE_IMAGE" --metrics-addr "127.0.0.1:$metrics_port")
 for t in "${selected[@]}"; do
   kubectl create namespace "$(ns_of "$t")" >/dev/null
   args+=(--namespace "$(ns_of "$t")")
 done
+# t_tenancy needs a second tenant.
+if [[ " ${selected[*]} " == *" t_tenancy "* ]]; then
+  kubectl create namespace "$(ns_of t_tenancy)-b" >/dev/null
+  args+=(--namespace "$(ns_of t_tenancy)-b")
+fi
 if ! operator_start "$op_log" "${args[@]}"; then
   echo "0 passed, 1 failed"
   exit 1
@@ -255,7 +262,8 @@ t_missing_pool() {
   local ns; ns=$(ns_of "${FUNCNAME[0]}")
   plan_run "$ns" waiting '      - {id: 1, tool: calculator, input: {expression: "6*7"}}' '  workerPool: later
 '
-  wait_until 30 test "$(cond "$ns" waiting Planned reason)" = WorkerPoolNotFound
+  planned_reason_is() { [ "$(cond "$ns" waiting Planned reason)" = "$1" ]; }
+  wait_until 30 planned_reason_is WorkerPoolNotFound
   check "missing pool: Pending with Planned=False reason WorkerPoolNotFound" "Pending False WorkerPoolNotFound" \
     "$(phase "$ns" waiting) $(cond "$ns" waiting Planned status) $(cond "$ns" waiting Planned reason)" "$(why "$ns" waiting)"
   local msg; msg=$(cond "$ns" waiting Planned message)
@@ -337,19 +345,58 @@ t_rbac() {
   can() { kubectl auth can-i --as="$sa" "$@" 2>/dev/null; }
   local allowed="" denied=""
   for a in "patch agentruns.crane.dev/status" "update agentruns.crane.dev/finalizers" "delete agentruns.crane.dev" \
-           "create jobs.batch" "watch workerpools.crane.dev" "create events.events.k8s.io"; do
+           "create jobs.batch" "watch workerpools.crane.dev" "create events.events.k8s.io" \
+           "get secrets" "create secrets" "update secrets" "get namespaces" "list namespaces"; do
     [ "$(can $a -n "$ns")" = yes ] || allowed+="$a; "
   done
-  for a in "get secrets" "list secrets" "create pods" "delete namespaces" "create agentruns.crane.dev" \
+  for a in "delete secrets" "deletecollection secrets" "create pods" "delete namespaces" "create agentruns.crane.dev" \
            "patch workerpools.crane.dev" "create deployments.apps" "create clusterrolebindings.rbac.authorization.k8s.io" \
            "create serviceaccounts/token" "impersonate users" "'*' '*'"; do
     [ "$(eval can $a -n "$ns")" = no ] || denied+="$a; "
   done
   check "rbac: the ServiceAccount may do what the controllers use" "" "$allowed"
   check "rbac: and nothing its ClusterRole does not list" "" "$denied"
-  local out; out=$(KUBECONFIG=$OPERATOR_KUBECONFIG kubectl -n "$ns" get secrets 2>&1)
-  if grep -q Forbidden <<<"$out"; then pass "rbac: the operator's own token is Forbidden secrets"
-  else fail "rbac: the operator's own token is Forbidden secrets" "$out"; fi
+  # Secrets are read (tool headers, model keys) and written (each namespace's crane-redis
+  # login, operator/src/tenancy.rs), never deleted.
+  local out; out=$(KUBECONFIG=$OPERATOR_KUBECONFIG kubectl -n "$ns" delete secret crane-redis --dry-run=server 2>&1)
+  if grep -q Forbidden <<<"$out"; then pass "rbac: the operator's own token is Forbidden to delete secrets"
+  else fail "rbac: the operator's own token is Forbidden to delete secrets" "$out"; fi
+}
+
+# Two tenants: namespace A's Redis login (its crane-redis Secret, as A's pods get it) opens
+# A's keys and none of B's, and cannot submit to B's pool.
+t_tenancy() {
+  local a b; a=$(ns_of "${FUNCNAME[0]}"); b=$a-b
+  pool "$a"; pool "$b"
+  plan_run "$a" mine '      - {id: 1, tool: todo_store.add, input: {title: "a todo of A"}}'
+  plan_run "$b" theirs '      - {id: 1, tool: todo_store.add, input: {title: "a todo of B"}}'
+  wait_until 90 terminal "$a" mine; wait_until 90 terminal "$b" theirs
+  check "tenancy: a run in each namespace Succeeded" "Succeeded Succeeded" "$(phase "$a" mine) $(phase "$b" theirs)" \
+    "$(why "$a" mine; why "$b" theirs)"
+  local user pw
+  user=$(kubectl -n "$a" get secret crane-redis -o jsonpath='{.data.username}' 2>/dev/null | base64 -d)
+  pw=$(kubectl -n "$a" get secret crane-redis -o jsonpath='{.data.password}' 2>/dev/null | base64 -d)
+  if [ -n "$user" ] && [ -n "$pw" ]; then pass "tenancy: the operator wrote namespace A's crane-redis Secret (username, password)"
+  else fail "tenancy: the operator wrote namespace A's crane-redis Secret (username, password)"; return; fi
+  as_a() { REDISCLI_AUTH=$pw redis-cli -u "$REDIS_URL" --user "$user" "$@" 2>&1; }
+  local key_a key_b out
+  key_a=$(redis-cli -u "$REDIS_URL" --scan --pattern "crane:ns:$a:*" 2>/dev/null | head -n 1)
+  key_b=$(redis-cli -u "$REDIS_URL" --scan --pattern "crane:ns:$b:*" 2>/dev/null | head -n 1)
+  [ -n "$key_a" ] && [ -n "$key_b" ] || { fail "tenancy: both namespaces have keys" "A: '$key_a' B: '$key_b'"; return; }
+  check "tenancy: A's login reads A's keys" 1 "$(as_a EXISTS "$key_a")"
+  out=$(as_a EXISTS "$key_b")
+  if grep -q NOPERM <<<"$out"; then pass "tenancy: A's login gets NOPERM on B's key $key_b"
+  else fail "tenancy: A's login gets NOPERM on B's key $key_b" "$out"; fi
+  out=$(as_a SET "crane:ns:$b:planted" x)
+  if grep -q NOPERM <<<"$out"; then pass "tenancy: A's login cannot write into B's keys"
+  else fail "tenancy: A's login cannot write into B's keys" "$out"; fi
+  printf '{"steps": [{"id": 1, "tool": "todo_store.list", "input": {}}]}\n' >"$work/steal.json"
+  local bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
+  if out=$(CRANE_REDIS_USERNAME=$user CRANE_REDIS_PASSWORD=$pw "$bin/crane-executor" submit --redis "$REDIS_URL" \
+      --pool "$b/default" --plan "$work/steal.json" --run-id steal-$$ 2>&1); then
+    fail "tenancy: crane-executor submit --pool B/default with A's login fails" "$out"
+  else pass "tenancy: crane-executor submit --pool B/default with A's login fails"; fi
+  check "tenancy: and leaves nothing in B" "" "$(redis-cli -u "$REDIS_URL" --scan --pattern "crane:ns:$b:{steal-$$}*" 2>/dev/null)"
 }
 
 for t in "${selected[@]}"; do "$t"; done

@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# How people install Crane, checked against the real local kube-apiserver: the Helm chart
-# (lint, schema, server-side dry run, a real `helm install` running a sample AgentRun to
-# Succeeded), config/default through kustomize, the Pod Security `restricted` hardening of
-# every rendered workload, the RBAC kept identical in chart and config/rbac, and the Argo CD
-# health checks. One function per test; `e2e/tests/chart.sh t_helm` runs the tests whose name
-# starts with t_helm. Prints `N passed, M failed`; exits non-zero when any check failed.
-# Uses $KUBECONFIG/$REDIS_URL when set, else the local control plane's (e2e/cluster/env.sh).
+# How people install Crane, checked against the local cluster: the Helm chart (lint, schema,
+# server-side dry run, and a real `helm install` with the chart's defaults and the local image:
+# two operator replicas behind probes and leader election, the bundled Redis with its password
+# and AOF, a sample AgentRun run to Succeeded in the release namespace and in a run namespace),
+# config/default through kustomize, the Pod Security `restricted` hardening of every rendered
+# workload and of the running pods, the RBAC kept identical in chart and config/rbac, and the
+# Argo CD health checks. Every name it creates is its own (namespace, release, kustomize prefix),
+# so it does not depend on what else is installed. One function per test;
+# `e2e/tests/chart.sh t_helm` runs the tests whose name starts with t_helm. Prints
+# `N passed, M failed`; exits non-zero when any check failed. Uses $KUBECONFIG when set, else
+# the local cluster's (e2e/cluster/env.sh).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+if [ -z "${KUBECONFIG:-}" ] || [ -z "${CRANE_IMAGE:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")" || { echo "chart.sh: no local cluster (make cluster-up)"; echo "0 passed, 1 failed"; exit 1; }
 fi
 chart=$root/charts/crane
 ns=crane-chart-$$
 release=chart$$
+fullname=$release-crane
 passed=0 failed=0
 work=$(mktemp -d "${TMPDIR:-/tmp}/crane-chart.XXXXXX")
 
 cleanup() {
   helm uninstall "$release" -n "$ns" --wait --timeout 60s >/dev/null 2>&1 || true
-  kubectl delete namespace "$ns" "$ns-runs" --wait=false >/dev/null 2>&1 || true
+  kubectl delete namespace "$ns" "$ns-runs" "$ns-kustomize" --wait=false >/dev/null 2>&1 || true
+  kubectl delete pv "local-$ns-data-$fullname-redis-0" --wait=false >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -31,19 +37,17 @@ kubectl apply --server-side --force-conflicts -f "$chart/crds/" >/dev/null &&
 
 pass() { passed=$((passed + 1)); echo "ok   $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL $1"; [ -n "${2:-}" ] && sed 's/^/     /' <<<"$2" | head -n 40; return 0; }
+# check NAME WANT GOT
+check() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1 (got '$3', want '$2')"; fi; }
 
-# Values for a chart that works on the local control plane: external Redis (the cluster's),
-# an image name containing "crane" (the process kubelet runs target/debug/<command>), an
-# operator watching only this test's namespace (other suites run operators on this cluster).
+# The chart's defaults except: the image built from this work tree, a run namespace, and an
+# operator watching only this test's namespaces (other suites run operators on this cluster).
 local_values() {
   cat <<VALUES
-image: {repository: crane, tag: dev}
-redis: {bundled: false, external: {url: "$REDIS_URL"}}
+image: {repository: "${CRANE_IMAGE%:*}", tag: "${CRANE_IMAGE##*:}"}
+runNamespaces: [$ns-runs]
 operator:
-  # Process pods share the host network: a second replica would find the port taken.
-  replicas: 1
-  watchNamespaces: [$ns]
-  metricsPort: $1
+  watchNamespaces: [$ns, $ns-runs]
   logLevel: "info,crane_operator=debug"
 VALUES
 }
@@ -167,9 +171,23 @@ t_kustomize_dry_run_server() {
   if ! kubectl kustomize "$root/config/default" >"$work/kustomize.yaml" 2>"$work/err"; then
     fail "kubectl kustomize config/default" "$(cat "$work/err")"; return
   fi
+  # The dry run goes through an overlay with a namespace and a name prefix of this test's own
+  # (kustomize leaves the CRDs' names alone): an install of Crane already on the cluster, such
+  # as `make demo`'s Helm release in crane-system, must not be what the result depends on.
+  mkdir -p "$work/overlay"
+  cat >"$work/overlay/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: $ns-kustomize
+namePrefix: k$$-
+resources: [$(python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$root/config/default" "$work/overlay")]
+YAML
+  if ! kubectl kustomize --load-restrictor=LoadRestrictionsNone "$work/overlay" >"$work/kustomize-private.yaml" 2>"$work/err"; then
+    fail "kubectl kustomize (private overlay of config/default)" "$(cat "$work/err")"; return
+  fi
   # Namespaced objects need their namespace to exist even in a dry run.
-  kubectl get namespace crane-system >/dev/null 2>&1 || kubectl create namespace crane-system >/dev/null
-  if out=$(kubectl apply --dry-run=server -f "$work/kustomize.yaml" 2>&1); then
+  kubectl create namespace "$ns-kustomize" >/dev/null 2>&1
+  if out=$(kubectl apply --dry-run=server -f "$work/kustomize-private.yaml" 2>&1); then
     pass "kubectl kustomize config/default | kubectl apply --dry-run=server"
   else fail "kubectl kustomize config/default | kubectl apply --dry-run=server" "$out"; fi
   local sample
@@ -214,9 +232,12 @@ if a != b:
     print("chart:  ", a); print("config: ", b); sys.exit(1)
 flat = [(g, r, v) for x in a for g in x["apiGroups"] for r in x["resources"] for v in x["verbs"]]
 assert not [f for f in flat if "*" in f], "wildcard in rules"
-assert not [f for f in flat if f[1] in ("secrets", "pods", "pods/exec")], "secrets or pods in rules"
+# Secrets: the namespaces' crane-redis logins are written, never deleted; pods only listed.
+bad = [f for f in flat if (f[1] == "secrets" and f[2] not in ("get", "list", "watch", "create", "update", "patch"))
+       or (f[1] == "pods" and f[2] != "list") or f[1].startswith("pods/")]
+assert not bad, "more than the operator needs on Secrets or Pods: %s" % bad
 PY
-  ); then pass "chart ClusterRole rules == config/rbac/role.yaml, no wildcard, no Secrets or Pods"
+  ); then pass "chart ClusterRole rules == config/rbac/role.yaml, no wildcard, Secrets never deleted, Pods only listed"
   else fail "chart ClusterRole rules differ from config/rbac/role.yaml" "$out"; fi
 }
 
@@ -238,95 +259,63 @@ t_argocd_health() {
   else fail "argocd-cm-patch.yaml is stale" "$out"; fi
 }
 
-# free_port: the control plane's (e2e/cluster/lib.sh), sourced in a subshell so the rest of
-# lib.sh does not touch this script's variables.
-free_port() { (. "$root/e2e/cluster/lib.sh" && free_port "$@"); }
-
-# wait_phase NAME SECONDS: prints the AgentRun's phase once terminal (or the last one seen).
+# wait_phase NS NAME SECONDS: prints the AgentRun's phase once terminal (or the last one seen).
 wait_phase() {
-  local phase="" deadline=$((SECONDS + $2))
+  local phase="" deadline=$((SECONDS + $3))
   while [ "$SECONDS" -lt "$deadline" ]; do
-    phase=$(kubectl -n "$ns" get agentrun "$1" -o jsonpath='{.status.phase}' 2>/dev/null)
+    phase=$(kubectl -n "$1" get agentrun "$2" -o jsonpath='{.status.phase}' 2>/dev/null)
     case $phase in Succeeded | Failed | Cancelled) break ;; esac
     sleep 1
   done
   echo "$phase"
 }
 
-# The bundled Redis's own command line, run with this machine's redis-server (the image is the
-# official one, whose redis-server takes the same options): the password from the Secret is
-# required, AOF is on with fsync every second, and the password is not in any command line.
-t_bundled_redis_command() {
-  local args port dir pid out
-  helm template "$release" "$chart" -n "$ns" >"$work/redis.yaml" 2>/dev/null
-  args=$(python3 -c '
-import sys, yaml
-for d in yaml.safe_load_all(open(sys.argv[1])):
-    if d and d.get("kind") == "StatefulSet":
-        c = d["spec"]["template"]["spec"]["containers"][0]
-        assert c["command"] == ["sh", "-c"], c["command"]
-        print(c["args"][0])
-' "$work/redis.yaml") || { fail "bundled Redis: no StatefulSet command"; return; }
-  port=$(free_port) || { fail "bundled Redis: no free port"; return; }
-  dir=$work/redis-data
-  mkdir -p "$dir"
-  REDIS_PASSWORD='pa55-word_x' setsid sh -c "${args//\/data/$dir} --port $port --bind 127.0.0.1" >"$work/redis.log" 2>&1 &
-  pid=$!
-  local deadline=$((SECONDS + 20))
-  until REDISCLI_AUTH='pa55-word_x' redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; do
-    if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-      fail "bundled Redis command starts" "$(cat "$work/redis.log")"; kill "$pid" 2>/dev/null; return
-    fi
-    sleep 0.2
+# in_ns_restricted NS...: namespaces as `make up` makes them, Pod Security restricted enforced.
+in_ns_restricted() {
+  local n
+  for n in "$@"; do
+    kubectl create namespace "$n" >/dev/null 2>&1
+    kubectl label --overwrite namespace "$n" pod-security.kubernetes.io/enforce=restricted >/dev/null
   done
-  out=$(redis-cli -p "$port" ping 2>&1)
-  if grep -q NOAUTH <<<"$out"; then pass "bundled Redis refuses clients without the password"
-  else fail "bundled Redis answers without the password" "$out"; fi
-  out=$(REDISCLI_AUTH='pa55-word_x' redis-cli -p "$port" config get appendonly appendfsync 2>&1 | tr '\n' ' ')
-  if [ "$out" = "appendonly yes appendfsync everysec " ] || [ "$out" = "appendfsync everysec appendonly yes " ]; then
-    pass "bundled Redis: AOF on, fsync everysec"
-  else fail "bundled Redis persistence settings" "$out"; fi
-  if grep -rqa 'pa55-word_x' /proc/[0-9]*/cmdline 2>/dev/null; then fail "the Redis password shows in a command line"
-  else pass "the Redis password is in no command line"; fi
-  REDISCLI_AUTH='pa55-word_x' redis-cli -p "$port" shutdown nosave >/dev/null 2>&1
-  sleep 0.5
-  kill "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
 }
 
 t_helm_install_runs_a_sample() {
-  local port out phase result
-  port=$(free_port) || { fail "helm install: no free port"; return; }
-  kubectl create namespace "$ns" >/dev/null 2>&1
-  local_values "$port" >"$work/local-values.yaml"
-  if ! out=$(helm install "$release" "$chart" -n "$ns" -f "$work/local-values.yaml" --wait --timeout 120s 2>&1); then
-    fail "helm install" "$out"; return
+  local out phase result ip
+  in_ns_restricted "$ns" "$ns-runs"
+  "$root/e2e/cluster/pv.sh" "$ns" "data-$fullname-redis-0" || { fail "a volume for the bundled Redis"; return; }
+  local_values >"$work/local-values.yaml"
+  if ! out=$(helm install "$release" "$chart" -n "$ns" -f "$work/local-values.yaml" --wait --timeout 180s 2>&1); then
+    fail "helm install" "$out$(kubectl -n "$ns" get pods 2>&1)"; return
   fi
-  pass "helm install (CRDs, operator, RBAC, default WorkerPool)"
+  pass "helm install (CRDs, operator, RBAC, bundled Redis, default WorkerPools)"
   grep -q "rollout status" <<<"$out" && pass "NOTES.txt tells what to run next" || fail "NOTES.txt missing from install output" "$out"
-  local deadline=$((SECONDS + 90))
-  until [ "$(curl -fsS "http://127.0.0.1:$port/readyz" 2>/dev/null)" = ok ]; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      fail "operator /readyz (port $port) is ok" "$(tail -n 20 "$(ls -d "${CRANE_CLUSTER_DIR:-$root/.crane/cluster}"/pods/"$ns"_*operator* 2>/dev/null | head -1)"/operator.log 2>/dev/null)"
-      return
-    fi
-    sleep 1
+  check "operator: both replicas Ready (readiness probe on /readyz)" 2 \
+    "$(kubectl -n "$ns" get deployment "$fullname-operator" -o jsonpath='{.status.readyReplicas}')"
+  ip=$(kubectl -n "$ns" get service "$fullname-operator-metrics" -o jsonpath='{.spec.clusterIP}')
+  check "operator: /readyz through its metrics Service" ok "$(curl -fsS -m 5 "http://$ip:8080/readyz" 2>&1)"
+  local holder; holder=$(kubectl -n "$ns" get lease crane-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)
+  if [ -n "$holder" ] && kubectl -n "$ns" get pod "$holder" >/dev/null 2>&1; then pass "operator: one replica leads (Lease held by pod $holder)"
+  else fail "operator: one replica leads (Lease holder '$holder')"; fi
+  for n in "$ns" "$ns-runs"; do
+    if out=$(kubectl -n "$n" wait --for=condition=Ready workerpool/default --timeout=60s 2>&1); then pass "WorkerPool default is Ready in $n"
+    else fail "WorkerPool default is Ready in $n" "$out$(kubectl -n "$n" get workerpool default -o yaml 2>&1 | tail -n 20)"; fi
   done
-  pass "operator (process pod, its own ServiceAccount token) is ready"
-  if out=$(kubectl -n "$ns" wait --for=condition=Ready workerpool/default --timeout=60s 2>&1); then pass "default WorkerPool is Ready"
-  else fail "default WorkerPool is Ready" "$out$(kubectl -n "$ns" get workerpool default -o yaml 2>&1 | tail -n 20)"; fi
   for f in crane_v1alpha1_agentrun_plan crane_v1alpha1_agentrun_prompt; do
     kubectl -n "$ns" apply -f "$root/config/samples/$f.yaml" >/dev/null || fail "apply $f"
   done
-  phase=$(wait_phase sums 180)
+  # A run namespace needs nothing but the chart's runNamespaces: no pool of its own to create.
+  kubectl -n "$ns-runs" apply -f "$root/config/samples/crane_v1alpha1_agentrun_plan.yaml" >/dev/null || fail "apply in $ns-runs"
+  phase=$(wait_phase "$ns" sums 180)
   result=$(kubectl -n "$ns" get agentrun sums -o jsonpath='{.status.result}' 2>/dev/null)
   if [ "$phase" = Succeeded ] && [ "$result" = 312 ]; then pass "sample plan run Succeeded with result 312"
   else fail "sample plan run: phase '$phase', result '$result' (want Succeeded, 312)" "$(kubectl -n "$ns" get agentrun sums -o yaml 2>&1 | tail -n 30)"; fi
-  phase=$(wait_phase milk 180)
+  phase=$(wait_phase "$ns" milk 180)
   result=$(kubectl -n "$ns" get agentrun milk -o jsonpath='{.status.result}' 2>/dev/null)
   if [ "$phase" = Succeeded ] && grep -q 'Buy milk' <<<"$result"; then pass "sample prompt run Succeeded and lists 'Buy milk'"
   else fail "sample prompt run: phase '$phase', result '$result'" "$(kubectl -n "$ns" get agentrun milk -o yaml 2>&1 | tail -n 30)"; fi
+  phase=$(wait_phase "$ns-runs" sums 180)
+  if [ "$phase" = Succeeded ]; then pass "a run in a runNamespace Succeeded on the chart's WorkerPool there"
+  else fail "a run in a runNamespace: phase '$phase'" "$(kubectl -n "$ns-runs" get agentrun sums -o yaml 2>&1 | tail -n 20)"; fi
   # Re-applying an unchanged run does nothing: no write at all (kubectl may still print
   # "configured": client-side apply replaces the steps list, whose defaults the server adds).
   local rv_before rv_after
@@ -337,24 +326,61 @@ t_helm_install_runs_a_sample() {
   if [ -n "$rv_before" ] && [ "$rv_before" = "$rv_after" ] && [ "$(kubectl -n "$ns" get agentrun sums -o jsonpath='{.status.phase}')" = Succeeded ]; then
     pass "re-applying an unchanged AgentRun writes nothing and does not run it again"
   else fail "re-applying an unchanged AgentRun changed it ($rv_before -> $rv_after)" "$out"; fi
-  # The Jobs the operator built: no token, restricted.
+  # The Jobs the operator built: no token, restricted; the pods that ran: admitted under the
+  # namespace's enforced `restricted` and running with it.
   kubectl -n "$ns" get jobs -o yaml >"$work/jobs.yaml" 2>/dev/null
   if ! grep -q 'kind: Job' "$work/jobs.yaml"; then fail "no planner or worker Jobs found"
   elif out=$(harden <"$work/jobs.yaml") && ! grep -q 'automountServiceAccountToken: true' "$work/jobs.yaml" &&
      [ "$(grep -c 'automountServiceAccountToken: false' "$work/jobs.yaml")" -ge 2 ]; then
     pass "planner and worker Jobs: no service-account token, restricted"
   else fail "planner and worker Jobs are not hardened" "$out"; fi
+  kubectl -n "$ns" get pods -o yaml >"$work/pods.yaml" 2>/dev/null
+  if out=$(harden <"$work/pods.yaml"); then pass "every pod of the release runs restricted ($(grep -c '^  kind: Pod' "$work/pods.yaml") pods)"
+  else fail "pods of the release are not restricted" "$out"; fi
+  # kubectl logs: the operator's JSON lines, a planner's plan, a worker's step lines.
+  local log
+  log=$(kubectl -n "$ns" logs "deployment/$fullname-operator" 2>/dev/null | head -n 1)
+  jq -e .timestamp <<<"$log" >/dev/null 2>&1 && pass "kubectl logs of the operator: JSON lines" || fail "kubectl logs of the operator" "$log"
+  log=$(kubectl -n "$ns" logs job/milk-planner 2>&1)
+  grep -q '"steps"' <<<"$log" && pass "kubectl logs of the planner: the plan" || fail "kubectl logs of the planner" "$log"
+  log=$(kubectl -n "$ns" logs -l app.kubernetes.io/name=crane-worker --tail=-1 2>&1)
+  grep -q '"run finished"' <<<"$log" && pass "kubectl logs of a worker: its runs" || fail "kubectl logs of a worker" "$log"
+}
+
+# The bundled Redis as it runs: the Secret's password required, AOF with fsync every second on
+# its volume, the password in no process's command line (the host sees containers' processes).
+t_bundled_redis() {
+  local ip password out
+  ip=$(kubectl -n "$ns" get service "$fullname-redis" -o jsonpath='{.spec.clusterIP}' 2>/dev/null)
+  password=$(kubectl -n "$ns" get secret "$fullname-redis-admin" -o jsonpath='{.data.password}' 2>/dev/null | base64 -d)
+  [ -n "$ip" ] && [ -n "$password" ] || { fail "bundled Redis: Service and Secret" "ip '$ip'"; return; }
+  out=$(redis-cli -h "$ip" ping 2>&1)
+  if grep -q NOAUTH <<<"$out"; then pass "bundled Redis refuses clients without the password"
+  else fail "bundled Redis answers without the password" "$out"; fi
+  out=$(REDISCLI_AUTH=$password redis-cli -h "$ip" config get appendonly appendfsync 2>&1 | tr '\n' ' ')
+  if [ "$out" = "appendonly yes appendfsync everysec " ] || [ "$out" = "appendfsync everysec appendonly yes " ]; then
+    pass "bundled Redis: AOF on, fsync everysec"
+  else fail "bundled Redis persistence settings" "$out"; fi
+  check "bundled Redis: its data on the PersistentVolume" Bound \
+    "$(kubectl -n "$ns" get pvc "data-$fullname-redis-0" -o jsonpath='{.status.phase}' 2>&1)"
+  if grep -rqaF -- "$password" /proc/[0-9]*/cmdline 2>/dev/null; then fail "the Redis password shows in a command line"
+  else pass "the Redis password is in no command line"; fi
+}
+
+t_helm_uninstall() {
+  local out
   if out=$(helm uninstall "$release" -n "$ns" --wait --timeout 60s 2>&1); then pass "helm uninstall"
-  else fail "helm uninstall" "$out"; fi
-  deadline=$((SECONDS + 30))
-  while ss -Htln "sport = :$port" 2>/dev/null | grep -q . && [ "$SECONDS" -lt "$deadline" ]; do sleep 1; done
-  if ss -Htln "sport = :$port" 2>/dev/null | grep -q .; then fail "operator still listening on $port after uninstall"
-  else pass "operator process is gone after helm uninstall"; fi
+  else fail "helm uninstall" "$out"; return; fi
+  gone() { [ -z "$(kubectl -n "$ns" get pods -l app.kubernetes.io/component=operator -o name 2>/dev/null)" ]; }
+  local deadline=$((SECONDS + 60))
+  until gone || [ "$SECONDS" -ge "$deadline" ]; do sleep 1; done
+  if gone; then pass "the operator pods are gone after helm uninstall"
+  else fail "operator pods still there after helm uninstall" "$(kubectl -n "$ns" get pods 2>&1)"; fi
 }
 
 tests=(t_helm_lint t_helm_schema_rejects_hostile_values t_helm_template_dry_run_server
   t_kustomize_dry_run_server t_hardening t_rbac_same_in_chart_and_config
-  t_crds_in_chart_are_generated t_argocd_health t_bundled_redis_command t_helm_install_runs_a_sample)
+  t_crds_in_chart_are_generated t_argocd_health t_helm_install_runs_a_sample t_bundled_redis t_helm_uninstall)
 for t in "${tests[@]}"; do
   case $t in "${1:-t_}"*) echo "-- $t"; "$t" ;; esac
 done

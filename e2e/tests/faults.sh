@@ -1,34 +1,35 @@
 #!/usr/bin/env bash
-# Faults survived, on the local control plane with real processes killed (issue 7):
-# - Redis killed and restarted from its AOF mid-run: the run continues and succeeds;
-# - Redis restarted EMPTY mid-run: the operator rebuilds the run from its status (completed
-#   steps keep their outputs and do not run again; a step whose mirrored output was
-#   truncated runs again) and it succeeds;
+# Faults survived, on the local cluster, caused the way they happen (issue 7):
+# - Redis's process SIGKILLed mid-run: the kubelet restarts its container, Redis reloads its
+#   AOF from the pod's volume, and the run continues and succeeds;
+# - the Redis pod deleted mid-run: its replacement starts EMPTY; the operator rebuilds the run
+#   from its status (completed steps keep their outputs and do not run again; a step whose
+#   mirrored output was truncated runs again) and it succeeds;
 # - retry from failure: annotation crane.dev/retry on a Failed run re-runs only the failed
 #   and skipped steps, keeping completed ones, and the run succeeds;
-# - a worker POD deleted, and a worker PROCESS SIGKILLed, mid-step: the step is reclaimed
-#   after its lease and completes once; a todo_store.add never adds twice;
+# - a worker POD deleted, and a worker container's PROCESS SIGKILLed, mid-step: the step is
+#   reclaimed after its lease and completes once; a todo_store.add never adds twice;
 # - WorkerPool scale 0 → N → 0: reaction times are measured and printed (not asserted); no
 #   busy worker is killed (every worker Job succeeds, no step runs twice).
 #
-# Every test runs against a PRIVATE redis-server (AOF on, free port) and a second operator
-# process pointed at it that watches only this suite's namespaces, so the cluster's own Redis
-# and operator are never touched; worker pods of those namespaces get the private Redis URL.
+# Every test runs against a PRIVATE Redis (a Deployment in this suite's namespace, AOF with
+# fsync always, behind a Service) and an operator process pointed at its ClusterIP that watches
+# only this suite's namespaces, so the cluster's own Redis is never touched; worker pods of
+# those namespaces get the same URL.
 #
 #   e2e/tests/faults.sh            # every test
 #   e2e/tests/faults.sh t_retry    # tests whose name starts with t_retry
 #
-# Needs a cluster (`make cluster-up`, or CRANE_CLUSTER_DIR=/tmp/x e2e/cluster/up.sh) and
-# `cargo build -p crane-executor -p crane-operator`. Prints figures, then `N passed, M failed`;
-# exits non-zero when any check failed.
+# Needs a cluster (`make cluster-up`, or CRANE_CLUSTER_DIR=/tmp/x e2e/cluster/up.sh), its crane
+# image, and `cargo build -p crane-executor -p crane-operator`. Prints figures, then
+# `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 if [ -z "${KUBECONFIG:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"
-cluster_state=${CRANE_CLUSTER_DIR:-$root/.crane/cluster}
-bin=${CRANE_BIN_DIR:-$root/target/debug}
+bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 prefix=crane-e2e-faults-$$
 work=$(mktemp -d)
 figures=()
@@ -37,24 +38,61 @@ figure() { figures+=("$1"); echo "     figure: $1"; }
 
 now_ms() { date +%s%3N; }
 
-# ---- private Redis (AOF) ------------------------------------------------------------------
+# ---- private Redis (a pod, AOF) ----------------------------------------------------------
 
-redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis_url=redis://127.0.0.1:$redis_port
-redis_pid=""
-rcli() { redis-cli -p "$redis_port" "$@"; }
-
-# start_redis DIR: AOF with fsync on every write, so a SIGKILL loses nothing acknowledged.
-start_redis() {
-  mkdir -p "$1"
-  redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly yes \
-    --appendfsync always --dir "$1" >>"$work/redis.log" 2>&1 &
-  redis_pid=$!
-  wait_until 10 rcli ping
+redis_ns=$prefix-redis
+redis_ip=""
+redis_url=""
+# With a timeout: right after the Redis pod goes, kube-proxy may still send a new connection
+# to the old pod's address, where nothing answers or refuses; without one such a SYN waits for
+# the kernel's connect timeout (a minute or more) instead of the next try.
+rcli() { timeout 3 redis-cli -h "$redis_ip" "$@"; }
+# redis_pod: the running Redis pod that is not on its way out.
+redis_pod() {
+  kubectl -n "$redis_ns" get pods -l app=redis -o json 2>/dev/null |
+    jq -r '[.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running") | .metadata.name][0] // empty'
 }
-kill_redis() {
-  if [ -n "$redis_pid" ]; then kill -KILL "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; fi
-  redis_pid=""
+redis_restarts() { kubectl -n "$redis_ns" get pods -l app=redis -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}' 2>/dev/null; }
+redis_ready() { [ "$(rcli ping 2>/dev/null)" = PONG ]; }
+
+# deploy_redis: AOF with fsync on every write, so a SIGKILL loses nothing acknowledged; the
+# AOF lives in the pod's emptyDir, which outlives a container restart but not the pod.
+deploy_redis() {
+  kubectl create namespace "$redis_ns" >/dev/null 2>&1
+  kubectl -n "$redis_ns" apply -f - >/dev/null <<'YAML' || return 1
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: redis}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: redis}}
+  template:
+    metadata: {labels: {app: redis}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 5
+      securityContext: {runAsNonRoot: true, runAsUser: 999, runAsGroup: 999, fsGroup: 999, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: redis
+          image: docker.io/library/redis:7.4-alpine
+          command: [redis-server, --bind, 0.0.0.0, --protected-mode, "no", --save, "", --appendonly, "yes", --appendfsync, always, --dir, /data]
+          ports: [{name: redis, containerPort: 6379}]
+          readinessProbe: {tcpSocket: {port: redis}, periodSeconds: 1}
+          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+          volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: redis}
+spec:
+  selector: {app: redis}
+  ports: [{name: redis, port: 6379, targetPort: redis}]
+YAML
+  kubectl -n "$redis_ns" rollout status deployment/redis --timeout=60s >/dev/null || return 1
+  redis_ip=$(kubectl -n "$redis_ns" get service redis -o jsonpath='{.spec.clusterIP}')
+  redis_url=redis://$redis_ip:6379
+  wait_until 20 redis_ready
 }
 
 # ---- objects ------------------------------------------------------------------------------
@@ -88,8 +126,10 @@ worker_jobs() { kubectl -n "$1" get jobs -l "app.kubernetes.io/name=crane-worker
 worker_job_count() { worker_jobs "$1" | jq '.items | length'; }
 has_worker_job() { [ "$(worker_job_count "$1")" -ge 1 ]; }
 # The todos of namespace NS in the private Redis, as "id:title" lines.
-todos() { rcli --raw HGETALL "crane:todo:{$1}:items" | paste - - | tr '\t' ':'; }
-todo_count() { rcli HLEN "crane:todo:{$1}:items"; }
+# todo_key NS NAME: a key of the namespace's todo store (its layout: executor/tools/src/todo.rs).
+todo_key() { echo "crane:ns:$1:{todo:$1}:$2"; }
+todos() { rcli --raw HGETALL "$(todo_key "$1" items)" | paste - - | tr '\t' ':'; }
+todo_count() { rcli HLEN "$(todo_key "$1" items)"; }
 # A running worker pod of NS (its name).
 busy_worker_pod() {
   kubectl -n "$1" get pods -l app.kubernetes.io/name=crane-worker \
@@ -100,7 +140,7 @@ busy_worker_pod() {
 
 op_log=$work/operator.log
 start_operator() {
-  local args=(--redis-url "$redis_url" --executor-image crane:dev --metrics-addr 127.0.0.1:0)
+  local args=(--redis-url "$redis_url" --executor-image "$CRANE_IMAGE" --metrics-addr 127.0.0.1:0)
   for n in "${namespaces[@]}"; do args+=(--namespace "$(ns_of "$n")"); done
   operator_start "$op_log" "${args[@]}"
 }
@@ -112,8 +152,8 @@ cleanup() {
     kubectl -n "$(ns_of "$n")" delete agentruns --all --timeout=30s >/dev/null 2>&1
   done
   operator_stop
-  kill_redis
   for n in "${namespaces[@]}"; do kubectl delete namespace "$(ns_of "$n")" --wait=false >/dev/null 2>&1; done
+  kubectl delete namespace "$redis_ns" --wait=false >/dev/null 2>&1
   if [ "$failed" -gt 0 ] && [ -f "$op_log" ]; then
     echo "--- operator log (last 40 lines) ---"; tail -n 40 "$op_log"
   fi
@@ -123,7 +163,8 @@ trap cleanup EXIT
 
 # ---- tests --------------------------------------------------------------------------------
 
-# Redis SIGKILLed mid-run and restarted from its AOF: the run goes on from where it was.
+# Redis's process SIGKILLed mid-run: the kubelet restarts the container, which reloads its AOF;
+# the run goes on from where it was.
 t_redis_aof_restart_runs_continue() {
   local ns; ns=$(ns_of aof)
   pool "$ns" p '{maxWorkers: 2, concurrency: 4, idleTimeoutSeconds: 10}'
@@ -136,10 +177,14 @@ t_redis_aof_restart_runs_continue() {
   if ! wait_until 60 steps_succeeded "$ns" chain 1 2; then
     fail "aof: steps 1-2 succeed before the crash" "$(ar_json "$ns" chain | jq -c .status)"; return
   fi
-  local before; before=$(step_field "$ns" chain 1 '[.attempts, .finishedAt]')
-  kill_redis
-  sleep 1
-  start_redis "$work/aof" || { fail "aof: redis restarts from its AOF" "$(tail -n 5 "$work/redis.log")"; return; }
+  local before restarts pod pid; before=$(step_field "$ns" chain 1 '[.attempts, .finishedAt]')
+  restarts=$(redis_restarts) pod=$(redis_pod)
+  pid=$(container_pid "$redis_ns" "$pod") || { fail "aof: the Redis container's pid"; return; }
+  kill -KILL "$pid"
+  restarted() { [ "$(redis_restarts)" -gt "$restarts" ] && redis_ready; }
+  if wait_until 60 restarted; then pass "aof: the kubelet restarted the SIGKILLed Redis container"
+  else fail "aof: the kubelet restarted the SIGKILLed Redis container" "$(kubectl -n "$redis_ns" describe pod "$pod" | tail -n 10)"; return; fi
+  check "aof: the same pod, not a new one" "$pod" "$(redis_pod)"
   if wait_until 90 phase_is "$ns" chain Succeeded; then pass "aof: the run succeeds after Redis restarted from its AOF"
   else fail "aof: the run succeeds after Redis restarted from its AOF" "$(ar_json "$ns" chain | jq -c .status)"; return; fi
   check "aof: step 1 kept its attempts and finish time" "$before" "$(step_field "$ns" chain 1 '[.attempts, .finishedAt]')"
@@ -149,7 +194,8 @@ t_redis_aof_restart_runs_continue() {
   if [ "${m:-9}" -le 2 ]; then pass "aof: no step took more than 2 attempts (max $m)"; else fail "aof: no step took more than 2 attempts (max $m)"; fi
 }
 
-# Redis restarted EMPTY mid-run: the run is rebuilt from its status and finishes.
+# The Redis pod deleted mid-run: its replacement starts empty (a new emptyDir); the run is
+# rebuilt from its status and finishes.
 t_redis_lost_run_is_rebuilt_from_status() {
   local ns long; ns=$(ns_of empty)
   long=$(printf 'L%.0s' $(seq 1 300)) # a title whose add-output exceeds the 256-byte status cap
@@ -166,10 +212,13 @@ t_redis_lost_run_is_rebuilt_from_status() {
     fail "empty: steps 1, 2, 7 succeed before Redis is lost" "$(ar_json "$ns" rebuild | jq -c .status)"; return
   fi
   check "empty: step 7's output is truncated in status" true "$(step_field "$ns" rebuild 7 .output.truncated)"
-  local before; before=$(step_field "$ns" rebuild 1 '[.attempts, .startedAt, .output]')
-  kill_redis
-  rm -rf "$work/aof" # no AOF: Redis comes back empty (the rebuild log line below proves it)
-  start_redis "$work/aof" || { fail "empty: redis restarts empty"; return; }
+  local before old; before=$(step_field "$ns" rebuild 1 '[.attempts, .startedAt, .output]')
+  old=$(redis_pod)
+  kubectl -n "$redis_ns" delete pod "$old" --wait=false >/dev/null
+  replaced() { local p; p=$(redis_pod); [ -n "$p" ] && [ "$p" != "$old" ] && redis_ready; }
+  local t_del; t_del=$(now_ms)
+  if ! wait_until 90 replaced; then fail "empty: the deleted Redis pod is replaced" "$(kubectl -n "$redis_ns" get pods 2>&1)"; return; fi
+  figure "redis pod deleted → its replacement answers: $(( $(now_ms) - t_del )) ms"
   local t0; t0=$(now_ms)
   if wait_until 120 phase_is "$ns" rebuild Succeeded; then pass "empty: the lost run is rebuilt from its status and succeeds"
   else fail "empty: the lost run is rebuilt from its status and succeeds" "$(ar_json "$ns" rebuild | jq -c .status; grep -i rebuil "$op_log" | tail -n 5)"; return; fi
@@ -181,7 +230,7 @@ t_redis_lost_run_is_rebuilt_from_status() {
   # The fresh Redis holds only what ran after the loss: step 7 again (truncated, so re-run),
   # not step 1 (restored).
   check "empty: only the truncated step's todo was added again" "1" "$(todo_count "$ns")"
-  check "empty: the fresh store holds step 7's todo only" "$long" "$(rcli --raw HVALS "crane:todo:{$ns}:items")"
+  check "empty: the fresh store holds step 7's todo only" "$long" "$(rcli --raw HVALS "$(todo_key "$ns" items)")"
 }
 
 # A Failed run annotated crane.dev/retry re-runs only its failed and skipped steps.
@@ -199,9 +248,9 @@ t_retry_from_failure() {
   check "retry: steps are Succeeded, Failed, Skipped" '"Succeeded","Failed","Skipped"' \
     "$(ar_json "$ns" retry | jq -c '[.status.steps[] | .phase] | join(",")' | sed 's/,/","/g')"
   local before; before=$(step_field "$ns" retry 1 '[.attempts, .finishedAt, .output]')
-  # The todo the failed step wanted, created by hand (the store's layout: tools/todo.rs).
-  rcli INCR "crane:todo:{$ns}:seq" >/dev/null
-  rcli HSET "crane:todo:{$ns}:items" 2 "by hand" >/dev/null
+  # The todo the failed step wanted, created by hand.
+  rcli INCR "$(todo_key "$ns" seq)" >/dev/null
+  rcli HSET "$(todo_key "$ns" items)" 2 "by hand" >/dev/null
   kubectl -n "$ns" annotate agentrun retry crane.dev/retry=t1 >/dev/null
   if wait_until 60 phase_is "$ns" retry Succeeded; then pass "retry: the annotated run succeeds"
   else fail "retry: the annotated run succeeds" "$(ar_json "$ns" retry | jq -c .status)"; return; fi
@@ -223,7 +272,7 @@ t_retry_from_failure() {
 # worker_fault NS HOW: runs a 4 s step and a todo add on a one-worker pool, kills the worker
 # while the 4 s step runs (HOW: delete-pod | sigkill), and checks the outcome.
 worker_fault() {
-  local ns=$1 how=$2 pod pgid t0
+  local ns=$1 how=$2 pod pid t0
   pool "$ns" p '{maxWorkers: 1, concurrency: 2, idleTimeoutSeconds: 10}'
   agentrun "$ns" victim '[
     {"id": 1, "tool": "wait", "input": {"ms": 4000}},
@@ -240,9 +289,9 @@ worker_fault() {
     delete-pod)
       kubectl -n "$ns" delete pod "$pod" --wait=false >/dev/null ;;
     sigkill)
-      pgid=$(cat "$cluster_state/pods/${ns}_${pod}"/*.pid 2>/dev/null | head -n 1)
-      if ! [[ $pgid =~ ^[0-9]+$ ]]; then fail "$how: the worker's pid file" "$(ls "$cluster_state/pods/${ns}_${pod}" 2>&1)"; return; fi
-      kill -KILL -- "-$pgid" ;;
+      pid=$(container_pid "$ns" "$pod")
+      if ! [[ $pid =~ ^[0-9]+$ ]]; then fail "$how: the worker container's pid" "$(kubectl -n "$ns" get pod "$pod" -o yaml | tail -n 20)"; return; fi
+      kill -KILL "$pid" ;;
   esac
   if wait_until 120 phase_is "$ns" victim Succeeded; then pass "$how: the run succeeds after the worker died mid-step"
   else fail "$how: the run succeeds after the worker died mid-step" "$(ar_json "$ns" victim | jq -c .status)"; return; fi
@@ -296,10 +345,10 @@ t_scale_zero_n_zero() {
 for f in "$bin/crane-executor" "$bin/crane-operator"; do
   [ -x "$f" ] || { echo "missing $f: cargo build -p crane-executor -p crane-operator"; exit 2; }
 done
-for tool in redis-server redis-cli jq python3; do
+for tool in redis-cli jq python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool"; exit 2; }
 done
-start_redis "$work/aof" || { echo "cannot start redis-server"; cat "$work/redis.log"; exit 1; }
+deploy_redis || { echo "cannot start the private Redis"; kubectl -n "$redis_ns" get pods; echo "0 passed, 1 failed"; exit 1; }
 for n in "${namespaces[@]}"; do kubectl create namespace "$(ns_of "$n")" >/dev/null; done
 start_operator || exit 1
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # High availability and operator/apiserver faults, on the cluster it is given: operators run
 # as PROCESSES with their own ServiceAccount token (e2e/tests/lib.sh), sharing one Lease in
-# crane-system; worker Jobs run crane-executor under the process kubelet against real Redis.
+# crane-system, and then as the chart's pods; worker Jobs run the crane image against the
+# cluster's Redis.
 #
 #   t_failover        two replicas, one leads (Lease holder, the follower never reconciles);
 #                     SIGKILL the leader mid-run: the other takes over (failover time printed),
@@ -11,6 +12,10 @@
 #   t_apiserver_down  kube-apiserver stopped for 15 s mid-run (e2e/cluster/ctl.sh): the operator
 #                     process survives (it steps down and re-acquires the Lease) and every run
 #                     finishes once the API is back.
+#   t_pods_leader     the chart installed (two operator pods, the local image): the leader
+#                     container's process SIGKILLed mid-run (the kubelet restarts it in the same
+#                     pod, which leads again), then the leader pod deleted mid-run (it releases
+#                     the Lease; the other pod takes over): every run finishes, no step twice.
 #
 # DESTRUCTIVE (stops kube-apiserver): run it on a private cluster while developing,
 #   CRANE_CLUSTER_DIR=/tmp/ha-cluster e2e/cluster/up.sh
@@ -27,7 +32,7 @@ ctl=$root/e2e/cluster/ctl.sh
 ns=crane-e2e-ha-$$
 lease=crane-e2e-ha-$$
 work=$(mktemp -d)
-bin=${CRANE_BIN_DIR:-$root/target/debug}
+bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 filter=${1:-t_}
 
 now() { date +%s.%N; }
@@ -46,7 +51,7 @@ op_start() {
   echo "---- start $(date -u +%T)" >>"$log"
   KUBECONFIG=$kubeconfig RUST_LOG=info,crane_operator=debug POD_NAME=$name \
     CRANE_LEADER_ELECTION_ID=$lease POD_NAMESPACE=crane-system \
-    "$bin/crane-operator" --redis-url "$REDIS_URL" --executor-image crane:dev \
+    "$bin/crane-operator" --redis-url "$REDIS_URL" --executor-image "$CRANE_IMAGE" \
     --namespace "$ns" --metrics-addr "127.0.0.1:$(port)" >>"$log" 2>&1 &
   OP_PID[$name]=$!
   local deadline=$((SECONDS + 60))
@@ -99,7 +104,7 @@ mid_run() { [ "$(ar "$1" '{.status.steps[0].phase}/{.status.steps[3].phase}')" =
 all_mid_run() { local r; for r in "$@"; do mid_run "$r" || return 1; done; }
 # todo_count NAME: todos titled for NAME in the namespace's store (Redis, the source of truth).
 todo_count() {
-  redis-cli -u "$REDIS_URL" hvals "crane:todo:{$ns}:items" 2>/dev/null | grep -c -- "ha-todo-$1\b"
+  redis-cli -u "$REDIS_URL" hvals "crane:ns:$ns:{todo:$ns}:items" 2>/dev/null | grep -c -- "ha-todo-$1\b"
 }
 why() { { kubectl -n "$ns" get agentrun "$1" -o yaml 2>&1 | sed -n '/^status:/,$p' | head -30; } 2>&1; }
 
@@ -118,9 +123,18 @@ check_runs() {
 
 # ---- setup / cleanup ----------------------------------------------------------------------
 
+pods_ns=$ns-pods
+pods_release=ha$$
+
 cleanup() {
   # Whatever happened, leave the cluster healthy: the apiserver back up.
   "$ctl" status kube-apiserver || "$ctl" start kube-apiserver || true
+  if helm status "$pods_release" -n "$pods_ns" >/dev/null 2>&1; then
+    kubectl -n "$pods_ns" delete agentruns --all --wait=false >/dev/null 2>&1
+    kubectl -n "$pods_ns" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
+    helm uninstall "$pods_release" -n "$pods_ns" --wait --timeout 60s >/dev/null 2>&1
+  fi
+  kubectl delete namespace "$pods_ns" --wait=false >/dev/null 2>&1
   [ -n "${OP_PID[*]:-}" ] || op_start cleanup >/dev/null 2>&1 || true
   kubectl -n "$ns" delete agentruns --all --wait=false >/dev/null 2>&1
   kubectl -n "$ns" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
@@ -207,7 +221,53 @@ t_apiserver_down() {
   check "apiserver: operator holds the Lease again" ha-single "$(holder)"
 }
 
-for t in t_failover t_kill_restart t_apiserver_down; do
+# The chart's operator pods, killed the ways pods die.
+t_pods_leader() {
+  local ns=$pods_ns out leader pid t0 r
+  pod_holder() { kubectl -n "$ns" get lease crane-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
+  kubectl create namespace "$ns" >/dev/null 2>&1
+  if ! out=$(helm install "$pods_release" "$root/charts/crane" -n "$ns" --wait --timeout 120s \
+      --set image.repository="${CRANE_IMAGE%:*}" --set image.tag="${CRANE_IMAGE##*:}" \
+      --set redis.bundled=false --set redis.external.url="$REDIS_URL" \
+      --set "operator.watchNamespaces={$ns}" 2>&1); then
+    fail "pods: helm install" "$out"; return
+  fi
+  someone_leads() { [ -n "$(pod_holder)" ]; }
+  wait_until 60 someone_leads
+  leader=$(pod_holder)
+  kubectl -n "$ns" get pod "$leader" >/dev/null 2>&1 || { fail "pods: a pod leads (holder '$leader')"; return; }
+  local runs=(pk1 pk2 pk3 pk4)
+  for r in "${runs[@]}"; do run_create "$r" 4000; done
+  if ! wait_until 90 all_mid_run "${runs[@]}"; then fail "pods: runs reach mid-run" "$(why pk4)"; fi
+  pid=$(container_pid "$ns" "$leader") || { fail "pods: the leader container's pid"; return; }
+  t0=$(now)
+  kill -KILL "$pid"
+  back() {
+    [ "$(kubectl -n "$ns" get pod "$leader" -o jsonpath='{.status.containerStatuses[0].restartCount}/{.status.containerStatuses[0].ready}')" = 1/true ]
+  }
+  if wait_until 90 back; then
+    echo "     figure: leader container SIGKILLed → restarted in its pod and Ready after $(since "$t0") s"
+    pass "pods: the kubelet restarted the SIGKILLed leader in the same pod"
+  else fail "pods: the kubelet restarted the SIGKILLed leader" "$(kubectl -n "$ns" get pods 2>&1)"; fi
+  check "pods: the restarted pod leads again (same identity)" "$leader" "$(pod_holder)"
+  wait_until 120 all_terminal "${runs[@]}"
+  check_runs "pods, leader SIGKILLed" "${runs[@]}"
+
+  runs=(pd1 pd2 pd3 pd4)
+  for r in "${runs[@]}"; do run_create "$r" 4000; done
+  if ! wait_until 90 all_mid_run "${runs[@]}"; then fail "pods: runs reach mid-run again" "$(why pd4)"; fi
+  t0=$(now)
+  kubectl -n "$ns" delete pod "$leader" --wait=false >/dev/null
+  other_leads() { local h; h=$(pod_holder); [ -n "$h" ] && [ "$h" != "$leader" ]; }
+  if wait_until 60 other_leads; then
+    echo "     figure: leader pod deleted → the other pod leads after $(since "$t0") s (the leader releases the Lease on SIGTERM)"
+    pass "pods: the other replica took over from the deleted leader"
+  else fail "pods: the other replica took over (holder '$(pod_holder)')"; fi
+  wait_until 120 all_terminal "${runs[@]}"
+  check_runs "pods, leader pod deleted" "${runs[@]}"
+}
+
+for t in t_failover t_kill_restart t_apiserver_down t_pods_leader; do
   [[ $t == $filter* ]] && "$t"
 done
 

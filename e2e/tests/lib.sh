@@ -6,13 +6,19 @@
 #       OPERATOR_KUBECONFIG and returns once the controllers started (or 1 with the log).
 #   operator_stop                                      SIGTERM, then SIGKILL after 15 s.
 #
+#   container_pid NS POD                               the host pid of the pod's first container
+#       (containerd's view), for killing it the way a crash would.
+#
 #   pass / fail / check / wait_until                  test bookkeeping (see below).
 #
-# Needs KUBECONFIG (admin) and REDIS_URL, e.g. from `eval "$(make -s env)"`.
+# Needs KUBECONFIG (admin), REDIS_URL and CRANE_IMAGE (the crane image loaded into the node,
+# which planner and worker Jobs run), e.g. from `eval "$(make -s env)"`; honours
+# CRANE_CLUSTER_DIR like the cluster scripts.
 
 _crane_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OPERATOR_PID=""
 OPERATOR_KUBECONFIG=""
+CRANE_IMAGE=${CRANE_IMAGE:-$(cat "${CRANE_CLUSTER_DIR:-$_crane_root/.crane/cluster}/crane-image" 2>/dev/null || true)}
 
 # Test bookkeeping shared by the suites: each counts into `passed` / `failed` and ends with
 # `echo "$passed passed, $failed failed"`.
@@ -65,7 +71,7 @@ KUBECONFIG
 
 operator_start() {
   local log=$1; shift
-  local bin=${CRANE_BIN_DIR:-$_crane_root/target/debug}
+  local bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$_crane_root/target}/debug}
   OPERATOR_KUBECONFIG=$(mktemp "${TMPDIR:-/tmp}/crane-operator-kubeconfig.XXXXXX")
   operator_kubeconfig "$OPERATOR_KUBECONFIG" || { echo "operator_start: cannot prepare RBAC/kubeconfig" >&2; return 1; }
   # A Lease of its own unless the caller names one: operators of suites run side by side
@@ -83,6 +89,14 @@ operator_start() {
     fi
     sleep 0.2
   done
+}
+
+container_pid() {
+  local id
+  id=$(kubectl -n "$1" get pod "$2" -o jsonpath='{.status.containerStatuses[0].containerID}' 2>/dev/null)
+  id=${id#containerd://}
+  [ -n "$id" ] || return 1
+  (. "$_crane_root/e2e/cluster/lib.sh" && ctr_node tasks ls 2>/dev/null) | awk -v id="$id" '$1 == id {print $2}'
 }
 
 operator_stop() {

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# WorkerPool controller end to end, on the local control plane: the operator runs as a
-# process with its own ServiceAccount token (e2e/tests/lib.sh), worker Jobs run
-# `crane-executor work` as real processes under the process kubelet, steps go through a real
-# Redis. Checks that a pool creates workers when steps queue, that they run the steps and
-# exit when idle, that a wide plan is spread over several workers (the time is printed, not
-# asserted), that minWorkers is kept without over-creating, that invalid pools are reported,
-# that an AgentRun wakes its pool, that a Redis outage shows in status and heals, and the
-# printer columns.
+# WorkerPool controller end to end, on the local cluster: the operator runs as a process with
+# its own ServiceAccount token (e2e/tests/lib.sh), worker Jobs run `crane-executor work` in the
+# crane image on the node, steps go through the cluster's Redis. Checks that a pool creates
+# workers when steps queue, that they run the steps and exit when idle, that a wide plan is
+# spread over several workers (the time is printed, not asserted), that minWorkers is kept
+# without over-creating, that invalid pools are reported, that an AgentRun wakes its pool, that
+# a Redis outage shows in status and heals, and the printer columns.
 #
 #   e2e/tests/workerpool.sh            # every test
 #   e2e/tests/workerpool.sh t_wide     # tests whose name starts with t_wide
 #
-# Needs `make cluster-up` and `cargo build -p crane-executor -p crane-operator`. Prints
+# Needs `make cluster-up` (which loads the crane image) and
+# `cargo build -p crane-executor -p crane-operator`. Prints
 # `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,7 +19,7 @@ if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"
-bin=${CRANE_BIN_DIR:-$root/target/debug}
+bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 executor=$bin/crane-executor
 prefix=crane-e2e-wp-$$
 work=$(mktemp -d)
@@ -32,7 +32,8 @@ reason_is() { [ "$(ready_reason "$1" "$2")" = "$3" ]; }
 field_is() { [ "$(wp_field "$1" "$2" "$3")" = "$4" ]; }
 workers() { kubectl -n "$1" get jobs -l "app.kubernetes.io/name=crane-worker,crane.dev/pool=$2" -o name 2>/dev/null | grep -c . ; }
 workers_at_least() { [ "$(workers "$1" "$2")" -ge "$3" ]; }
-run_succeeded() { "$executor" status --redis "$REDIS_URL" --run-id "$1" >"$work/$1.json" 2>&1; }
+# run_succeeded RUN-ID NAMESPACE (a run's keys carry its namespace, its pool's)
+run_succeeded() { "$executor" status --redis "$REDIS_URL" --namespace "$2" --run-id "$1" >"$work/$1.json" 2>&1; }
 
 pool() { # NS NAME SPEC-JSON
   printf 'apiVersion: crane.dev/v1alpha1\nkind: WorkerPool\nmetadata: {name: %s}\nspec: %s\n' "$2" "$3" |
@@ -46,7 +47,7 @@ op_log=$work/operator.log
 
 # The operator runs with its own ServiceAccount token (lib.sh), never as admin.
 start_operator() {
-  local args=(--redis-url "$REDIS_URL" --executor-image crane:dev --metrics-addr 127.0.0.1:0)
+  local args=(--redis-url "$REDIS_URL" --executor-image "$CRANE_IMAGE" --metrics-addr 127.0.0.1:0)
   for n in "${namespaces[@]}"; do args+=(--namespace "$prefix-$n"); done
   operator_start "$op_log" "${args[@]}"
 }
@@ -94,7 +95,7 @@ EOF
   fi
   if wait_until 30 workers_at_least "$ns" pool 2; then pass "queued steps create several worker Jobs"
   else fail "queued steps create several worker Jobs (have $(workers "$ns" pool))" "$(kubectl -n "$ns" get workerpool pool -o yaml)"; fi
-  if wait_until 90 run_succeeded "$prefix-join"; then pass "workers run the plan to Succeeded"
+  if wait_until 90 run_succeeded "$prefix-join" "$ns"; then pass "workers run the plan to Succeeded"
   else fail "workers run the plan to Succeeded" "$(cat "$work/$prefix-join.json")"; fi
   check "the join step adds the outputs of steps 1 and 2" 55 \
     "$(jq -r '.steps[] | select(.id == 3) | .output' "$work/$prefix-join.json" 2>/dev/null)"
@@ -158,7 +159,7 @@ t_wide_plan_uses_several_workers() {
   # (IDLE_REQUEUE, 5 s); an AgentRun wakes its pool at once.
   local tw=""
   wait_until 30 workers_at_least "$ns" wide 1 && tw=$(date +%s.%N)
-  if wait_until 120 run_succeeded "$prefix-wide"; then
+  if wait_until 120 run_succeeded "$prefix-wide" "$ns"; then
     t1=$(date +%s.%N)
     pass "wide plan (20 x wait 500 ms + join) Succeeded"
     printf 'info wide plan: %.1f s from submit to Succeeded (first worker Job after %.1f s, %.1f s from then) with %d worker Job(s)\n' \
@@ -264,7 +265,7 @@ t_redis_outage_is_reported() {
   if ! start_own_redis "$port"; then fail "start a private redis-server" "$(cat "$work/redis.log")"; return; fi
   kubectl create namespace "$ns" >/dev/null
   if ! operator_start "$work/operator-outage.log" --redis-url "redis://127.0.0.1:$port" \
-    --executor-image crane:dev --metrics-addr 127.0.0.1:0 --namespace "$ns"; then
+    --executor-image "$CRANE_IMAGE" --metrics-addr 127.0.0.1:0 --namespace "$ns"; then
     fail "start a second operator for the outage test"
   else
     pool "$ns" p '{maxWorkers: 2}'

@@ -1,9 +1,11 @@
-//! The operator's benchmark against a running control plane (driven by e2e/bench/operator.sh,
+//! The operator's benchmark against a running local cluster (driven by e2e/bench/operator.sh,
 //! which starts a private cluster and the operator): AgentRuns/s end to end, apiserver writes
-//! per run, status mirror lag, autoscale reaction, operator RSS, status bytes per step.
-//! Figures only, never assertions; ends with one JSON line.
+//! per run, status mirror lag, autoscale reaction (to the worker Job, and to its pod Running on
+//! the node), operator RSS, status bytes per step. Figures only, never assertions; ends with
+//! one JSON line.
 //!
-//! Env: KUBECONFIG (admin), REDIS_URL, OPERATOR_PID, BENCH_NS, and optional BENCH_RUNS (200),
+//! Env: KUBECONFIG (admin), REDIS_URL, OPERATOR_PID, BENCH_NS, BENCH_CLUSTER_DIR, and optional
+//! BENCH_POD_CGROUP (the node's cgroup root, for the pods' CPU), BENCH_RUNS (200),
 //! BENCH_SOAK_ROUNDS (10), BENCH_SOAK_BATCH (100), BENCH_PRESENT (1000), BENCH_BIG_STEPS (500).
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +16,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crane_operator::{AgentRun, WorkerPool};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::ApiResource;
 use kube::runtime::watcher;
@@ -67,8 +70,10 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// CPU ticks (1/100 s) used so far by each part: the cluster's components (pid files in
-/// BENCH_CLUSTER_DIR/pids), the operator, and worker processes (working directory inside the
-/// cluster's pod directories). Only this cluster's processes: others may share the machine.
+/// BENCH_CLUSTER_DIR/pids), the operator, the node's pods (every process in the kubelet's
+/// cgroup root BENCH_POD_CGROUP: workers, Redis, CoreDNS) and the containerd shims serving
+/// them (their command line names the cluster's directory). Only this cluster's processes:
+/// others may share the machine.
 fn cpu_ticks(cluster: &str, operator: u32) -> BTreeMap<String, u64> {
     let ticks = |pid: u32| -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -98,19 +103,33 @@ fn cpu_ticks(cluster: &str, operator: u32) -> BTreeMap<String, u64> {
             }
         }
     }
-    let pods = format!("{cluster}/pods");
-    let mut workers = 0;
+    let pod_cgroup = std::env::var("BENCH_POD_CGROUP")
+        .ok()
+        .map(|c| format!("/{c}/"));
+    let (mut pods, mut shims) = (0, 0);
     if let Ok(procs) = std::fs::read_dir("/proc") {
         for e in procs.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };
-            if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(&pods)) {
-                workers += ticks(pid);
+            let in_pods = pod_cgroup.as_ref().is_some_and(|c| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|g| g.contains(c))
+            });
+            if in_pods {
+                pods += ticks(pid);
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let shim =
+                cmdline.starts_with("containerd-shim") || cmdline.contains("/containerd-shim");
+            if shim && cmdline.contains(cluster) {
+                shims += ticks(pid);
             }
         }
     }
-    m.insert("pods (workers)".to_owned(), workers);
+    m.insert("pods (workers, Redis, DNS)".to_owned(), pods);
+    m.insert("containerd shims".to_owned(), shims);
     m
 }
 
@@ -553,9 +572,15 @@ async fn main() -> anyhow::Result<()> {
     );
     delete_prefix(&runs_api, "big").await?;
 
-    // ---- 3. autoscale reaction: queue growth -> worker Job created ---------------------
+    // ---- 3. autoscale reaction: queue growth -> worker Job created -> its pod Running ------
     let job_watch_start = Instant::now();
     let mut job_stream = watcher(jobs.clone(), watcher::Config::default()).boxed();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut pod_stream = watcher(
+        pods,
+        watcher::Config::default().labels("crane.dev/pool=cold"),
+    )
+    .boxed();
     let existing: Vec<String> = jobs
         .list(&ListParams::default())
         .await?
@@ -587,6 +612,17 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
+    let mut pod_running = None;
+    while job_seen.is_some() && job_watch_start.elapsed() < Duration::from_secs(90) {
+        let ev = tokio::time::timeout(Duration::from_secs(5), pod_stream.next()).await;
+        let Ok(Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)))) = ev else {
+            continue;
+        };
+        if p.status.and_then(|s| s.phase).as_deref() == Some("Running") {
+            pod_running = Some(now_ms());
+            break;
+        }
+    }
     let scale_uid = uids_of(&runs_api, "scale").await?;
     let mut enq = None;
     if let Some(u) = scale_uid.first() {
@@ -600,16 +636,14 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .flatten();
     }
-    let scale_ms = match (enq, job_seen) {
-        (Some(e), Some(j)) => Some(j.saturating_sub(e)),
-        _ => None,
-    };
-    match scale_ms {
-        Some(ms) => println!(
-            "autoscale reaction (step enqueued in Redis -> worker Job seen by a watch): {ms} ms (target <= 2000)"
+    let since_enqueue = |t: Option<u64>| Some(t?.saturating_sub(enq?));
+    let (scale_ms, pod_ms) = (since_enqueue(job_seen), since_enqueue(pod_running));
+    match (scale_ms, pod_ms) {
+        (Some(job), Some(pod)) => println!(
+            "autoscale reaction, run created (its step queued in Redis) -> worker Job seen by a watch: {job} ms (target <= 2000); -> the Job's pod Running on the node: {pod} ms"
         ),
-        None => println!(
-            "autoscale reaction: not measured (enqueue time {enq:?}, Job seen {job_seen:?})"
+        _ => println!(
+            "autoscale reaction: not measured (enqueue time {enq:?}, Job seen {job_seen:?}, pod Running {pod_running:?})"
         ),
     }
     wait_terminal(&book, &scale_uid).await?;
@@ -697,6 +731,7 @@ async fn main() -> anyhow::Result<()> {
             "mirror_lag_burst_p50_ms": burst50,
             "mirror_lag_burst_p99_ms": burst99,
             "autoscale_reaction_ms": scale_ms,
+            "autoscale_pod_running_ms": pod_ms,
             "rss_idle_mib": mib(rss_idle),
             "rss_after_delete_mib": mib(rss_end),
             "rss_soak_mib": soak.iter().map(|k| mib(*k)).collect::<Vec<_>>(),

@@ -171,6 +171,27 @@ pub struct Config {
     /// environment (crane-telemetry), not a flag.
     #[arg(skip)]
     pub telemetry: crane_telemetry::PodSettings,
+    /// PostgreSQL URL of the run archive (postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=...).
+    /// When set, every AgentRun is written there before its finalizer removes its Redis keys
+    /// (crane-server shows archived runs). Unset: no archive.
+    #[arg(long, env = "CRANE_ARCHIVE_URL", hide_env_values = true)]
+    pub archive_url: Option<String>,
+
+    /// PEM file with the CA of the archive's TLS certificate (default: the system's roots).
+    #[arg(long, env = "CRANE_ARCHIVE_CA_FILE")]
+    pub archive_ca_file: Option<PathBuf>,
+
+    /// Days an archived run is kept (counted from when it was archived); 0 keeps them forever.
+    #[arg(long, env = "CRANE_ARCHIVE_RETENTION_DAYS", default_value_t = 0)]
+    pub archive_retention_days: u32,
+
+    /// Seconds between two retention passes (the leader runs them).
+    #[arg(
+        long,
+        env = "CRANE_ARCHIVE_PRUNE_INTERVAL_SECONDS",
+        default_value_t = 3600
+    )]
+    pub archive_prune_interval_seconds: u64,
 }
 
 impl Config {
@@ -194,6 +215,10 @@ impl Config {
             lease_duration_seconds: 15,
             worker_metrics_port: 0,
             telemetry: crane_telemetry::PodSettings::default(),
+            archive_url: None,
+            archive_ca_file: None,
+            archive_retention_days: 0,
+            archive_prune_interval_seconds: 3600,
         }
     }
 }
@@ -207,6 +232,8 @@ pub struct Context {
     pub redis_client: redis::Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    /// The run archive, when `--archive-url` is set.
+    pub archive: Option<Arc<crate::archive::Archiver>>,
     /// Publishes Kubernetes Events as `crane-operator`, counting repeats into series.
     pub recorder: Recorder,
     /// The run namespaces' Redis logins.
@@ -236,8 +263,15 @@ impl Context {
             redis_client,
             config,
             metrics,
+            archive: None,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// With the run archive: runs are written to it before their Redis keys go.
+    pub fn with_archive(mut self, archive: Arc<crate::archive::Archiver>) -> Self {
+        self.archive = Some(archive);
+        self
     }
 
     /// Creates an Event that is never repeated, such as a run's phase change, without the

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agentrun;
+pub mod archive;
 pub mod catalog;
 pub mod context;
 pub mod controller;
@@ -72,13 +73,29 @@ pub async fn context(config: Config) -> anyhow::Result<Arc<Context>> {
     let redis = crane_engine::connect(&redis_client)
         .await
         .context("connecting to redis")?;
-    Ok(Arc::new(Context::new(
-        client,
-        redis_client,
-        redis,
-        config,
-        Arc::new(Metrics::new()),
-    )))
+    let metrics = Arc::new(Metrics::new());
+    let archiver = match &config.archive_url {
+        Some(url) => {
+            let mut archive = crane_archive::ArchiveConfig::new(url);
+            archive.ca_file = config.archive_ca_file.clone();
+            archive.max_connections = 4;
+            Some(Arc::new(
+                archive::Archiver::new(
+                    &archive,
+                    config.archive_retention_days,
+                    Duration::from_secs(config.archive_prune_interval_seconds),
+                    metrics.clone(),
+                )
+                .context("--archive-url")?,
+            ))
+        }
+        None => None,
+    };
+    let ctx = Context::new(client, redis_client, redis, config, metrics);
+    Ok(Arc::new(match archiver {
+        Some(a) => ctx.with_archive(a),
+        None => ctx,
+    }))
 }
 
 /// The operator process: logs and traces, HTTP endpoints, CRD wait, then both controllers — while
@@ -137,6 +154,11 @@ async fn operate(config: Config) -> anyhow::Result<()> {
 /// Every controller until `shutdown`.
 async fn run_controllers(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<()> {
     tracing::info!("starting controllers");
+    // Retention runs where the controllers run: on the leader only.
+    let pruner = ctx
+        .archive
+        .clone()
+        .map(|a| tokio::spawn(a.prune_loop(shutdown.clone())));
     let (catalogs, tools) = tools_ctl::start(ctx.clone(), shutdown.clone())?;
     let (ar, wp, (), ()) = tokio::join!(
         agentrun::run(ctx.clone(), catalogs.clone(), shutdown.clone()),
@@ -144,6 +166,9 @@ async fn run_controllers(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Resul
         tools,
         ctx.tenancy.clone().run(shutdown.clone()),
     );
+    if let Some(p) = pruner {
+        p.abort();
+    }
     ar.context("agentrun controller")?;
     wp.context("workerpool controller")?;
     Ok(())

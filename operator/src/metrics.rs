@@ -1,9 +1,9 @@
 //! The operator's Prometheus metrics (prefix `crane_operator`): reconciles by controller and
 //! result, reconcile duration, runs by phase, API writes by verb, the planner's tokens by
-//! model, how late progress notifications arrive, and per WorkerPool its queue, workers and
-//! breakers. Labels are bounded values, never run names: the only object names used are
-//! WorkerPools', which are few (like kube-state-metrics' per-Deployment series), and their
-//! series go with the pool.
+//! model, how late progress notifications arrive, per WorkerPool its queue, workers and
+//! breakers, and the run archive's writes, backlog and retention. Labels are bounded values,
+//! never run names: the only object names used are WorkerPools', which are few (like
+//! kube-state-metrics' per-Deployment series), and their series go with the pool.
 
 use std::time::Duration;
 
@@ -44,6 +44,12 @@ pub struct ControllerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// archived, already_archived, or the error's `metric_label()`.
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,6 +123,14 @@ pub struct Metrics {
     pub pool_queue: Family<PoolLabels, Gauge>,
     pub pool_workers: Family<PoolLabels, Gauge>,
     pub pool_breakers: Family<PoolLabels, Gauge>,
+    /// Archive write attempts by result.
+    pub archive_writes: Family<ResultLabels, Counter>,
+    pub archive_write_duration: Histogram,
+    /// Runs whose last archive attempt failed (their AgentRun waits in its finalizer).
+    pub archive_backlog: Gauge,
+    /// Archived runs deleted by retention.
+    pub archive_pruned: Counter,
+    pub archive_prune_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -212,6 +226,36 @@ impl Metrics {
         for (controller, result) in DEPENDENCY_FAILURES {
             let _ = reconciles.get_or_create(&ReconcileLabels { controller, result });
         }
+        let archive_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "archive_writes",
+            "Attempts to write a deleted AgentRun to the archive, by result",
+            archive_writes.clone(),
+        );
+        let archive_write_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "archive_write_duration_seconds",
+            "Time one archive write took (reading the outputs from Redis included)",
+            archive_write_duration.clone(),
+        );
+        let archive_backlog = Gauge::default();
+        registry.register(
+            "archive_backlog",
+            "AgentRuns waiting in their finalizer because the archive write failed",
+            archive_backlog.clone(),
+        );
+        let archive_pruned = Counter::default();
+        registry.register(
+            "archive_pruned_runs",
+            "Archived runs deleted by retention",
+            archive_pruned.clone(),
+        );
+        let archive_prune_failures = Counter::default();
+        registry.register(
+            "archive_prune_failures",
+            "Retention passes that failed",
+            archive_prune_failures.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -227,6 +271,11 @@ impl Metrics {
             pool_queue,
             pool_workers,
             pool_breakers,
+            archive_writes,
+            archive_write_duration,
+            archive_backlog,
+            archive_pruned,
+            archive_prune_failures,
         }
     }
 
@@ -292,6 +341,14 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Counts one archive write attempt and its duration.
+    pub fn archive_write(&self, result: &'static str, took: Duration) {
+        self.archive_writes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.archive_write_duration.observe(took.as_secs_f64());
     }
 
     /// Counts one reconcile and its duration.

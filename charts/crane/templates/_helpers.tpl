@@ -59,13 +59,20 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 
-{{/* Secret name and key holding the Redis password; empty name: no password. */}}
+{{/* Secret name and key holding the operator's Redis password; empty name: no password. Not
+"<fullname>-redis": with the release named crane that is crane-redis, the name of the Secret the
+operator writes in each run namespace (the release namespace is one) with that namespace's login. */}}
 {{- define "crane.redisSecretName" -}}
 {{- if .Values.redis.bundled }}
-{{- default (include "crane.redisFullname" .) .Values.redis.existingSecret }}
+{{- default (printf "%s-admin" (include "crane.redisFullname" .)) .Values.redis.existingSecret }}
 {{- else }}
 {{- .Values.redis.external.passwordSecret.name }}
 {{- end }}
+{{- end }}
+
+{{/* The operator's Redis user; empty: Redis's default user (the bundled Redis's requirepass). */}}
+{{- define "crane.redisUsername" -}}
+{{- if not .Values.redis.bundled }}{{ .Values.redis.external.username }}{{ end }}
 {{- end }}
 
 {{- define "crane.redisSecretKey" -}}

@@ -1,5 +1,5 @@
-//! Test harness for component tests: real Redis servers on free loopback ports. That is all it
-//! starts; the local control plane that controller and end-to-end tests run against is
+//! Test harness for component tests: real Redis servers on free loopback ports (and a real
+//! PostgreSQL for the run archive, [`PostgresServer`]). That is all it starts; the local control plane that controller and end-to-end tests run against is
 //! `e2e/cluster/` (`make cluster-up`).
 //!
 //! `RedisServer` runs Debian's `redis-server` in the foreground (`--daemonize no`), each in
@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod fake_llm;
+mod postgres;
 mod servers;
+pub use postgres::PostgresServer;
 pub use servers::{McpEverything, SERVER_EVERYTHING_VERSION};
 
 /// How long a server may take to answer PING (loading a large AOF included).

@@ -105,9 +105,48 @@ struct CachedBreaker {
     open_until: Instant,
 }
 
+/// The worker's connection for ordinary commands, renewed when Redis refuses its login.
+///
+/// A `ConnectionManager` reconnects by itself only after I/O errors: a reconnect that Redis
+/// answers with an authentication error (a namespace's Redis user is gone after a Redis
+/// restart, until the operator re-creates it) leaves it failing every call for good. The
+/// worker then connects anew, once the login works again, and every user of the connection
+/// takes the current one for each round of work.
+struct SharedConn {
+    client: redis::Client,
+    current: Mutex<ConnectionManager>,
+}
+
+impl SharedConn {
+    fn get(&self) -> ConnectionManager {
+        lock(&self.current).clone()
+    }
+
+    /// After `e`: when Redis refused the login, connects anew (kept only if it works now).
+    async fn renew_if_refused(&self, e: &EngineError) -> bool {
+        if !login_refused(e) {
+            return false;
+        }
+        match connect(&self.client).await {
+            Ok(conn) => {
+                info!("redis accepts the login again: renewed the connection");
+                *lock(&self.current) = conn;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Redis refused the credentials (not a network problem, which the connection survives).
+fn login_refused(e: &EngineError) -> bool {
+    matches!(e, EngineError::Redis { source, .. }
+        if source.kind() == redis::ErrorKind::AuthenticationFailed)
+}
+
 struct Inner {
     config: WorkerConfig,
-    conn: ConnectionManager,
+    conn: Arc<SharedConn>,
     toolbox: Arc<Toolbox>,
     /// Runners of the tools runs bind and of model calls; none: only built-ins run.
     connectors: Option<Arc<dyn Connectors>>,
@@ -151,6 +190,10 @@ impl Worker {
         let (release_tx, _) = watch::channel(false);
         // The completer ends when the worker is gone (every sender dropped).
         let (completions, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(SharedConn {
+            client: client.clone(),
+            current: Mutex::new(conn),
+        });
         tokio::spawn(completer(
             conn.clone(),
             config.pool.clone(),
@@ -243,12 +286,21 @@ impl Worker {
                     if let EngineError::Redis { source, .. } = &e
                         && source.code() == Some("NOGROUP")
                     {
-                        let mut conn = inner.conn.clone();
+                        let mut conn = inner.conn.get();
                         if let Err(e) = ensure_group(&mut conn, &inner.config.pool).await {
                             warn!(error = %e, "cannot recreate the consumer group");
                         }
                     } else {
                         warn!(error = %e, "reading the queue failed; retrying");
+                        if inner.conn.renew_if_refused(&e).await
+                            && let Ok(c) = connect_with(
+                                &inner.conn.client,
+                                inner.config.block + Duration::from_secs(5),
+                            )
+                            .await
+                        {
+                            self.read_conn = c;
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -344,7 +396,7 @@ async fn handle_hints(
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
     let cfg = &inner.config;
-    let mut conn = inner.conn.clone();
+    let mut conn = inner.conn.get();
     let mut parked = Vec::new();
     let mut held = Vec::new();
     // Per run, in order of first appearance: the hints and their owner tokens.
@@ -560,7 +612,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
                         let runners = crate::call::Runners {
                             toolbox: &inner.toolbox,
                             connectors: inner.connectors.as_ref(),
-                            conn: inner.conn.clone(),
+                            conn: inner.conn.get(),
                             release: inner.release_tx.subscribe(),
                         };
                         crate::call::attempt(runners, &keys, &ctx, &s, Json::Object(input)).await
@@ -583,7 +635,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
             tracing::Span::current().record("outcome", "released");
             release(
                 inner,
-                &mut inner.conn.clone(),
+                &mut inner.conn.get(),
                 &keys,
                 hint,
                 owner,
@@ -600,7 +652,7 @@ async fn run_step(inner: &Arc<Inner>, hint: &Hint, owner: &str, started: Started
         Attempt::Held { due, why } => {
             release(
                 inner,
-                &mut inner.conn.clone(),
+                &mut inner.conn.get(),
                 &keys,
                 hint,
                 owner,
@@ -754,7 +806,7 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Under load this is what keeps Redis's single thread from paying a script call's fixed
 /// cost per step; when idle, a lone completion goes out at once.
 async fn completer(
-    mut conn: ConnectionManager,
+    conn: Arc<SharedConn>,
     pool: PoolName,
     breaker: BreakerConfig,
     mut rx: mpsc::UnboundedReceiver<Completion>,
@@ -771,12 +823,12 @@ async fn completer(
                 Err(_) => break,
             }
         }
-        complete_batch(&mut conn, &pool, &breaker, batch).await;
+        complete_batch(&conn, &pool, &breaker, batch).await;
     }
 }
 
 async fn complete_batch(
-    conn: &mut ConnectionManager,
+    conn: &SharedConn,
     pool: &PoolName,
     breaker: &BreakerConfig,
     batch: Vec<Completion>,
@@ -848,7 +900,7 @@ async fn complete_batch(
     let mut states: HashMap<String, (BreakerPhase, u64)> = HashMap::new();
     if !afters.is_empty() {
         let calls = vec![pool_after(pool, breaker, &afters)];
-        match run_with(conn, calls, notify, "queueing the next steps").await {
+        match run_with(&mut conn.get(), calls, notify, "queueing the next steps").await {
             Ok(updates) => {
                 for u in updates.into_iter().flatten() {
                     states.insert(u.tool, (u.phase, u.remaining_open_ms));
@@ -869,15 +921,16 @@ async fn complete_batch(
 /// Completions survive short Redis outages (a restart): the calls are retried for a while; a
 /// retry after an applied-but-unanswered call comes back `stale` and is harmless.
 async fn complete_with_retry(
-    conn: &mut ConnectionManager,
+    conn: &SharedConn,
     calls: Vec<Call<Vec<CompleteReply>>>,
 ) -> Option<Vec<Vec<CompleteReply>>> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..40 {
-        match run_all(conn, calls.clone(), "completing steps").await {
+        match run_all(&mut conn.get(), calls.clone(), "completing steps").await {
             Ok(r) => return Some(r),
             Err(e) => {
                 warn!(error = %e, "completing steps failed; retrying");
+                conn.renew_if_refused(&e).await;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
@@ -898,7 +951,7 @@ async fn park_for_approval(
     attempt: u32,
     gate: &str,
 ) {
-    let mut conn = inner.conn.clone();
+    let mut conn = inner.conn.get();
     match scripts::gate(keys, &hint.step, owner, attempt, gate)
         .run(&mut conn, "parking a step for approval")
         .await
@@ -988,7 +1041,6 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let lease = cfg.engine.lease;
     let heartbeat_every = (lease / 3).max(Duration::from_millis(50));
     let reclaim_every = (lease / 2).max(Duration::from_millis(50));
-    let mut conn = inner.conn.clone();
     let mut last_heartbeat = Instant::now();
     let mut last_reclaim = Instant::now();
     let mut last_breakers = Instant::now() - Duration::from_secs(10);
@@ -1000,6 +1052,7 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(Duration::from_millis(25)) => {}
         }
         while reclaim_tasks.try_join_next().is_some() {}
+        let mut conn = inner.conn.get();
         if let Err(e) = promote_due(&mut conn, &cfg.pool, 500).await {
             debug!(error = %e, "promoting retries failed");
         }

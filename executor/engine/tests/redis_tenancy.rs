@@ -228,3 +228,58 @@ async fn a_recreated_namespace_starts_empty_and_a_deleted_one_leaves_nothing() {
         Some(1)
     );
 }
+
+/// Redis forgets the namespace's user (a restart without ACL persistence) while a worker runs:
+/// its connections are refused until the operator re-creates the user, and then it works
+/// again by itself. A `ConnectionManager` alone would keep failing every call: it reconnects
+/// only after I/O errors, and the refused reconnect is not one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_comes_back_when_its_forgotten_login_is_restored() {
+    let mut e = redis_common::engine(false).await;
+    let workers = e
+        .spawn_workers(
+            1,
+            e.worker_config(2),
+            std::sync::Arc::new(crane_tools::in_memory()),
+        )
+        .await;
+    let user = tenancy::username(NAMESPACE);
+    // ACL DELUSER also closes the user's connections: the worker reconnects and is refused
+    // for longer than its connections retry on their own.
+    let _: redis::Value = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut e.admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    tenancy::ensure_user(&mut e.admin, NAMESPACE, &[redis_common::PASSWORD])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let keys = e.keys("after-restore");
+    api::init_run(
+        &mut e.admin,
+        &keys,
+        &e.pool,
+        &plan(json!([{"id": 1, "tool": "calculator", "input": {"expression": "6*7"}}])),
+        &options(),
+        &EngineConfig::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let report = api::wait_for_run(
+        &e.admin_client,
+        &mut e.admin,
+        &keys,
+        Some(std::time::Duration::from_secs(30)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the run did not finish: {e}"));
+    assert_eq!(
+        report.phase,
+        crane_core::run::RunPhase::Succeeded,
+        "{report:#?}"
+    );
+    workers.stop().await;
+}

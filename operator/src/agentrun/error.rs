@@ -29,6 +29,8 @@ pub enum Error {
     Status(#[from] ApiError),
     #[error("setting up the namespace's Redis login: {0}")]
     Tenancy(#[source] crate::tenancy::Error),
+    #[error("archiving the run: {0}")]
+    Archive(#[from] crate::archive::ArchiveRunError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -43,6 +45,7 @@ impl Error {
             Self::Engine { .. } => "engine",
             Self::Status(_) => "status",
             Self::Tenancy(_) => "tenancy",
+            Self::Archive(_) => "archive",
             Self::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),

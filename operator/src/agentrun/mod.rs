@@ -3,7 +3,8 @@
 //! pass of [`phases::advance`] (what the phase asks for next, using the pure builders of
 //! [`build`] and [`recovery`] for lost or retried runs) and hands the resulting status to
 //! [`status::StatusWriter`] (one server-side-apply patch when it changed, and an Event on a
-//! phase change). The finalizer `crane.dev/cleanup` removes the run's Redis keys.
+//! phase change). The finalizer `crane.dev/cleanup` writes the run to the archive (when one
+//! is configured, [`crate::archive`]) and then removes the run's Redis keys.
 //!
 //! Following one AgentRun: `reconcile` → `phases::advance` → (`build`, `cluster`,
 //! `recovery`) → `status::StatusWriter::write`. Following one step's progress:
@@ -379,11 +380,15 @@ fn run_keys(run: &AgentRun, uid: &str) -> Result<RunKeys, Error> {
         .map_err(engine_err("naming the run's keys"))
 }
 
-/// Removes the run's Redis keys (idempotent).
+/// Archives the run (when an archive is configured), then removes its Redis keys. Both are
+/// idempotent; a failed archive write keeps the finalizer, so the run is retried, not lost.
 async fn cleanup(run: &AgentRun, reconciler: &Reconciler) -> Result<Action, Error> {
     if let Some(uid) = run.metadata.uid.as_deref() {
         let mut redis = reconciler.ctx.redis();
         let keys = run_keys(run, uid)?;
+        if let Some(archiver) = &reconciler.ctx.archive {
+            archiver.archive_run(run, &keys, &mut redis).await?;
+        }
         crane_engine::delete_run(&mut redis, &keys)
             .await
             .map_err(engine_err("deleting the run's redis keys"))?;
