@@ -367,6 +367,23 @@ pub fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
 }
 
+/// Serves `app` on a free loopback port in the current runtime (a test's own tool service);
+/// its address.
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => panic!("serve: cannot bind: {e}"),
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => panic!("serve: {e}"),
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

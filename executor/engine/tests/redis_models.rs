@@ -285,13 +285,7 @@ async fn http_tools_a_run_binds_are_run_and_their_inputs_checked() {
             )
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = crane_testkit::serve(app).await;
     let mut e = engine(false).await;
     let workers = e.spawn_workers(1, e.worker_config(4), toolbox()).await;
     let spec = ToolSpec {

@@ -699,8 +699,14 @@ mod tests {
             action
         }
 
-        /// A worker on `team-a/default` until the returned sender is dropped or fires.
-        async fn spawn_worker(&self) -> tokio::sync::oneshot::Sender<()> {
+        /// A worker on `team-a/default` until the returned sender is dropped or fires; the
+        /// handle ends when the worker has.
+        async fn spawn_worker(
+            &self,
+        ) -> (
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<Result<crane_engine::worker::WorkerSummary, EngineError>>,
+        ) {
             let pool = PoolName::parse("team-a/default").unwrap_or_else(|e| panic!("{e}"));
             let mut config = WorkerConfig::new(pool);
             config.idle_timeout = None;
@@ -714,10 +720,10 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("worker: {e}"));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(worker.run(async move {
+            let handle = tokio::spawn(worker.run(async move {
                 let _ = stopped.await;
             }));
-            stop
+            (stop, handle)
         }
 
         /// Advances `run` until `done` holds of it (a panic after 20 s).
@@ -739,22 +745,7 @@ mod tests {
 
         /// Runs workers on `ns/default` until the run of `keys` is finished in the engine.
         async fn work_until_finished(&self, keys: &RunKeys) {
-            let pool = PoolName::parse("team-a/default").unwrap_or_else(|e| panic!("{e}"));
-            let mut config = WorkerConfig::new(pool);
-            config.idle_timeout = None;
-            config.block = Duration::from_millis(100);
-            let worker = Worker::new(
-                &self.client,
-                Arc::new(crane_tools::in_memory()),
-                config,
-                Arc::new(Metrics::new()),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("worker: {e}"));
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let handle = tokio::spawn(worker.run(async move {
-                let _ = stopped.await;
-            }));
+            let (stop, handle) = self.spawn_worker().await;
             let mut redis = self.redis.clone();
             let report = crane_engine::wait_for_run(
                 &self.client,
