@@ -153,9 +153,10 @@ t_helm_template_dry_run_server() {
       fail "helm template ($v)" "$out"; continue
     fi
     if [ "$v" = llm-runns-monitor ] && ! kubectl get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1; then
-      # No Prometheus Operator here: check the rest server-side, the ServiceMonitor by kind only.
+      # No Prometheus Operator here: check the rest server-side, its kinds (ServiceMonitor,
+      # PodMonitor, PrometheusRule) by kind only.
       grep -q '^kind: ServiceMonitor' "$work/$v.yaml" || { fail "ServiceMonitor not rendered"; continue; }
-      python3 -c 'import sys,yaml; print("---\n".join(yaml.safe_dump(d) for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind")!="ServiceMonitor"))' \
+      python3 -c 'import sys,yaml; print("---\n".join(yaml.safe_dump(d) for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("apiVersion")!="monitoring.coreos.com/v1"))' \
         "$work/$v.yaml" >"$work/$v.server.yaml"
     else
       cp "$work/$v.yaml" "$work/$v.server.yaml"
