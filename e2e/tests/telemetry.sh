@@ -13,7 +13,7 @@
 #
 #   e2e/tests/telemetry.sh
 #
-# Needs `make cluster-up`, `cargo build --workspace`, prometheus/promtool (apt) and Go for the
+# Needs `make cluster-up` (which loads the crane image), `cargo build --workspace`, prometheus/promtool (apt) and Go for the
 # collector's first build. Prints `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,9 +24,12 @@ fi
 ns=crane-e2e-tel-$$
 work=$(mktemp -d)
 bin=${CRANE_BIN_DIR:-$root/target/debug}
-# Pods reach servers on this machine at its address (127.0.0.1 with the process kubelet);
-# the servers listen on every address.
-host=${CRANE_HOST_IP:-127.0.0.1}
+# Pods on the node reach servers on this machine at CRANE_HOST_IP (the host end of the node's
+# veth); the servers listen on every address, so the operator (a process here) and Prometheus
+# reach them too. Prometheus scrapes the worker pods at their pod IPs, which the host routes
+# to the node.
+host=${CRANE_HOST_IP:?CRANE_HOST_IP (this host as pods see it) is needed; see e2e/cluster/env.sh}
+image=${CRANE_IMAGE:?CRANE_IMAGE (the crane image loaded into the node) is needed; see e2e/cluster/env.sh}
 pids=()
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
@@ -109,7 +112,7 @@ metrics_port=$(free_port)
 worker_metrics_port=$(free_port)
 export OTEL_EXPORTER_OTLP_ENDPOINT=http://$host:$otlp_port OTEL_BSP_SCHEDULE_DELAY=200
 op_log=$work/operator.log
-if ! operator_start "$op_log" --redis-url "$REDIS_URL" --executor-image crane:dev \
+if ! operator_start "$op_log" --redis-url "$REDIS_URL" --executor-image "$image" \
   --metrics-addr "127.0.0.1:$metrics_port" --namespace "$ns" \
   --worker-metrics-port "$worker_metrics_port" \
   --llm-base-url "http://$host:$llm_port" --llm-model fake-small; then

@@ -88,13 +88,14 @@ wait_until 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$mcp_port" || { echo "server-e
 args=(--redis-url "$REDIS_URL" --executor-image "$CRANE_IMAGE")
 for t in "${selected[@]}"; do
   kubectl create namespace "$prefix-${t//_/-}" >/dev/null
-  pool "$prefix-${t//_/-}"
   args+=(--namespace "$prefix-${t//_/-}")
 done
 if ! operator_start "$op_log" "${args[@]}"; then
   echo "0 passed, 1 failed"
   exit 1
 fi
+# WorkerPools once operator_start has installed the CRDs.
+for t in "${selected[@]}"; do pool "$prefix-${t//_/-}"; done
 ns_of() { echo "$prefix-${1//_/-}"; }
 
 # ---- tests --------------------------------------------------------------------------------

@@ -68,12 +68,15 @@ fn runtime_default() -> SeccompProfile {
     }
 }
 
-/// Pod-level settings: non-root, RuntimeDefault seccomp.
+/// Pod-level settings: non-root, RuntimeDefault seccomp, and volumes group-owned by the
+/// pod's group: the kubelet writes Secret volumes as root with the mode asked for (0440 for
+/// tool Secrets), which the non-root user reads only through this `fsGroup`.
 fn restricted_pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS_USER),
         run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
         seccomp_profile: Some(runtime_default()),
         ..PodSecurityContext::default()
     }

@@ -557,24 +557,7 @@ impl Toolbox {
         tool: &str,
         input: Value,
     ) -> Result<Value, ToolError> {
-        let span = tracing::info_span!(
-            "execute_tool",
-            otel.name = %format_args!("execute_tool {tool}"),
-            gen_ai.operation.name = "execute_tool",
-            gen_ai.tool.name = %tool,
-            gen_ai.tool.type = "function",
-            gen_ai.tool.call.id = %format_args!("{}/{}/{}", ctx.run_id, ctx.step_id, ctx.attempt),
-            error.type = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            otel.status_description = tracing::field::Empty,
-        );
-        let result = self.run(ctx, tool, input).instrument(span.clone()).await;
-        if let Err(e) = &result {
-            span.record("error.type", e.metric_label());
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", tracing::field::display(e));
-        }
-        result
+        traced(ctx, tool, self.run(ctx, tool, input)).await
     }
 
     async fn run(&self, ctx: &ToolContext, tool: &str, input: Value) -> Result<Value, ToolError> {
@@ -588,6 +571,36 @@ impl Toolbox {
             .map_err(|problems| ToolError::InvalidInput(problems.join("; ")))?;
         runner.execute(ctx, input).await
     }
+}
+
+/// Runs `call` (one call of `tool`) in an `execute_tool {tool}` span (OpenTelemetry GenAI
+/// conventions: `gen_ai.tool.name`, and `error.type` with an error status when it fails).
+/// [`Toolbox::call`] uses it, and so must every other way a step calls a tool (the
+/// namespace's bound HTTP and MCP tools), so each attempt has its tool span and the called
+/// service sees that span in `traceparent`.
+pub async fn traced(
+    ctx: &ToolContext,
+    tool: &str,
+    call: impl std::future::Future<Output = Result<Value, ToolError>>,
+) -> Result<Value, ToolError> {
+    let span = tracing::info_span!(
+        "execute_tool",
+        otel.name = %format_args!("execute_tool {tool}"),
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = %tool,
+        gen_ai.tool.type = "function",
+        gen_ai.tool.call.id = %format_args!("{}/{}/{}", ctx.run_id, ctx.step_id, ctx.attempt),
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let result = call.instrument(span.clone()).await;
+    if let Err(e) = &result {
+        span.record("error.type", e.metric_label());
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", tracing::field::display(e));
+    }
+    result
 }
 
 /// `/a/0/b~1c` -> `input.a[0]["b/c"]`-ish: dotted for plain names, brackets for indices, and
@@ -876,5 +889,83 @@ mod tests {
         )]);
         assert_eq!(more.catalog().len(), 2);
         assert_eq!(more.call(&ctx, "echo", json!({})).await, Ok(json!({})));
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    //! What [`traced`] puts on the `execute_tool` span, as a subscriber sees it.
+
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    use super::*;
+
+    /// Every span opened and every field recorded, as `name=value` lines.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    struct Fields<'a>(&'a mut Vec<String>);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push(format!("{}={value:?}", field.name()));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.push(format!("{}={value}", field.name()));
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Seen {
+        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+            let mut seen = self.0.lock().unwrap();
+            seen.push(format!("span {}", attrs.metadata().name()));
+            attrs.record(&mut Fields(&mut seen));
+        }
+        fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            values.record(&mut Fields(&mut self.0.lock().unwrap()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_outside_the_toolbox_gets_its_tool_span_and_error_status() {
+        let seen = Seen::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(seen.clone()));
+        let ctx = ToolContext::adhoc();
+        let ok = traced(&ctx, "adder", async { Ok(json!({"sum": 42})) }).await;
+        assert_eq!(ok.unwrap(), json!({"sum": 42}));
+        let lines = std::mem::take(&mut *seen.0.lock().unwrap());
+        assert!(lines.contains(&"span execute_tool".to_owned()), "{lines:?}");
+        assert!(
+            lines.contains(&"otel.name=execute_tool adder".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"gen_ai.tool.name=adder".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.starts_with("error.type")),
+            "{lines:?}"
+        );
+
+        let err = traced(&ctx, "adder", async {
+            Err(ToolError::Transient("503 from the server".into()))
+        })
+        .await;
+        assert!(err.is_err());
+        let lines = std::mem::take(&mut *seen.0.lock().unwrap());
+        let label = ToolError::Transient(String::new()).metric_label();
+        assert!(lines.contains(&format!("error.type={label}")), "{lines:?}");
+        assert!(
+            lines.contains(&"otel.status_code=ERROR".to_owned()),
+            "{lines:?}"
+        );
     }
 }

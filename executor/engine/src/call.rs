@@ -16,7 +16,7 @@ use crate::scripts::{Charge, acquire, reserve, settle, unacquire};
 use crane_core::builtins::{APPROVAL, DEFAULT_APPROVAL_TIMEOUT_SECONDS, LLM};
 use crane_core::model::{ModelConfig, Usage};
 use crane_core::run::{Gate, OnTimeout};
-use crane_core::tool::{Catalog, Connectors, ToolContext, ToolError, Toolbox};
+use crane_core::tool::{Catalog, Connectors, ToolContext, ToolError, Toolbox, traced};
 
 /// How an attempt ended.
 pub(crate) enum Attempt {
@@ -175,10 +175,13 @@ pub(crate) async fn attempt(
                     .binding
                     .as_ref()
                     .ok_or_else(|| ToolError::Failed(format!("tool {tool:?} has no binding")))?;
-                Catalog::new([spec.clone()])
-                    .check_input(tool, &input)
-                    .map_err(|p| ToolError::InvalidInput(p.join("; ")))?;
-                connectors.runner(binding)?.execute(ctx, input).await
+                traced(ctx, tool, async move {
+                    Catalog::new([spec.clone()])
+                        .check_input(tool, &input)
+                        .map_err(|p| ToolError::InvalidInput(p.join("; ")))?;
+                    connectors.runner(binding)?.execute(ctx, input).await
+                })
+                .await
             }
             None => r.toolbox.call(ctx, tool, input).await,
         }

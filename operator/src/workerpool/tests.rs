@@ -865,6 +865,17 @@ fn workers_mount_the_secrets_tool_headers_reference() {
         (secret.secret_name.as_deref(), secret.optional),
         (Some("weather"), Some(true))
     );
+    // The kubelet writes the files as root with this mode: the worker, not root, reads
+    // them through its group, which must own the volume (fsGroup).
+    let mode = secret.default_mode.unwrap_or(0o644);
+    assert_eq!(mode & 0o007, 0, "not readable by others: {mode:o}");
+    assert_ne!(mode & 0o040, 0, "group-readable: {mode:o}");
+    let security = pod.security_context.clone().unwrap_or_default();
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(
+        security.fs_group, security.run_as_group,
+        "the Secret files belong to the worker's group"
+    );
     let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
     assert_eq!(mounts[1].mount_path, "/var/run/crane/secrets/mcp-key");
     assert_eq!(mounts[1].read_only, Some(true));
