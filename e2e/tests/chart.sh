@@ -193,9 +193,9 @@ YAML
   else fail "kubectl kustomize config/default | kubectl apply --dry-run=server" "$out"; fi
   local sample
   kubectl create namespace "$ns-runs" >/dev/null 2>&1
-  for sample in "$root"/config/samples/*.yaml; do
-    if out=$(kubectl apply --dry-run=server -n "$ns-runs" -f "$sample" 2>&1); then pass "sample $(basename "$sample") is accepted"
-    else fail "sample $(basename "$sample") is rejected" "$out"; fi
+  for sample in "$root"/config/samples/*.yaml "$root"/config/samples/*/*.yaml; do
+    if out=$(kubectl apply --dry-run=server -n "$ns-runs" -f "$sample" 2>&1); then pass "sample ${sample#"$root"/config/samples/} is accepted"
+    else fail "sample ${sample#"$root"/config/samples/} is rejected" "$out"; fi
   done
 }
 
