@@ -17,7 +17,8 @@ bin=${CRANE_BIN_DIR:-$release}
 export CRANE_BIN_DIR=$bin
 
 if [ "$bin" = "$release" ]; then
-  cargo build --release --locked -q -p crane-operator -p crane-executor --bins
+  # Every binary the image carries (e2e/cluster/images.sh), or no image is built.
+  cargo build --release --locked -q -p crane-operator -p crane-executor -p crane-server -p kubectl-crane --bins
 fi
 cargo build --release --locked -q -p crane-operator --example bench_operator
 
