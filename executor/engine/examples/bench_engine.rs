@@ -415,33 +415,9 @@ async fn tool_overhead(
     };
     let plan: Plan =
         serde_json::from_value(json!({"steps": [{"id": 1, "tool": name, "input": input}]}))?;
-    let mut crane = Vec::with_capacity(n);
-    for i in 0..=n {
-        let keys = RunKeys::new("bench", &format!("t-{}-{i}", pool.name()))?;
-        let t0 = Instant::now();
-        init_run(
-            &mut conn,
-            &keys,
-            &pool,
-            &plan,
-            &options,
-            &EngineConfig::default(),
-        )
-        .await?;
-        let report = wait_for_run(&client, &mut conn, &keys, Some(Duration::from_secs(60))).await?;
-        anyhow::ensure!(
-            report.phase == RunPhase::Succeeded,
-            "a {name} run ended {:?}: {:?}",
-            report.phase,
-            report.error
-        );
-        if i > 0 {
-            crane.push(t0.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
+    let crane = one_step_runs(&client, &mut conn, &pool, &plan, &options, n).await?;
     workers_pool.stop().await;
     direct.sort_by(f64::total_cmp);
-    crane.sort_by(f64::total_cmp);
     Ok((direct, crane))
 }
 
@@ -492,34 +468,41 @@ async fn llm_overhead(server: &RedisServer, n: usize) -> Result<(Vec<f64>, Vec<f
     };
     let plan: Plan =
         serde_json::from_value(json!({"steps": [{"id": 1, "tool": "llm", "input": input}]}))?;
-    let mut crane = Vec::with_capacity(n);
+    let crane = one_step_runs(&client, &mut conn, &pool, &plan, &options, n).await?;
+    workers_pool.stop().await;
+    direct.sort_by(f64::total_cmp);
+    Ok((direct, crane))
+}
+
+/// Latencies (ms, sorted) of `n` one-step runs of `plan` on `pool`, each from just before its
+/// submit to its end as the run's waiter sees it; one more run before them warms up (a first
+/// MCP session, the first connections) and is not counted.
+async fn one_step_runs(
+    client: &redis::Client,
+    conn: &mut ConnectionManager,
+    pool: &PoolName,
+    plan: &Plan,
+    options: &RunOptions,
+    n: usize,
+) -> Result<Vec<f64>> {
+    let mut took = Vec::with_capacity(n);
     for i in 0..=n {
-        let keys = RunKeys::new("bench", &format!("l-{i}"))?;
+        let keys = RunKeys::new("bench", &format!("one-{}-{i}", pool.name()))?;
         let t0 = Instant::now();
-        init_run(
-            &mut conn,
-            &keys,
-            &pool,
-            &plan,
-            &options,
-            &EngineConfig::default(),
-        )
-        .await?;
-        let report = wait_for_run(&client, &mut conn, &keys, Some(Duration::from_secs(60))).await?;
+        init_run(conn, &keys, pool, plan, options, &EngineConfig::default()).await?;
+        let report = wait_for_run(client, conn, &keys, Some(Duration::from_secs(60))).await?;
         anyhow::ensure!(
             report.phase == RunPhase::Succeeded,
-            "an llm run ended {:?}: {:?}",
+            "a run of {pool} ended {:?}: {:?}",
             report.phase,
             report.error
         );
         if i > 0 {
-            crane.push(t0.elapsed().as_secs_f64() * 1000.0);
+            took.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    workers_pool.stop().await;
-    direct.sort_by(f64::total_cmp);
-    crane.sort_by(f64::total_cmp);
-    Ok((direct, crane))
+    took.sort_by(f64::total_cmp);
+    Ok(took)
 }
 
 /// A local HTTP tool answering `{"sum": a + b}`; returns its URL.
