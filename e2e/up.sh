@@ -72,11 +72,12 @@ if ! out=$(helm upgrade --install "$release" "$root/charts/crane" -n "$ns" -f "$
 fi
 kubectl -n "$ns" wait --for=condition=Ready workerpool/default --timeout=60s >/dev/null
 
-# REDIS_URL in `make -s env` now names the Redis Crane uses (the bundled one, with its password).
-password=$(kubectl -n "$ns" get secret "$release-redis-admin" -o jsonpath='{.data.password}' | base64 -d)
+# REDIS_URL and CRANE_REDIS_PASSWORD_FILE in `make -s env` now name the Redis Crane uses (the
+# bundled one) and its admin password.
 redis_ip=$(kubectl -n "$ns" get service "$release-redis" -o jsonpath='{.spec.clusterIP}')
-echo "redis://default:$password@$redis_ip:6379" >"$state/crane-redis-url"
-chmod 600 "$state/crane-redis-url"
+(umask 077 && kubectl -n "$ns" get secret "$release-redis-admin" -o jsonpath='{.data.password}' |
+  base64 -d >"$state/crane-redis-password")
+echo "redis://$redis_ip:6379" >"$state/crane-redis-url"
 
 ready=1
 say "ready in $((SECONDS - t0)) s: operator $(kubectl -n "$ns" get deployment "$release-operator" -o jsonpath='{.status.readyReplicas}')/2 ready, bundled Redis, WorkerPool default in $ns${run_namespaces:+ and $run_namespaces}"

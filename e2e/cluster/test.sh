@@ -375,6 +375,20 @@ t_services_dns_and_host_routes() {
   grep -q '^from the host$' <<<"$out" || fail "a pod could not reach the host at $HOST_IP: $out" || return 1
 }
 
+# The cluster's Redis serves only who knows its password, which is in no manifest or argument.
+t_redis_requires_password() {
+  local pw out
+  pw=$(cat "$state/redis-password") || fail "no $state/redis-password" || return 1
+  out=$(env -u REDISCLI_AUTH redis-cli -h "$REDIS_IP" get x 2>&1)
+  grep -q NOAUTH <<<"$out" || fail "without a password Redis answered: $out" || return 1
+  out=$(REDISCLI_AUTH=wrong redis-cli -h "$REDIS_IP" ping 2>&1)
+  grep -q WRONGPASS <<<"$out" || fail "a wrong password got: $out" || return 1
+  [ "$(REDISCLI_AUTH=$pw redis-cli -h "$REDIS_IP" ping 2>&1)" = PONG ] || fail "the password file's password is refused" || return 1
+  out=$(kubectl -n crane-local get deployment redis -o json)
+  grep -qF "$pw" <<<"$out" && { fail "the password is in the Deployment"; return 1; }
+  return 0
+}
+
 t_exec_and_logs() {
   local ns=t-exec-$run_id out
   mkns "$ns" || return 1
@@ -462,7 +476,7 @@ if [ "$started" = 1 ]; then
   fi
   # The other cluster still works after this one went: its DNS answers through its Service.
   if [ -n "${other_index:-}" ]; then
-    if CRANE_CLUSTER_DIR=$other bash -c ". '$here/lib.sh'; load_ports; redis-cli -h \$REDIS_IP ping | grep -q PONG &&
+    if CRANE_CLUSTER_DIR=$other bash -c ". '$here/lib.sh'; load_ports; REDISCLI_AUTH=\$(cat \$state/redis-password) redis-cli -h \$REDIS_IP ping | grep -q PONG &&
          KUBECONFIG=\$state/kubeconfig kubectl -n kube-system get pods -l k8s-app=kube-dns -o jsonpath='{.items[0].status.containerStatuses[0].ready}' | grep -q true"; then
       passed=$((passed + 1)); echo "ok   t_down_spares_the_other_cluster"
     else

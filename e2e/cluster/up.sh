@@ -5,7 +5,8 @@
 # - one real node in a network namespace of its own, joined to the host by a veth pair:
 #   containerd + runc, the kubelet (in a private mount namespace, so its kernel tunables never
 #   touch the host), kube-proxy (iptables, inside the namespace) and a CNI bridge;
-# - CoreDNS and a Redis (Service `redis` in namespace crane-local, no password) as pods;
+# - CoreDNS and a Redis (Service `redis` in namespace crane-local; its default user's password
+#   in $CRANE_CLUSTER_DIR/redis-password) as pods;
 # - the images (e2e/cluster/images.sh), the crane image built from target/debug's binaries.
 # Idempotent: when everything already runs it only says so. Every start is a fresh cluster
 # (the state directory is recreated). A failed start tears down whatever it started.
@@ -352,17 +353,28 @@ wait_until 60 kubelet node_ready
 echo "  node ready at $((SECONDS - t0)) s" >&2
 
 # ---- add-ons: CoreDNS and the cluster's Redis ----------------------------------------------
-sed -e "s|@DNS_IP@|$DNS_IP|g" -e "s|@COREDNS_IMAGE@|$coredns_image|g" -e "s|@REDIS_IP@|$REDIS_IP|g" \
-  "$here/addons.yaml" | kubectl_admin apply -f - >"$state/logs/addons.log" 2>&1 || fail "add-ons not applied" addons
+# The Redis's password: made once per cluster directory, readable by this user only.
+if [ ! -s "$state/redis-password" ]; then
+  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$state/redis-password")
+fi
+redis_password=$(cat "$state/redis-password")
+{
+  sed -e "s|@DNS_IP@|$DNS_IP|g" -e "s|@COREDNS_IMAGE@|$coredns_image|g" -e "s|@REDIS_IP@|$REDIS_IP|g" \
+    "$here/addons.yaml"
+  # printf is a builtin: the password is in no process's arguments.
+  printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: redis-config, namespace: crane-local}\ndata: {redis.conf: %s}\n' \
+    "$(printf 'requirepass %s\n' "$redis_password" | base64 -w0)"
+} | kubectl_admin apply -f - >"$state/logs/addons.log" 2>&1 || fail "add-ons not applied" addons
 kubectl_admin -n kube-system rollout status deployment/coredns --timeout=90s >>"$state/logs/addons.log" 2>&1 ||
   fail "CoreDNS not ready" addons
 kubectl_admin -n crane-local rollout status deployment/redis --timeout=90s >>"$state/logs/addons.log" 2>&1 ||
   fail "Redis not ready" addons
 # From the host through the Service: the route into the node and kube-proxy's rules work.
-wait_until 30 kube-proxy redis-cli -h "$REDIS_IP" ping
+redis_pong() { [ "$(REDISCLI_AUTH=$redis_password redis-cli -h "$REDIS_IP" ping 2>/dev/null)" = PONG ]; }
+wait_until 30 kube-proxy redis_pong
 # Pods need their namespace's default ServiceAccount, made by the controller manager.
 wait_until 30 kube-controller-manager kubectl_admin get serviceaccount default -n default
 echo "  CoreDNS and Redis ready at $((SECONDS - t0)) s" >&2
 
 ready=1
-echo "cluster up in $((SECONDS - t0)) s: KUBECONFIG=$state/kubeconfig REDIS_URL=redis://$REDIS_IP:6379 CRANE_HOST_IP=$HOST_IP" >&2
+echo "cluster up in $((SECONDS - t0)) s: KUBECONFIG=$state/kubeconfig REDIS_URL=redis://$REDIS_IP:6379 CRANE_REDIS_PASSWORD_FILE=$state/redis-password CRANE_HOST_IP=$HOST_IP" >&2

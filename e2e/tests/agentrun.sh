@@ -11,7 +11,7 @@
 # `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ] || [ -z "${CRANE_REDIS_PASSWORD_FILE:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"
@@ -392,7 +392,9 @@ t_tenancy() {
   else fail "tenancy: A's login cannot write into B's keys" "$out"; fi
   printf '{"steps": [{"id": 1, "tool": "todo_store.list", "input": {}}]}\n' >"$work/steal.json"
   local bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
-  if out=$(CRANE_REDIS_USERNAME=$user CRANE_REDIS_PASSWORD=$pw "$bin/crane-executor" submit --redis "$REDIS_URL" \
+  # Only A's login: not the admin password file the suites' environment names.
+  if out=$(env -u CRANE_REDIS_PASSWORD_FILE CRANE_REDIS_USERNAME="$user" CRANE_REDIS_PASSWORD="$pw" \
+      "$bin/crane-executor" submit --redis "$REDIS_URL" \
       --pool "$b/default" --plan "$work/steal.json" --run-id steal-$$ 2>&1); then
     fail "tenancy: crane-executor submit --pool B/default with A's login fails" "$out"
   else pass "tenancy: crane-executor submit --pool B/default with A's login fails"; fi

@@ -11,7 +11,7 @@
 # Prints `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ] || [ -z "${CRANE_REDIS_PASSWORD_FILE:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"

@@ -56,9 +56,13 @@ redis_restarts() { kubectl -n "$redis_ns" get pods -l app=redis -o jsonpath='{.i
 redis_ready() { [ "$(rcli ping 2>/dev/null)" = PONG ]; }
 
 # deploy_redis: AOF with fsync on every write, so a SIGKILL loses nothing acknowledged; the
-# AOF lives in the pod's emptyDir, which outlives a container restart but not the pod.
+# AOF lives in the pod's emptyDir, which outlives a container restart but not the pod. Its
+# password is the cluster Redis's (CRANE_REDIS_PASSWORD_FILE), which the operator and redis-cli
+# already use.
 deploy_redis() {
   kubectl create namespace "$redis_ns" >/dev/null 2>&1
+  kubectl -n "$redis_ns" create secret generic redis-config \
+    --from-file=redis.conf=<(printf 'requirepass %s\n' "$(cat "$CRANE_REDIS_PASSWORD_FILE")") >/dev/null || return 1
   kubectl -n "$redis_ns" apply -f - >/dev/null <<'YAML' || return 1
 apiVersion: apps/v1
 kind: Deployment
@@ -75,12 +79,12 @@ spec:
       containers:
         - name: redis
           image: docker.io/library/redis:7.4-alpine
-          command: [redis-server, --bind, 0.0.0.0, --protected-mode, "no", --save, "", --appendonly, "yes", --appendfsync, always, --dir, /data]
+          command: [redis-server, /etc/redis/redis.conf, --bind, 0.0.0.0, --protected-mode, "no", --save, "", --appendonly, "yes", --appendfsync, always, --dir, /data]
           ports: [{name: redis, containerPort: 6379}]
           readinessProbe: {tcpSocket: {port: redis}, periodSeconds: 1}
           securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
-          volumeMounts: [{name: data, mountPath: /data}]
-      volumes: [{name: data, emptyDir: {}}]
+          volumeMounts: [{name: data, mountPath: /data}, {name: config, mountPath: /etc/redis, readOnly: true}]
+      volumes: [{name: data, emptyDir: {}}, {name: config, secret: {secretName: redis-config, defaultMode: 0440}}]
 ---
 apiVersion: v1
 kind: Service

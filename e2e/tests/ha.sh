@@ -24,7 +24,7 @@
 # -p crane-operator`. Prints `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ] || [ -z "${CRANE_REDIS_PASSWORD_FILE:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"
@@ -226,9 +226,11 @@ t_pods_leader() {
   local ns=$pods_ns out leader pid t0 r
   pod_holder() { kubectl -n "$ns" get lease crane-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
   kubectl create namespace "$ns" >/dev/null 2>&1
+  kubectl -n "$ns" create secret generic redis-admin --from-file=password="$CRANE_REDIS_PASSWORD_FILE" >/dev/null
   if ! out=$(helm install "$pods_release" "$root/charts/crane" -n "$ns" --wait --timeout 120s \
       --set image.repository="${CRANE_IMAGE%:*}" --set image.tag="${CRANE_IMAGE##*:}" \
       --set redis.bundled=false --set redis.external.url="$REDIS_URL" \
+      --set redis.external.passwordSecret.name=redis-admin \
       --set "operator.watchNamespaces={$ns}" 2>&1); then
     fail "pods: helm install" "$out"; return
   fi

@@ -11,9 +11,9 @@
 #
 #   pass / fail / check / wait_until                  test bookkeeping (see below).
 #
-# Needs KUBECONFIG (admin), REDIS_URL and CRANE_IMAGE (the crane image loaded into the node,
-# which planner and worker Jobs run), e.g. from `eval "$(make -s env)"`; honours
-# CRANE_CLUSTER_DIR like the cluster scripts.
+# Needs KUBECONFIG (admin), REDIS_URL with CRANE_REDIS_PASSWORD_FILE (its admin password), and
+# CRANE_IMAGE (the crane image loaded into the node, which planner and worker Jobs run), e.g.
+# from `eval "$(make -s env)"`; honours CRANE_CLUSTER_DIR like the cluster scripts.
 
 _crane_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OPERATOR_PID=""

@@ -12,7 +12,7 @@
 # Prints `N passed, M failed`; exits non-zero when any check failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+if [ -z "${KUBECONFIG:-}" ] || [ -z "${REDIS_URL:-}" ] || [ -z "${CRANE_REDIS_PASSWORD_FILE:-}" ]; then
   eval "$("$root/e2e/cluster/env.sh")"
 fi
 . "$root/e2e/tests/lib.sh"
@@ -38,7 +38,7 @@ plan_run() {
     "$2" "${4:-}" "$3" | kubectl -n "$1" apply -f - >/dev/null
 }
 
-tests=(t_http_tool t_mcp_server t_model_and_budget t_tenancy)
+tests=(t_http_tool t_deleted_tool t_mcp_server t_model_and_budget t_tenancy)
 selected=()
 for t in "${tests[@]}"; do [[ $t == $filter* ]] && selected+=("$t"); done
 op_log=$work/operator.log
@@ -129,6 +129,31 @@ YAML
   if [ "$(phase "$ns" bad)" = Failed ] && grep -q 'input.a' <<<"$err"; then
     pass "an input the Tool's schema refuses fails before anything is sent, saying where"
   else fail "an input the Tool's schema refuses fails before anything is sent, saying where" "$(why "$ns" bad)"; fi
+}
+
+# A run keeps the bindings it was planned with; deleting the Tool mid-run still stops its
+# later steps from calling it, with an error that says so.
+t_deleted_tool() {
+  local ns; ns=$(ns_of "${FUNCNAME[0]}")
+  printf 'apiVersion: crane.dev/v1alpha1\nkind: Tool\nmetadata: {name: adder}\nspec:\n  description: Adds.\n  inputSchema: {type: object}\n  http: {url: "http://%s:%s/add", method: POST}\n' \
+    "$host" "$http_port" | kubectl -n "$ns" apply -f - >/dev/null
+  wait_until 60 ready "$ns" tool adder || { fail "Tool adder Ready" "$(kubectl -n "$ns" get tool adder -o yaml)"; return; }
+  plan_run "$ns" gone '      - {id: 1, tool: adder, input: {a: 1, b: 1}}
+      - {id: 2, tool: wait, input: {ms: 6000}, dependsOn: [1]}
+      - {id: 3, tool: adder, input: {a: 1, b: 2}, dependsOn: [2]}'
+  step2_running() { [ "$(ar_field "$ns" gone '{.status.steps[1].phase}')" = Running ]; }
+  wait_until 120 step2_running || { fail "the run reaches its wait step" "$(why "$ns" gone)"; return; }
+  kubectl -n "$ns" delete tool adder >/dev/null
+  wait_until 60 terminal "$ns" gone
+  local got; got=$(ar_field "$ns" gone '{.status.phase} {.status.steps[0].phase} {.status.steps[2].phase}')
+  local err; err=$(ar_field "$ns" gone '{.status.steps[2].error}')
+  if [ "$got" = "Failed Succeeded Failed" ] && grep -qF "Tool $ns/adder was deleted after this run was planned" <<<"$err"; then
+    pass "a Tool deleted mid-run fails the later steps that use it, saying so"
+  else fail "a Tool deleted mid-run fails the later steps that use it, saying so (got '$got')" "$(why "$ns" gone)"; fi
+  plan_run "$ns" after '      - {id: 1, tool: adder, input: {a: 1, b: 2}}'
+  wait_until 60 terminal "$ns" after
+  check "a new run naming it is InvalidPlan" "Failed InvalidPlan" \
+    "$(ar_field "$ns" after '{.status.phase} {.status.conditions[?(@.type=="Failed")].reason}')" "$(why "$ns" after)"
 }
 
 t_mcp_server() {

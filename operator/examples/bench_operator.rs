@@ -4,9 +4,10 @@
 //! the node), operator RSS, status bytes per step. Figures only, never assertions; ends with
 //! one JSON line.
 //!
-//! Env: KUBECONFIG (admin), REDIS_URL, OPERATOR_PID, BENCH_NS, BENCH_CLUSTER_DIR, and optional
-//! BENCH_POD_CGROUP (the node's cgroup root, for the pods' CPU), BENCH_RUNS (200),
-//! BENCH_SOAK_ROUNDS (10), BENCH_SOAK_BATCH (100), BENCH_PRESENT (1000), BENCH_BIG_STEPS (500).
+//! Env: KUBECONFIG (admin), REDIS_URL, CRANE_REDIS_PASSWORD_FILE, OPERATOR_PID, BENCH_NS,
+//! BENCH_CLUSTER_DIR, and optional BENCH_POD_CGROUP (the node's cgroup root, for the pods'
+//! CPU), BENCH_RUNS (200), BENCH_SOAK_ROUNDS (10), BENCH_SOAK_BATCH (100), BENCH_PRESENT
+//! (1000), BENCH_BIG_STEPS (500).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -317,7 +318,13 @@ async fn main() -> anyhow::Result<()> {
     let runs_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
     let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &wp);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let redis = redis::Client::open(redis_url.as_str())?;
+    let auth = crane_engine::api::Auth {
+        username: None,
+        password: std::env::var_os("CRANE_REDIS_PASSWORD_FILE")
+            .map(|path| crane_engine::api::read_password_file(path.as_ref()))
+            .transpose()?,
+    };
+    let redis = crane_engine::api::client(&redis_url, &auth)?;
     let mut rconn = redis.get_multiplexed_async_connection().await?;
 
     // One warm pool for throughput (a worker is already running, so the figure is the

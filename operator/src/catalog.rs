@@ -6,13 +6,19 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crane_engine::tombstones;
+use futures::FutureExt;
+use redis::aio::ConnectionManager;
+use tracing::{info, warn};
 
 use crane_core::model::{ModelConfig, ModelLimits};
-use crane_core::tool::{Binding, Catalog, Header, SecretKey, ToolSpec};
+use crane_core::tool::{Binding, Catalog, Header, SecretKey, ToolSource, ToolSpec};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
-use crate::controller::condition;
+use crate::controller::{Shutdown, condition};
 use crane_api::{
     CONDITION_TOOL_READY, HeaderSpec, MCPServer, Model, SecretKeySelector, Tool, mcp_tool_name,
 };
@@ -128,6 +134,87 @@ impl Catalogs {
     }
 }
 
+/// How often the caches are compared with the tool objects known before: the bound on how
+/// long a deleted object's tools can still be called by runs planned before.
+pub const DELETIONS_EVERY: Duration = Duration::from_secs(1);
+
+impl Catalogs {
+    /// UID → namespace of every Tool and MCPServer in the caches.
+    fn live_objects(&self) -> HashMap<String, String> {
+        let entry =
+            |meta: &kube::api::ObjectMeta| Some((meta.uid.clone()?, meta.namespace.clone()?));
+        self.tools
+            .iter()
+            .flat_map(Store::state)
+            .filter_map(|t| entry(&t.metadata))
+            .chain(
+                self.servers
+                    .iter()
+                    .flat_map(Store::state)
+                    .filter_map(|s| entry(&s.metadata)),
+            )
+            .collect()
+    }
+
+    /// Records in Redis every Tool and MCPServer that goes away (`crane_engine::tombstones`),
+    /// so workers stop calling its tools for runs planned before, until `shutdown`. Deletions
+    /// while no operator ran are found by comparing with the objects Redis knew of. `scope`:
+    /// the watched namespaces (empty: all).
+    pub async fn record_deletions(
+        self: Arc<Self>,
+        mut redis: ConnectionManager,
+        scope: Vec<String>,
+        shutdown: Shutdown,
+    ) {
+        // An unfilled cache would look like every object was deleted.
+        let ready = futures::future::join_all(
+            self.tools
+                .iter()
+                .map(|s| s.wait_until_ready().boxed())
+                .chain(self.servers.iter().map(|s| s.wait_until_ready().boxed())),
+        );
+        tokio::select! {
+            _ = ready => {}
+            () = shutdown.wait() => return,
+        }
+        let in_scope = |ns: &str| scope.is_empty() || scope.iter().any(|s| s == ns);
+        let mut known: Option<HashMap<String, String>> = None;
+        loop {
+            let result = async {
+                let before = match known.take() {
+                    Some(k) => k,
+                    None => tombstones::known(&mut redis).await?,
+                };
+                let now = self.live_objects();
+                let added: Vec<(&str, &str)> = now
+                    .iter()
+                    .filter(|(uid, _)| !before.contains_key(*uid))
+                    .map(|(u, n)| (u.as_str(), n.as_str()))
+                    .collect();
+                let deleted: Vec<(&str, &str)> = before
+                    .iter()
+                    .filter(|(uid, ns)| !now.contains_key(*uid) && in_scope(ns))
+                    .map(|(u, n)| (u.as_str(), n.as_str()))
+                    .collect();
+                for (uid, ns) in &deleted {
+                    info!(namespace = %ns, uid = %uid, "a tool object was deleted: its tools fail from now on");
+                }
+                tombstones::record(&mut redis, &added, &deleted, crane_engine::time::now_ms()).await?;
+                Ok::<_, crane_engine::EngineError>(now)
+            }
+            .await;
+            match result {
+                Ok(now) => known = Some(now),
+                Err(e) => warn!(error = %e, "cannot record deleted tool objects; retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(DELETIONS_EVERY) => {}
+                () = shutdown.wait() => return,
+            }
+        }
+    }
+}
+
 /// Built-ins first (a Tool cannot take a built-in's name), then Tools, then MCP tools; only
 /// objects whose Ready condition is True count.
 pub fn build(tools: &[Arc<Tool>], servers: &[Arc<MCPServer>]) -> Catalog {
@@ -178,7 +265,16 @@ pub fn tool_spec(tool: &Tool) -> ToolSpec {
         headers: headers(&tool.spec.http.headers),
         timeout_seconds: tool.spec.http.timeout_seconds,
     });
+    spec.source = source("Tool", tool);
     spec
+}
+
+fn source<K: kube::Resource>(kind: &str, object: &K) -> Option<ToolSource> {
+    Some(ToolSource {
+        kind: kind.to_owned(),
+        name: object.meta().name.clone()?,
+        uid: object.meta().uid.clone()?,
+    })
 }
 
 /// The discovered tools of an MCPServer as the catalog holds them.
@@ -203,6 +299,7 @@ pub fn server_specs(server: &MCPServer) -> Vec<ToolSpec> {
                 timeout_seconds: server.spec.timeout_seconds,
                 tool: t.name.clone(),
             });
+            spec.source = source("MCPServer", server);
             spec
         })
         .collect()

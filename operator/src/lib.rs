@@ -160,11 +160,12 @@ async fn run_controllers(ctx: Arc<Context>, shutdown: Shutdown) -> anyhow::Resul
         .clone()
         .map(|a| tokio::spawn(a.prune_loop(shutdown.clone())));
     let (catalogs, tools) = tools_ctl::start(ctx.clone(), shutdown.clone())?;
-    let (ar, wp, (), ()) = tokio::join!(
+    let (ar, wp, (), (), ()) = tokio::join!(
         agentrun::run(ctx.clone(), catalogs.clone(), shutdown.clone()),
-        workerpool::run(ctx.clone(), catalogs, shutdown.clone()),
+        workerpool::run(ctx.clone(), catalogs.clone(), shutdown.clone()),
         tools,
         ctx.tenancy.clone().run(shutdown.clone()),
+        catalogs.record_deletions(ctx.redis(), ctx.config.namespaces.clone(), shutdown.clone()),
     );
     if let Some(p) = pruner {
         p.abort();

@@ -141,6 +141,19 @@ pub struct ToolSpec {
     /// Whether each call waits for a person's approval first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requires_approval: bool,
+    /// The Kubernetes object a bound tool comes from. A run keeps the bindings it was planned
+    /// with; workers check this object was not deleted since, before each call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ToolSource>,
+}
+
+/// The object behind a bound tool: kind (`Tool` or `MCPServer`), name and UID (a deleted
+/// and re-created object is another object).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSource {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
 }
 
 /// How a worker runs a tool that is not built in, as the operator resolved it from the
@@ -206,6 +219,7 @@ impl ToolSpec {
             annotations: Map::new(),
             binding: None,
             requires_approval: false,
+            source: None,
         }
     }
 }

@@ -410,6 +410,7 @@ async fn tool_overhead(
             annotations: Default::default(),
             binding: Some(binding),
             requires_approval: false,
+            source: None,
         }],
         ..RunOptions::default()
     };

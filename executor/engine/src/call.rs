@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::keys::{RunKeys, model_keys};
 use crate::replies::{GovernReply, SpendReply, StepWork};
 use crate::scripts::{Charge, acquire, reserve, settle, unacquire};
+use crate::tombstones;
 use crane_core::builtins::{APPROVAL, DEFAULT_APPROVAL_TIMEOUT_SECONDS, LLM};
 use crane_core::model::{ModelConfig, Usage};
 use crane_core::run::{Gate, OnTimeout};
@@ -113,6 +114,20 @@ pub(crate) async fn attempt(
         return gated(&gate);
     }
     let mut conn = r.conn.clone();
+    if let Some(source) = bound(work, tool).and_then(|s| s.source.as_ref()) {
+        match tombstones::is_deleted(&mut conn, keys.namespace(), &source.uid).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Attempt::Finished(Err(ToolError::Failed(format!(
+                    "tool {tool:?} is gone: {} {}/{} was deleted after this run was planned",
+                    source.kind,
+                    keys.namespace(),
+                    source.name
+                ))));
+            }
+            Err(e) => return Attempt::Finished(Err(ToolError::Transient(e.to_string()))),
+        }
+    }
     if let Some(spec) = bound(work, tool).filter(|s| s.requires_approval) {
         // Asked once per step: an approved step's retries run without asking again.
         let approved: Option<String> = match redis::cmd("HGET")

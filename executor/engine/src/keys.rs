@@ -81,6 +81,17 @@ pub fn model_keys(ns: &str, model: &str) -> Result<[String; 3], EngineError> {
     ])
 }
 
+/// Sorted set of the UIDs of namespace `ns`'s deleted Tool and MCPServer objects, scored by
+/// when the operator saw them go: workers refuse to call a tool whose object is in it.
+pub fn deleted_tool_objects(ns: &str) -> Result<String, EngineError> {
+    validate_namespace(ns)?;
+    Ok(format!("{}{{tools}}:deleted", namespace_prefix(ns)))
+}
+
+/// Hash (outside every namespace: the operator's alone) of UID → namespace of every Tool
+/// and MCPServer the operator has seen, so deletions while it was down are noticed too.
+pub const TOOL_OBJECTS: &str = "crane:tool-objects";
+
 /// A worker pool, `<namespace>/<name>`, both Kubernetes DNS labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolName {

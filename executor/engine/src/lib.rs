@@ -67,6 +67,7 @@ pub mod scripts;
 mod streams;
 pub mod tenancy;
 pub mod time;
+pub mod tombstones;
 pub mod worker;
 
 use std::future::Future;

@@ -240,6 +240,7 @@ async fn a_tool_that_requires_approval_shows_its_exact_input_and_runs_once_appro
             timeout_seconds: 5,
         }),
         requires_approval: true,
+        source: None,
     };
     let opts = RunOptions {
         tools: vec![spec],

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crane_core::model::{Budget, ModelConfig, ModelLimits, Usage};
 use crane_core::run::{RunOptions, RunPhase, StepPhase};
-use crane_core::tool::{Binding, ToolSpec};
+use crane_core::tool::{Binding, ToolSource, ToolSpec};
 use crane_testkit::fake_llm::FakeLlm;
 use redis_common::{Engine, engine, options, plan};
 use serde_json::{Value, json};
@@ -300,6 +300,7 @@ async fn http_tools_a_run_binds_are_run_and_their_inputs_checked() {
             timeout_seconds: 5,
         }),
         requires_approval: false,
+        source: None,
     };
     let opts = RunOptions {
         tools: vec![spec],
@@ -324,6 +325,89 @@ async fn http_tools_a_run_binds_are_run_and_their_inputs_checked() {
     assert_eq!(r.steps[1].phase, StepPhase::Failed, "{r:#?}");
     let error = r.steps[1].error.clone().unwrap_or_default();
     assert!(error.contains("input.a"), "the error says where: {error}");
+}
+
+#[tokio::test]
+async fn a_bound_tool_whose_object_was_deleted_fails_later_steps_without_calling_it() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { ([("content-type", "application/json")], "{\"ok\":true}") }
+        }),
+    );
+    let addr = crane_testkit::serve(app).await;
+    let mut e = engine(false).await;
+    let workers = e.spawn_workers(1, e.worker_config(4), toolbox()).await;
+    let mut spec = ToolSpec::new("echo", "echoes", json!({"type": "object"}));
+    spec.binding = Some(Binding::Http {
+        url: format!("http://{addr}/echo"),
+        method: "POST".into(),
+        headers: Vec::new(),
+        timeout_seconds: 5,
+    });
+    spec.source = Some(ToolSource {
+        kind: "Tool".into(),
+        name: "echo".into(),
+        uid: "0f1e2d3c-uid-of-echo".into(),
+    });
+    let opts = RunOptions {
+        tools: vec![spec],
+        ..options()
+    };
+    // Another namespace's deletion of an object with the same UID changes nothing here.
+    crane_engine::tombstones::record(
+        &mut e.admin,
+        &[],
+        &[("0f1e2d3c-uid-of-echo", "someone-else")],
+        1,
+    )
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    run(
+        &mut e,
+        "deleted",
+        json!([
+            {"id": 1, "tool": "echo", "input": {}},
+            {"id": 2, "tool": "wait", "input": {"ms": 1500}, "dependsOn": [1]},
+            {"id": 3, "tool": "echo", "input": {}, "dependsOn": [2]}
+        ]),
+        &opts,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while e.report("deleted").await.steps[0].phase != StepPhase::Succeeded {
+        assert!(tokio::time::Instant::now() < deadline, "step 1 never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crane_engine::tombstones::record(
+        &mut e.admin,
+        &[],
+        &[("0f1e2d3c-uid-of-echo", redis_common::NAMESPACE)],
+        crane_engine::time::now_ms(),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let r = e.finished("deleted", PATIENCE).await;
+    workers.stop().await;
+    assert_eq!(r.phase, RunPhase::Failed, "{r:#?}");
+    assert_eq!(r.steps[2].phase, StepPhase::Failed, "{r:#?}");
+    assert_eq!(r.steps[2].attempts, 1, "not retried: {r:#?}");
+    let error = r.steps[2].error.clone().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "tool \"echo\" is gone: Tool {}/echo was deleted after this run was planned",
+            redis_common::NAMESPACE
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "step 3 never called it"
+    );
 }
 
 #[tokio::test]

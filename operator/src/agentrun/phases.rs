@@ -153,12 +153,13 @@ async fn pending<C: Cluster>(
         }
         None => {
             // The planner gets the prompt and the catalog through Redis, byte for byte; the
-            // endpoints (bindings) stay out of it: planning needs names, words and schemas.
+            // endpoints (bindings, sources) stay out of it: planning needs names, words and schemas.
             let tools = env
                 .catalog
                 .specs()
                 .map(|s| ToolSpec {
                     binding: None,
+                    source: None,
                     ..s.clone()
                 })
                 .collect();
