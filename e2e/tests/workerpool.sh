@@ -250,8 +250,11 @@ EOF
 # operator process watching only this test's namespace, so the shared Redis stays up.
 outage_ns=$prefix-outage
 redis_pid=""
+# A private redis-server with the suite's Redis password (CRANE_REDIS_PASSWORD_FILE, which the
+# operator reads; given on stdin, not in its arguments).
 start_own_redis() { # PORT
-  redis-server --bind 127.0.0.1 --port "$1" --save '' --appendonly no --dir "$work" >>"$work/redis.log" 2>&1 &
+  printf 'requirepass %s\n' "$(cat "$CRANE_REDIS_PASSWORD_FILE")" |
+    redis-server - --bind 127.0.0.1 --port "$1" --save '' --appendonly no --dir "$work" >>"$work/redis.log" 2>&1 &
   redis_pid=$!
   wait_until 10 redis-cli -p "$1" ping
 }

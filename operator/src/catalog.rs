@@ -336,3 +336,47 @@ pub fn referenced_secrets(tools: &[Arc<Tool>], servers: &[Arc<MCPServer>]) -> Ve
     names.dedup();
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_tools_name_the_object_they_come_from() {
+        let tool: Tool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crane.dev/v1alpha1", "kind": "Tool",
+            "metadata": {"name": "adder", "namespace": "a", "uid": "u-1"},
+            "spec": {"description": "adds", "inputSchema": {"type": "object"},
+                     "http": {"url": "http://adder.a.svc/add"}}
+        }))
+        .expect("fixture");
+        let source = tool_spec(&tool).source.expect("a source");
+        assert_eq!(
+            (
+                source.kind.as_str(),
+                source.name.as_str(),
+                source.uid.as_str()
+            ),
+            ("Tool", "adder", "u-1")
+        );
+        let server: MCPServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "crane.dev/v1alpha1", "kind": "MCPServer",
+            "metadata": {"name": "everything", "namespace": "a", "uid": "u-2"},
+            "spec": {"url": "http://mcp.a.svc/mcp"},
+            "status": {"tools": [{"name": "get-sum", "inputSchema": {"type": "object"}}]}
+        }))
+        .expect("fixture");
+        let specs = server_specs(&server);
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].name, "everything.get-sum");
+        let source = specs[0].source.clone().expect("a source");
+        assert_eq!(
+            (
+                source.kind.as_str(),
+                source.name.as_str(),
+                source.uid.as_str()
+            ),
+            ("MCPServer", "everything", "u-2")
+        );
+    }
+}

@@ -78,12 +78,13 @@ async fn submit(
     id: &str,
     pool: &PoolName,
     plan: &Plan,
+    options: &RunOptions,
 ) -> Result<()> {
     // Traced like the operator's runs: each run's steps join one trace.
     let options = RunOptions {
         traceparent: crane_telemetry::tracing_enabled()
             .then(|| crane_telemetry::run_traceparent(id)),
-        ..RunOptions::default()
+        ..options.clone()
     };
     let config = EngineConfig::default();
     let keys = RunKeys::new(pool.namespace(), id)?;
@@ -206,24 +207,47 @@ struct Throughput {
     round_trips_per_step: f64,
 }
 
+/// What a throughput measurement submits: `runs` runs of `plan` with `options`, at once.
+struct Workload {
+    runs: u32,
+    plan: Plan,
+    options: RunOptions,
+}
+
+impl Workload {
+    /// 20 runs of 500 independent calculator steps.
+    fn calculator() -> Result<Self> {
+        Ok(Self {
+            runs: 20,
+            plan: calc_plan(500)?,
+            options: RunOptions::default(),
+        })
+    }
+}
+
 async fn throughput(
     server: &RedisServer,
     workers: usize,
     concurrency: usize,
     tag: &str,
+    workload: &Workload,
 ) -> Result<Throughput> {
     let client = api::client(&server.url(), &crane_engine::api::Auth::default())?;
     let mut conn = api::connect(&client).await?;
     let pool = PoolName::parse(&format!("bench/{tag}"))?;
     let workers_pool = Pool::start(&client, &pool, workers, concurrency).await?;
-    let (runs, per_run) = (20u32, 500u32);
-    let plan = calc_plan(per_run)?;
+    let Workload {
+        runs,
+        plan,
+        options,
+    } = workload;
+    let (runs, per_run) = (*runs, plan.steps.len() as u32);
     let before = cmdstats(&mut conn).await?;
     let notified_before = notifications_added(&mut conn).await?;
     let started = Instant::now();
     let ids: Vec<String> = (0..runs).map(|i| format!("tp-{tag}-{i}")).collect();
     for id in &ids {
-        submit(&mut conn, id, &pool, &plan).await?;
+        submit(&mut conn, id, &pool, plan, options).await?;
     }
     wait_all(&client, &conn, &ids).await?;
     let elapsed = started.elapsed();
@@ -271,7 +295,7 @@ async fn dispatch(
         set.spawn(async move {
             let id = format!("d-{i}");
             let t0 = now_ms_f64();
-            submit(&mut conn, &id, &pool, &plan)
+            submit(&mut conn, &id, &pool, &plan, &RunOptions::default())
                 .await
                 .map(|()| (id, t0))
         });
@@ -319,7 +343,7 @@ async fn approval_latency(server: &RedisServer, runs: u32) -> Result<Vec<f64>> {
     ]}))?;
     let ids: Vec<String> = (0..runs).map(|i| format!("a-{i}")).collect();
     for id in &ids {
-        submit(&mut conn, id, &pool, &plan).await?;
+        submit(&mut conn, id, &pool, &plan, &RunOptions::default()).await?;
     }
     // Every gate parked before the first decision.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -426,22 +450,10 @@ async fn tool_overhead(
 /// direct chat calls vs one-step runs, both with the model's limits set, so the Crane side
 /// pays the governor's and the budget's scripts too.
 async fn llm_overhead(server: &RedisServer, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    use crane_core::model::{Budget, ModelConfig, ModelLimits};
     use crane_core::tool::Connectors;
     let (_fake, url) = crane_testkit::fake_llm::FakeLlm::start().await;
-    let model = ModelConfig {
-        name: "small".into(),
-        base_url: url,
-        model: "fake-small".into(),
-        api_key: None,
-        timeout_seconds: 10,
-        limits: ModelLimits {
-            max_concurrent_requests: Some(64),
-            requests_per_minute: Some(1_000_000),
-            tokens_per_minute: None,
-        },
-    };
-    let input = json!({"prompt": "say [reply ok]", "maxTokens": 16});
+    let model = bench_model(url);
+    let input = llm_input();
     let remote = crane_tools::Remote::new(crane_tools::Secrets::new(std::env::temp_dir()))?;
     let mut direct = Vec::with_capacity(n);
     for i in 0..=n {
@@ -458,21 +470,77 @@ async fn llm_overhead(server: &RedisServer, n: usize) -> Result<(Vec<f64>, Vec<f
     let mut conn = api::connect(&client).await?;
     let pool = PoolName::parse("bench/llm")?;
     let workers_pool = Pool::start(&client, &pool, 1, 16).await?;
-    let options = RunOptions {
-        models: vec![model],
-        model: Some("small".into()),
-        budget: Budget {
-            max_tokens: Some(1_000_000),
-            ..Budget::default()
-        },
-        ..RunOptions::default()
-    };
+    let options = llm_options(model);
     let plan: Plan =
         serde_json::from_value(json!({"steps": [{"id": 1, "tool": "llm", "input": input}]}))?;
     let crane = one_step_runs(&client, &mut conn, &pool, &plan, &options, n).await?;
     workers_pool.stop().await;
     direct.sort_by(f64::total_cmp);
     Ok((direct, crane))
+}
+
+/// The model of the `llm` figures: limits set (high enough never to hold a call back), so
+/// every call goes through the governor.
+fn bench_model(base_url: String) -> crane_core::model::ModelConfig {
+    crane_core::model::ModelConfig {
+        name: "small".into(),
+        base_url,
+        model: "fake-small".into(),
+        api_key: None,
+        timeout_seconds: 10,
+        limits: crane_core::model::ModelLimits {
+            max_concurrent_requests: Some(256),
+            requests_per_minute: Some(10_000_000),
+            tokens_per_minute: None,
+        },
+    }
+}
+
+fn llm_input() -> serde_json::Value {
+    json!({"prompt": "say [reply ok]", "maxTokens": 16})
+}
+
+/// Runs on `model` with a token budget, so every call also reserves and settles.
+fn llm_options(model: crane_core::model::ModelConfig) -> RunOptions {
+    RunOptions {
+        model: Some(model.name.clone()),
+        models: vec![model],
+        budget: crane_core::model::Budget {
+            max_tokens: Some(100_000_000),
+            ..Default::default()
+        },
+        ..RunOptions::default()
+    }
+}
+
+/// Throughput of `llm` steps against the fake provider (instant answers) with the model's
+/// limits and a token budget, next to the same workload of calculator steps: 10 runs of 200
+/// independent steps each.
+async fn llm_throughput(
+    server: &RedisServer,
+    workers: usize,
+    concurrency: usize,
+) -> Result<(Throughput, Throughput)> {
+    let (_fake, url) = crane_testkit::fake_llm::FakeLlm::start().await;
+    let steps = |tool: &str, input: serde_json::Value| -> Result<Plan> {
+        let steps: Vec<serde_json::Value> = (1..=200)
+            .map(|i| json!({"id": i, "tool": tool, "input": input}))
+            .collect();
+        Ok(serde_json::from_value(json!({ "steps": steps }))?)
+    };
+    let llm = Workload {
+        runs: 10,
+        plan: steps("llm", llm_input())?,
+        options: llm_options(bench_model(url)),
+    };
+    let calc = Workload {
+        runs: 10,
+        plan: steps("calculator", json!({"expression": "6*7"}))?,
+        options: RunOptions::default(),
+    };
+    let l = throughput(server, workers, concurrency, "llm-tp", &llm).await?;
+    let c = throughput(server, workers, concurrency, "calc-tp", &calc).await?;
+    Ok((l, c))
 }
 
 /// Latencies (ms, sorted) of `n` one-step runs of `plan` on `pool`, each from just before its
@@ -542,7 +610,7 @@ async fn makespan(server: &RedisServer, workers: usize, concurrency: usize) -> R
     for round in 0..5 {
         let id = format!("wide-{round}");
         let t0 = Instant::now();
-        submit(&mut conn, &id, &pool, &plan).await?;
+        submit(&mut conn, &id, &pool, &plan, &RunOptions::default()).await?;
         let keys = RunKeys::new("bench", &id)?;
         wait_for_run(&client, &mut conn, &keys, Some(Duration::from_secs(60))).await?;
         let client_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -589,7 +657,14 @@ const CHILD_ARG: &str = "--tracing-child";
 async fn tracing_child(workers: usize, concurrency: usize) -> Result<()> {
     let telemetry = crane_telemetry::init("crane-worker", "info");
     let server = RedisServer::start().context("starting redis-server (install redis-server)")?;
-    let t = throughput(&server, workers, concurrency, "traced").await;
+    let t = throughput(
+        &server,
+        workers,
+        concurrency,
+        "traced",
+        &Workload::calculator()?,
+    )
+    .await;
     telemetry.shutdown().await;
     println!("{}", json!({"steps_per_s": t?.steps_per_s}));
     Ok(())
@@ -649,7 +724,14 @@ async fn main() -> Result<()> {
     println!("\n== throughput: 20 runs x 500 independent calculator steps ==");
     let mut best: Option<(usize, usize, Throughput)> = None;
     for (w, c) in [(1, 32), (1, 128), (2, 64), (4, 64)] {
-        let t = throughput(&server, w, c, &format!("w{w}c{c}")).await?;
+        let t = throughput(
+            &server,
+            w,
+            c,
+            &format!("w{w}c{c}"),
+            &Workload::calculator()?,
+        )
+        .await?;
         println!(
             "workers={w} concurrency={c}: {:>8.0} steps/s  {:.2} client commands/step  ({:.1} commands/step counting those inside scripts)",
             t.steps_per_s, t.round_trips_per_step, t.calls_per_step
@@ -768,6 +850,27 @@ async fn main() -> Result<()> {
     overhead.insert(
         "llm_overhead_p99_ms".into(),
         json!(((c99 - d99) * 100.0).round() / 100.0),
+    );
+
+    println!(
+        "\n== llm steps: 10 runs x 200 independent steps, {bw} worker(s) x concurrency {bc}, fake provider (instant) =="
+    );
+    let (l, c) = llm_throughput(&server, bw, bc).await?;
+    println!(
+        "llm (limits, budget)  {:>8.0} steps/s   Redis round trips/step {:.2} (commands incl. scripts' {:.1})",
+        l.steps_per_s, l.round_trips_per_step, l.calls_per_step
+    );
+    println!(
+        "calculator            {:>8.0} steps/s   Redis round trips/step {:.2} (commands incl. scripts' {:.1})",
+        c.steps_per_s, c.round_trips_per_step, c.calls_per_step
+    );
+    overhead.insert(
+        "llm_steps_per_s".into(),
+        json!((l.steps_per_s * 10.0).round() / 10.0),
+    );
+    overhead.insert(
+        "llm_redis_calls_per_step".into(),
+        json!((l.round_trips_per_step * 100.0).round() / 100.0),
     );
 
     println!("\nbest throughput setting: {bw} worker(s) x concurrency {bc}");

@@ -354,12 +354,17 @@ async fn model_call(
     let outcome = bounded(call, timeout, r.release).await;
     // What the provider counted (nothing when it failed: no usage came back).
     let used = usage.unwrap_or(Usage::default());
-    if let Err(e) = settle(keys, &step, &used)
-        .run(&mut conn, "recording the model's usage")
-        .await
-    {
-        tracing::warn!(error = %e, "cannot record a model call's usage");
-    }
-    free(conn, usage.map(|u| u.total())).await;
+    let mut settle_conn = conn.clone();
+    let settled = async {
+        if let Err(e) = settle(keys, &step, &used)
+            .run(&mut settle_conn, "recording the model's usage")
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a model call's usage");
+        }
+    };
+    // Different slots, independent scripts: sent together on the multiplexed connection, one
+    // round trip.
+    tokio::join!(settled, free(conn, usage.map(|u| u.total())));
     outcome
 }
