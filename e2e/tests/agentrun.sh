@@ -21,10 +21,6 @@ filter=${1:-t_}
 
 
 
-ar_field() { kubectl -n "$1" get agentrun "$2" -o jsonpath="$3" 2>/dev/null; }
-phase() { ar_field "$1" "$2" '{.status.phase}'; }
-phase_is() { [ "$(phase "$1" "$2")" = "$3" ]; }
-terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
 cond() { ar_field "$1" "$2" "{.status.conditions[?(@.type==\"$3\")].$4}"; }
 uid() { ar_field "$1" "$2" '{.metadata.uid}'; }
 redis_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "crane:ns:*:{$1}*" 2>/dev/null; }

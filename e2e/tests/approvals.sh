@@ -19,11 +19,7 @@ prefix=crane-e2e-ap-$$
 work=$(mktemp -d)
 filter=${1:-t_}
 
-ar_field() { kubectl -n "$1" get agentrun "$2" -o jsonpath="$3" 2>/dev/null; }
-phase() { ar_field "$1" "$2" '{.status.phase}'; }
-phase_is() { [ "$(phase "$1" "$2")" = "$3" ]; }
 step_phase_is() { [ "$(ar_field "$1" "$2" "{.status.steps[?(@.id==$3)].phase}")" = "$4" ]; }
-terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
 # The JSON on stdin without insignificant whitespace (spaces inside strings stay).
 compact_json() { python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")))'; }
 approval_exists() { kubectl -n "$1" get approval "$2" >/dev/null 2>&1; }

@@ -116,8 +116,6 @@ agentrun() {
     "$2" "$3" "$extra" | kubectl -n "$1" apply -f - >/dev/null
 }
 ar_json() { kubectl -n "$1" get agentrun "$2" -o json 2>/dev/null; }
-phase() { kubectl -n "$1" get agentrun "$2" -o jsonpath='{.status.phase}' 2>/dev/null; }
-phase_is() { [ "$(phase "$1" "$2")" = "$3" ]; }
 # step_field NS RUN ID JQ-FIELD
 step_field() { ar_json "$1" "$2" | jq -c ".status.steps[]? | select(.id == $3) | $4" 2>/dev/null; }
 step_phase_is() { [ "$(step_field "$1" "$2" "$3" .phase)" = "\"$4\"" ]; }

@@ -32,6 +32,14 @@ fail() {
 }
 # check NAME WANT GOT [DETAIL]
 check() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1 (got '$3', want '$2')" "${4:-}"; fi; }
+# AgentRun helpers: ar_field NS NAME JSONPATH, phase NS NAME, phase_is NS NAME PHASE, terminal
+# NS NAME (Succeeded, Failed or Cancelled).
+ar_field() { kubectl -n "$1" get agentrun "$2" -o jsonpath="$3" 2>/dev/null; }
+phase() { ar_field "$1" "$2" '{.status.phase}'; }
+phase_is() { [ "$(phase "$1" "$2")" = "$3" ]; }
+terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
+# free_port: a TCP port free on every address (servers the tests start bind one of them).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
 # wait_until SECONDS CMD...: polls CMD every 0.25 s; 0 when it succeeded in time.
 wait_until() {
   local deadline=$((SECONDS + $1)); shift

@@ -34,7 +34,6 @@ server_stop() {
   kill -TERM "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 cleanup() {
   local ns
@@ -147,8 +146,6 @@ for k in sys.argv[1].split("."):
     if k == "": continue
     v = v[int(k)] if isinstance(v, list) else (v.get(k) if isinstance(v, dict) else None)
 print(v if not isinstance(v, (dict, list)) else json.dumps(v))' "$1" 2>/dev/null; }
-phase() { kubectl -n "$1" get agentrun "$2" -o jsonpath='{.status.phase}' 2>/dev/null; }
-terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
 gone() { ! kubectl -n "$1" get agentrun "$2" >/dev/null 2>&1; }
 deleting() { [ -n "$(kubectl -n "$1" get agentrun "$2" -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null)" ]; }
 archived_count() { psql_q "SELECT count(*) FROM archived_runs WHERE uid = '$1'"; }

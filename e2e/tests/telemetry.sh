@@ -32,9 +32,6 @@ host=${CRANE_HOST_IP:?CRANE_HOST_IP (this host as pods see it) is needed; see e2
 image=${CRANE_IMAGE:?CRANE_IMAGE (the crane image loaded into the node) is needed; see e2e/cluster/env.sh}
 pids=()
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
-ar_field() { kubectl -n "$ns" get agentrun "$1" -o jsonpath="$2" 2>/dev/null; }
-terminal() { case "$(ar_field "$1" '{.status.phase}')" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
 
 cleanup() {
   kubectl -n "$ns" delete agentruns --all --wait=false >/dev/null 2>&1
@@ -198,17 +195,17 @@ spec:
   planner: {mode: llm}
   prompt: 'Compute it [plan calculator {"expression": "6*7"}]'
 EOF
-wait_until 120 terminal steps
-wait_until 120 terminal planned
-check "the plan run succeeds" Succeeded "$(ar_field steps '{.status.phase}')" "$(tail -n 20 "$op_log")"
-check "the LLM-planned run succeeds" "Succeeded llm" "$(ar_field planned '{.status.phase} {.status.planSource}')" \
+wait_until 120 terminal "$ns" steps
+wait_until 120 terminal "$ns" planned
+check "the plan run succeeds" Succeeded "$(ar_field "$ns" steps '{.status.phase}')" "$(tail -n 20 "$op_log")"
+check "the LLM-planned run succeeds" "Succeeded llm" "$(ar_field "$ns" planned '{.status.phase} {.status.planSource}')" \
   "$(kubectl -n "$ns" get agentrun planned -o yaml | sed -n '/^status:/,$p')"
-check "the echo step was retried once" 2 "$(ar_field steps '{.status.steps[1].attempts}')"
+check "the echo step was retried once" 2 "$(ar_field "$ns" steps '{.status.steps[1].attempts}')"
 
 # ---- traces -------------------------------------------------------------------------------
 
-uids="$(ar_field steps '{.metadata.uid}') $(ar_field planned '{.metadata.uid}')"
-attempts="$(ar_field steps '{.status.steps[*].attempts}' | tr ' ' '+') $(ar_field planned '{.status.steps[*].attempts}' | tr ' ' '+')"
+uids="$(ar_field "$ns" steps '{.metadata.uid}') $(ar_field "$ns" planned '{.metadata.uid}')"
+attempts="$(ar_field "$ns" steps '{.status.steps[*].attempts}' | tr ' ' '+') $(ar_field "$ns" planned '{.status.steps[*].attempts}' | tr ' ' '+')"
 # Spans come in batches (200 ms here); the roots are reported when the runs end.
 roots_in() { [ "$(grep -o '"name":"agentrun"' "$work/spans.json" 2>/dev/null | wc -l)" -ge 2 ]; }
 wait_until 30 roots_in || fail "both root spans reach the collector" "$(tail -c 2000 "$work/spans.json" 2>/dev/null)"
@@ -302,7 +299,7 @@ done <"$work/trace-checks"
 # Workers log nothing inside a step span at the default level (a line per step would cost
 # throughput), so the lines checked are the operator's: those of a run's reconciles name the
 # run's trace.
-if grep -q '"trace_id":"'"$(ar_field steps '{.metadata.uid}' | tr -d -)"'","span_id":"[0-9a-f]\{16\}"' "$op_log"; then
+if grep -q '"trace_id":"'"$(ar_field "$ns" steps '{.metadata.uid}' | tr -d -)"'","span_id":"[0-9a-f]\{16\}"' "$op_log"; then
   pass "operator log lines about a run carry its trace_id and a span_id"
 else
   fail "operator log lines about a run carry its trace_id and a span_id" "$(grep -m3 trace_id "$op_log")"

@@ -22,12 +22,8 @@ filter=${1:-t_}
 host=${CRANE_HOST_IP:?CRANE_HOST_IP (this host as pods see it) is needed; see e2e/cluster/env.sh}
 bin=${CRANE_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 
-ar_field() { kubectl -n "$1" get agentrun "$2" -o jsonpath="$3" 2>/dev/null; }
-phase() { ar_field "$1" "$2" '{.status.phase}'; }
-terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
 ready() { [ "$(kubectl -n "$1" get "$2" "$3" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; }
 why() { { kubectl -n "$1" get agentrun "$2" -o yaml 2>&1 | sed -n '/^status:/,$p' | head -40; echo "-- operator log:"; tail -n 8 "$op_log"; } 2>&1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("0.0.0.0", 0)); print(s.getsockname()[1])'; }
 pool() {
   printf 'apiVersion: crane.dev/v1alpha1\nkind: WorkerPool\nmetadata: {name: default}\nspec: {maxWorkers: 2, idleTimeoutSeconds: 30}\n' |
     kubectl -n "$1" apply -f - >/dev/null

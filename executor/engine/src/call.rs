@@ -3,7 +3,8 @@
 //! budget and the Model's shared limits, both decided by scripts in Redis, so they hold
 //! across every worker and pool of the namespace.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -140,7 +141,7 @@ pub(crate) async fn attempt(
             Err(e) => return Attempt::Finished(Err(ToolError::Transient(e.to_string()))),
         };
         if approved.as_deref() != Some("1") {
-            if let Err(p) = Catalog::new([spec.clone()]).check_input(tool, &input) {
+            if let Err(p) = checker(spec).check_input(tool, &input) {
                 return Attempt::Finished(Err(ToolError::InvalidInput(p.join("; "))));
             }
             let gate = Gate {
@@ -191,7 +192,7 @@ pub(crate) async fn attempt(
                     .as_ref()
                     .ok_or_else(|| ToolError::Failed(format!("tool {tool:?} has no binding")))?;
                 traced(ctx, tool, async move {
-                    Catalog::new([spec.clone()])
+                    checker(spec)
                         .check_input(tool, &input)
                         .map_err(|p| ToolError::InvalidInput(p.join("; ")))?;
                     connectors.runner(binding)?.execute(ctx, input).await
@@ -202,6 +203,30 @@ pub(crate) async fn attempt(
         }
     };
     bounded(call, timeout, r.release).await
+}
+
+/// Most bound tools' validators a worker keeps.
+const MAX_CHECKERS: usize = 1024;
+
+/// Compiled input validators of bound tools, by name and schema: compiling a schema costs
+/// more than checking an input against it, and a worker calls the same few tools again and
+/// again (each step brings its run's specs, so there is nothing longer-lived to hang them on).
+static CHECKERS: LazyLock<Mutex<HashMap<(String, String), Catalog>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A catalog of `spec` alone, to check inputs with.
+fn checker(spec: &crane_core::tool::ToolSpec) -> Catalog {
+    let key = (spec.name.clone(), spec.input_schema.to_string());
+    let mut cache = CHECKERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = cache.get(&key) {
+        return c.clone();
+    }
+    if cache.len() >= MAX_CHECKERS {
+        cache.clear();
+    }
+    let catalog = Catalog::new([spec.clone()]);
+    cache.insert(key, catalog.clone());
+    catalog
 }
 
 fn gated(gate: &Gate) -> Attempt {
