@@ -188,6 +188,17 @@ YAML
   local sent; sent=$(curl -fsS "http://$host:$llm_port/__requests")
   if grep -q 'everything.get-sum' <<<"$sent"; then pass "the planner's request listed the MCP tools"
   else fail "the planner's request listed the MCP tools" "$(head -c 400 <<<"$sent")"; fi
+  # Deleting the MCPServer mid-run stops its tools for runs planned before, like a Tool's.
+  plan_run "$ns" late '      - {id: 1, tool: wait, input: {ms: 6000}}
+      - {id: 2, tool: everything.echo, input: {message: "late"}, dependsOn: [1]}'
+  waiting() { [ "$(ar_field "$ns" late '{.status.steps[0].phase}')" = Running ]; }
+  wait_until 120 waiting || { fail "the run reaches its wait step" "$(why "$ns" late)"; return; }
+  kubectl -n "$ns" delete mcpserver everything >/dev/null
+  wait_until 60 terminal "$ns" late
+  local err; err=$(ar_field "$ns" late '{.status.steps[1].error}')
+  if [ "$(phase "$ns" late)" = Failed ] && grep -qF "MCPServer $ns/everything was deleted after this run was planned" <<<"$err"; then
+    pass "an MCPServer deleted mid-run fails the later steps that use its tools, saying so"
+  else fail "an MCPServer deleted mid-run fails the later steps that use its tools, saying so" "$(why "$ns" late)"; fi
 }
 
 t_model_and_budget() {
