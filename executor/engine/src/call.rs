@@ -205,8 +205,9 @@ pub(crate) async fn attempt(
     bounded(call, timeout, r.release).await
 }
 
-/// Most bound tools' validators a worker keeps.
-const MAX_CHECKERS: usize = 1024;
+/// Most bound tools' validators a worker keeps (a pool serves one namespace's few tools;
+/// schemas can be large).
+const MAX_CHECKERS: usize = 256;
 
 /// Compiled input validators of bound tools, by name and schema: compiling a schema costs
 /// more than checking an input against it, and a worker calls the same few tools again and

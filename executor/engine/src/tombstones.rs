@@ -41,7 +41,11 @@ pub async fn record<C: ConnectionLike>(
     }
     let oldest = now_ms.saturating_sub(REMEMBERED.as_millis() as u64);
     for (uid, ns) in deleted {
-        let key = deleted_tool_objects(ns)?;
+        pipe.hdel(TOOL_OBJECTS, *uid).ignore();
+        // Not a namespace (the hash was edited by hand): nothing can run there to stop.
+        let Ok(key) = deleted_tool_objects(ns) else {
+            continue;
+        };
         pipe.zadd(&key, *uid, now_ms).ignore();
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(&key)
@@ -49,7 +53,6 @@ pub async fn record<C: ConnectionLike>(
             .arg(format!("({oldest}"))
             .ignore();
         pipe.pexpire(&key, REMEMBERED.as_millis() as i64).ignore();
-        pipe.hdel(TOOL_OBJECTS, *uid).ignore();
     }
     if added.is_empty() && deleted.is_empty() {
         return Ok(());

@@ -411,6 +411,41 @@ async fn a_bound_tool_whose_object_was_deleted_fails_later_steps_without_calling
 }
 
 #[tokio::test]
+async fn tool_objects_are_remembered_until_deleted_and_hostile_entries_do_not_wedge_it() {
+    use crane_engine::tombstones::{is_deleted, known, record};
+    let mut e = engine(false).await;
+    let ns = redis_common::NAMESPACE;
+    record(&mut e.admin, &[("u-1", ns), ("u-2", ns)], &[], 1)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let k = known(&mut e.admin)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(k.len(), 2, "{k:?}");
+    // An entry whose namespace is not one (a hand-edited hash) is dropped, not retried forever.
+    record(
+        &mut e.admin,
+        &[],
+        &[("u-1", ns), ("u-x", "Not a namespace!\n{x}")],
+        2,
+    )
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let k = known(&mut e.admin)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(k.keys().collect::<Vec<_>>(), vec!["u-2"]);
+    // The namespace's own user reads its deletions (as workers do), and only those.
+    assert!(is_deleted(&mut e.conn, ns, "u-1").await.unwrap_or(false));
+    assert!(!is_deleted(&mut e.conn, ns, "u-2").await.unwrap_or(true));
+    assert!(
+        is_deleted(&mut e.conn, "other", "u-1").await.is_err(),
+        "NOPERM"
+    );
+    assert!(is_deleted(&mut e.conn, "Bad NS", "u-1").await.is_err());
+}
+
+#[tokio::test]
 async fn ten_ready_llm_steps_on_many_workers_never_exceed_max_llm_calls() {
     let (fake, url) = FakeLlm::start().await;
     let mut e = engine(false).await;
