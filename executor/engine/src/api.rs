@@ -46,6 +46,11 @@ impl std::fmt::Debug for Auth {
 
 /// A Redis client for `url` (which must not carry credentials) as `auth`.
 pub fn client(url: &str, auth: &Auth) -> Result<redis::Client, EngineError> {
+    if url.contains(',') {
+        return Err(EngineError::Config(
+            "the redis URL lists several nodes (a Redis Cluster); this version of Crane needs one Redis (see the README's known limits)".into(),
+        ));
+    }
     let info = url
         .into_connection_info()
         .map_err(EngineError::redis("parsing the redis URL"))?;
@@ -1059,6 +1064,22 @@ mod tests {
             Ok(()) => panic!("accepted"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn redis_urls_with_credentials_or_several_nodes_are_refused_saying_why() {
+        let refused = |url: &str| match client(url, &Auth::default()) {
+            Ok(_) => panic!("{url} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(refused("redis://:pw@127.0.0.1:6379").contains("carries credentials"));
+        assert!(refused("redis://user:pw@127.0.0.1:6379").contains("carries credentials"));
+        assert!(
+            refused("redis://10.0.0.5:6379,redis://10.0.0.6:6379").contains("several nodes"),
+            "a cluster's node list gets a clear refusal, not a parse error"
+        );
+        assert!(!refused("redis://127.0.0.1:notaport").is_empty());
+        assert!(client("redis://127.0.0.1:6379", &Auth::default()).is_ok());
     }
 
     #[test]
