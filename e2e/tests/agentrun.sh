@@ -49,16 +49,10 @@ for t in "${tests[@]}"; do [[ $t == $filter* ]] && selected+=("$t"); done
 op_log=$work/operator.log
 
 cleanup() {
-  # AgentRuns carry the operator's finalizer: delete them while the operator still runs,
-  # or their namespaces would hang in Terminating.
   local t
-  for t in "${selected[@]}"; do
-    kubectl -n "$prefix-${t//_/-}" delete agentruns --all --wait=false >/dev/null 2>&1
-  done
-  for t in "${selected[@]}"; do
-    kubectl -n "$prefix-${t//_/-}" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
-  done
-  kubectl -n "$prefix-t-tenancy-b" delete agentruns --all --timeout=30s >/dev/null 2>&1
+  local namespaces=()
+  for t in "${selected[@]}"; do namespaces+=("$prefix-${t//_/-}"); done
+  delete_runs "${namespaces[@]}" "$prefix-t-tenancy-b"
   operator_stop
   for t in "${selected[@]}"; do
     kubectl delete namespace "$prefix-${t//_/-}" --wait=false >/dev/null 2>&1

@@ -75,12 +75,9 @@ op_log=$work/operator.log
 
 cleanup() {
   local t
-  for t in "${selected[@]}"; do
-    kubectl -n "$prefix-${t//_/-}" delete agentruns --all --wait=false >/dev/null 2>&1
-  done
-  for t in "${selected[@]}"; do
-    kubectl -n "$prefix-${t//_/-}" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
-  done
+  local namespaces=()
+  for t in "${selected[@]}"; do namespaces+=("$prefix-${t//_/-}"); done
+  delete_runs "${namespaces[@]}"
   operator_stop
   for t in "${selected[@]}"; do
     kubectl delete namespace "$prefix-${t//_/-}" --wait=false >/dev/null 2>&1

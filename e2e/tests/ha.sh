@@ -130,14 +130,12 @@ cleanup() {
   # Whatever happened, leave the cluster healthy: the apiserver back up.
   "$ctl" status kube-apiserver || "$ctl" start kube-apiserver || true
   if helm status "$pods_release" -n "$pods_ns" >/dev/null 2>&1; then
-    kubectl -n "$pods_ns" delete agentruns --all --wait=false >/dev/null 2>&1
-    kubectl -n "$pods_ns" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
+    delete_runs "$pods_ns"
     helm uninstall "$pods_release" -n "$pods_ns" --wait --timeout 60s >/dev/null 2>&1
   fi
   kubectl delete namespace "$pods_ns" --wait=false >/dev/null 2>&1
   [ -n "${OP_PID[*]:-}" ] || op_start cleanup >/dev/null 2>&1 || true
-  kubectl -n "$ns" delete agentruns --all --wait=false >/dev/null 2>&1
-  kubectl -n "$ns" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
+  delete_runs "$ns"
   local n
   for n in "${!OP_PID[@]}"; do op_kill "$n" TERM; done
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1

@@ -38,6 +38,14 @@ ar_field() { kubectl -n "$1" get agentrun "$2" -o jsonpath="$3" 2>/dev/null; }
 phase() { ar_field "$1" "$2" '{.status.phase}'; }
 phase_is() { [ "$(phase "$1" "$2")" = "$3" ]; }
 terminal() { case "$(phase "$1" "$2")" in Succeeded|Failed|Cancelled) return 0 ;; *) return 1 ;; esac; }
+# delete_runs NS...: deletes every AgentRun of the namespaces and waits (30 s at most) until
+# they are gone. Call it while the operator still runs: runs carry its finalizer, and their
+# namespaces would hang in Terminating.
+delete_runs() {
+  local ns
+  for ns in "$@"; do kubectl -n "$ns" delete agentruns --all --wait=false >/dev/null 2>&1; done
+  for ns in "$@"; do kubectl -n "$ns" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1; done
+}
 # free_port: a TCP port free on every address (servers the tests start bind one of them).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
 # wait_until SECONDS CMD...: polls CMD every 0.25 s; 0 when it succeeded in time.

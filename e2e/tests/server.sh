@@ -37,8 +37,7 @@ server_stop() {
 
 cleanup() {
   local ns
-  for ns in "$A" "$B"; do kubectl -n "$ns" delete agentruns --all --wait=false >/dev/null 2>&1; done
-  for ns in "$A" "$B"; do kubectl -n "$ns" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1; done
+  delete_runs "$A" "$B"
   operator_stop
   server_stop
   "$root/e2e/servers/postgres.sh" stop "$pg" >/dev/null 2>&1

@@ -34,8 +34,7 @@ pids=()
 
 
 cleanup() {
-  kubectl -n "$ns" delete agentruns --all --wait=false >/dev/null 2>&1
-  kubectl -n "$ns" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
+  delete_runs "$ns"
   operator_stop
   local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done

@@ -42,12 +42,9 @@ pids=()
 
 cleanup() {
   local t p
-  for t in "${selected[@]}"; do
-    kubectl -n "$prefix-${t//_/-}" delete agentruns --all --wait=false >/dev/null 2>&1
-  done
-  for t in "${selected[@]}"; do
-    kubectl -n "$prefix-${t//_/-}" wait --for=delete agentruns --all --timeout=30s >/dev/null 2>&1
-  done
+  local namespaces=()
+  for t in "${selected[@]}"; do namespaces+=("$prefix-${t//_/-}"); done
+  delete_runs "${namespaces[@]}"
   operator_stop
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for t in "${selected[@]}"; do

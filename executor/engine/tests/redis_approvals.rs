@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crane_core::run::{FailurePolicy, OnTimeout, RunOptions, RunPhase, RunReport, StepPhase};
-use crane_core::tool::{Binding, ToolSpec};
 use crane_engine::api::{Decided, Decision, decide};
 use redis_common::{Engine, engine, options, plan, run_keys};
 use serde_json::{Value, json};
@@ -228,20 +227,12 @@ async fn a_tool_that_requires_approval_shows_its_exact_input_and_runs_once_appro
     let addr = crane_testkit::serve(app).await;
     let mut e = engine(false).await;
     let workers = e.spawn_workers(1, e.worker_config(4), toolbox()).await;
-    let spec = ToolSpec {
-        name: "send-mail".into(),
-        description: "sends mail".into(),
-        input_schema: json!({"type": "object", "properties": {"to": {"type": "string"}}, "required": ["to"]}),
-        annotations: Default::default(),
-        binding: Some(Binding::Http {
-            url: format!("http://{addr}/send"),
-            method: "POST".into(),
-            headers: Vec::new(),
-            timeout_seconds: 5,
-        }),
-        requires_approval: true,
-        source: None,
-    };
+    let mut spec = redis_common::http_tool(
+        "send-mail",
+        format!("http://{addr}/send"),
+        json!({"type": "object", "properties": {"to": {"type": "string"}}, "required": ["to"]}),
+    );
+    spec.requires_approval = true;
     let opts = RunOptions {
         tools: vec![spec],
         ..options()

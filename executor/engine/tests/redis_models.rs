@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crane_core::model::{Budget, ModelConfig, ModelLimits, Usage};
 use crane_core::run::{RunOptions, RunPhase, StepPhase};
-use crane_core::tool::{Binding, ToolSource, ToolSpec};
+use crane_core::tool::ToolSource;
 use crane_testkit::fake_llm::FakeLlm;
 use redis_common::{Engine, engine, options, plan};
 use serde_json::{Value, json};
@@ -288,20 +288,11 @@ async fn http_tools_a_run_binds_are_run_and_their_inputs_checked() {
     let addr = crane_testkit::serve(app).await;
     let mut e = engine(false).await;
     let workers = e.spawn_workers(1, e.worker_config(4), toolbox()).await;
-    let spec = ToolSpec {
-        name: "adder".into(),
-        description: "adds".into(),
-        input_schema: json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}),
-        annotations: Default::default(),
-        binding: Some(Binding::Http {
-            url: format!("http://{addr}/sum"),
-            method: "POST".into(),
-            headers: Vec::new(),
-            timeout_seconds: 5,
-        }),
-        requires_approval: false,
-        source: None,
-    };
+    let spec = redis_common::http_tool(
+        "adder",
+        format!("http://{addr}/sum"),
+        json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}),
+    );
     let opts = RunOptions {
         tools: vec![spec],
         ..options()
@@ -341,13 +332,11 @@ async fn a_bound_tool_whose_object_was_deleted_fails_later_steps_without_calling
     let addr = crane_testkit::serve(app).await;
     let mut e = engine(false).await;
     let workers = e.spawn_workers(1, e.worker_config(4), toolbox()).await;
-    let mut spec = ToolSpec::new("echo", "echoes", json!({"type": "object"}));
-    spec.binding = Some(Binding::Http {
-        url: format!("http://{addr}/echo"),
-        method: "POST".into(),
-        headers: Vec::new(),
-        timeout_seconds: 5,
-    });
+    let mut spec = redis_common::http_tool(
+        "echo",
+        format!("http://{addr}/echo"),
+        json!({"type": "object"}),
+    );
     spec.source = Some(ToolSource {
         kind: "Tool".into(),
         name: "echo".into(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crane_core::plan::Plan;
 use crane_core::run::{RunOptions, RunReport};
-use crane_core::tool::Toolbox;
+use crane_core::tool::{Binding, ToolSpec, Toolbox};
 use crane_engine::api::InitOutcome;
 use crane_engine::metrics::Metrics;
 use crane_engine::{
@@ -48,6 +48,18 @@ pub fn options() -> RunOptions {
         step_timeout_ms: 5_000,
         ..RunOptions::default()
     }
+}
+
+/// A bound HTTP tool `name` POSTing its input to `url`, as the operator's catalog gives one.
+pub fn http_tool(name: &str, url: String, input_schema: Value) -> ToolSpec {
+    let mut spec = ToolSpec::new(name, format!("{name} (test HTTP tool)"), input_schema);
+    spec.binding = Some(Binding::Http {
+        url,
+        method: "POST".into(),
+        headers: Vec::new(),
+        timeout_seconds: 5,
+    });
+    spec
 }
 
 /// A redis-server and the tests' namespace on it. `client` and `conn` log in as the
